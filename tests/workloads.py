@@ -1,0 +1,106 @@
+"""Functions the tests run on actors, in an importable module (pickled by reference)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from thread_chunks import LabelledActor, chunked
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+def negate(x: int) -> int:
+    return -x
+
+
+def interval(x: int, seconds: float = 0.05) -> tuple[int, float, float, int]:
+    """Sleep, and report when this call ran and in which process."""
+    start = time.time()
+    time.sleep(seconds)
+    return x, start, time.time(), os.getpid()
+
+
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def wait_for(x: int, path: str, timeout: float = 60.0) -> int:
+    """Block until ``path`` exists (made by another call), then return x."""
+    deadline = time.time() + timeout
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.01)
+    return x
+
+
+def touch_then(x: int, path: str) -> int:
+    Path(path).touch()
+    return x
+
+
+def count_and_square(x: int, directory: str) -> int:
+    """Leave one file per execution (side effect counted by crash tests)."""
+    Path(directory, f"{x}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return x * x
+
+
+def fail_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals that overlap at one instant."""
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                    key=lambda ev: (ev[0], ev[1]))
+    best = now = 0
+    for _, step in events:
+        now += step
+        best = max(best, now)
+    return best
+
+
+@chunked(chunk_size=2)
+def cube(x: int) -> int:
+    """Cube a number."""
+    return x * x * x
+
+
+@chunked(chunk_size=2)
+def fib(n: int) -> int:
+    """Calls itself by its global name: on a worker that name is the Chunked object."""
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+class CountingActor(LabelledActor):
+    """Counts how often its function was replaced."""
+
+    def __init__(self, func: Any) -> None:
+        super().__init__(func)
+        self.set_count = 0
+
+    def set_func(self, func: Any) -> None:
+        self.set_count += 1
+        super().set_func(func)
+
+    def sets(self) -> int:
+        return self.set_count
+
+
+class OffsetActor(LabelledActor):
+    """Worker state: adds an offset to every result (run() is overridden)."""
+
+    offset = 1000
+
+    def run(self, label: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        label, value = super().run(label, *args, **kwargs)
+        return label, value + self.offset

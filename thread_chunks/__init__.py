@@ -1,0 +1,36 @@
+"""Run a function over many argument lists on Ray actors, never more than ``chunk_size`` calls
+at once, with results in order, a progress bar and crash-safe checkpoints."""
+
+from . import config
+from ._actor import LabelledActor, RemoteLabelledActor
+from ._checkpoint import Checkpoint
+from ._chunker import Chunker, chunk
+from ._decorator import Chunked, Options, chunked
+from ._errors import (
+    CheckpointError,
+    CheckpointFailedWarning,
+    CheckpointRestartWarning,
+    ConcurrencyReducedWarning,
+    ThreadChunksError,
+    WorkerDiedError,
+)
+from ._run import RunStats
+
+__all__ = [
+    "CheckpointError",
+    "Checkpoint",
+    "CheckpointFailedWarning",
+    "CheckpointRestartWarning",
+    "Chunked",
+    "Chunker",
+    "ConcurrencyReducedWarning",
+    "LabelledActor",
+    "Options",
+    "RemoteLabelledActor",
+    "RunStats",
+    "ThreadChunksError",
+    "WorkerDiedError",
+    "chunk",
+    "chunked",
+    "config",
+]

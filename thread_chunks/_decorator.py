@@ -1,0 +1,288 @@
+"""The ``@chunked`` decorator and the :class:`Chunked` object it returns."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, overload
+
+from ray.actor import ActorHandle
+from typing_extensions import Self
+
+from . import config
+from ._chunker import Chunker, PathLike, check_positive, make_policy
+from ._pool import Pool, remote_actor_class
+from ._run import RunStats
+from ._types import C, G, P, R, Row
+
+if TYPE_CHECKING:
+
+    class _Proxy:
+        def __init__(self, wrapped: Any, /) -> None: ...
+
+else:
+    from wrapt import ObjectProxy as _Proxy
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of a :class:`Chunked` object, validated once when it is made."""
+
+    chunk_size: int | None = None
+    actor_cls: object = None
+    actor_options: Mapping[str, Any] = field(default_factory=dict)
+    progress_bar: bool | None = None
+    batch_size: int | None = None
+    retries: int = 0
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
+    max_worker_deaths: int = 3
+
+    def __post_init__(self) -> None:
+        check_positive("chunk_size", self.chunk_size, allow_none=True)
+        check_positive("batch_size", self.batch_size, allow_none=True)
+        remote_actor_class(self.actor_cls)
+        if not isinstance(self.actor_options, Mapping):
+            raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
+        if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
+            raise TypeError(f"progress_bar: expected a bool or None, got {self.progress_bar!r}")
+        make_policy(self.retries, self.retry_on, self.max_worker_deaths)
+
+    def chunker_options(self) -> dict[str, Any]:
+        return {"progress_bar": self.progress_bar, "batch_size": self.batch_size,
+                "retries": self.retries, "retry_on": self.retry_on,
+                "max_worker_deaths": self.max_worker_deaths}
+
+
+class _Shared:
+    """The pool behind one decorated function and every object ``.replace`` made from it."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.lock = threading.Lock()
+        self.pool: Pool | None = None
+
+    def get(self) -> Pool:
+        with self.lock:
+            if self.pool is None:
+                size = self.options.chunk_size or config.default_chunk_size
+                self.pool = Pool(size, actor_cls=self.options.actor_cls,
+                                 actor_options=self.options.actor_options)
+            return self.pool
+
+    def close(self) -> None:
+        with self.lock:
+            if self.pool is not None:
+                self.pool.close()
+
+
+class Chunked(_Proxy, Generic[C]):
+    """A function that can also run over many rows on Ray actors.
+
+    Calling it runs the function locally, unchanged. ``.map(rows)`` runs it once per row on
+    at most ``chunk_size`` actors at once and returns the results in input order;
+    ``.imap(rows)`` yields them as they come. The actors are created on first use and kept
+    for later calls; ``.close()`` (or leaving ``with f:``) stops them.
+
+    Example::
+
+        @chunked(chunk_size=4)
+        def simulate(x: float, y: float) -> float: ...
+
+        simulate(1.0, 2.0)                      # a plain local call
+        simulate.map([[1.0, 2.0], [3.0, 4.0]])  # list[float], computed on actors
+    """
+
+    if TYPE_CHECKING:
+        __wrapped__: C
+        __name__: str
+        __qualname__: str
+
+    def __init__(self, func: C, options: Options, shared: _Shared | None = None) -> None:
+        if not callable(func):
+            raise TypeError(f"chunked: expected a callable, got {func!r}")
+        super().__init__(func)
+        self._self_options = options
+        self._self_shared = shared if shared is not None else _Shared(options)
+        self._self_lock = threading.Lock()
+        self._self_chunker: Chunker | None = None
+
+    # -- behaving as the function ----------------------------------------------------------
+
+    def __call__(self: Chunked[Callable[P, R]], *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.__wrapped__(*args, **kwargs)
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any] | None = None) -> Self: ...
+    @overload
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> NoReturn: ...
+    def __get__(self, instance: object, owner: type[Any] | None = None) -> Self:
+        if instance is None:
+            return self
+        raise TypeError(
+            f"@chunked does not support instance methods ({self.__qualname__}): the actors "
+            "would need a copy of the instance. Decorate a module-level function or a "
+            "staticmethod and pass the data it needs as arguments.")
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # Workers get a fresh object for the same function (no actors, no locks).
+        return (Chunked, (self.__wrapped__, self._self_options))
+
+    def __repr__(self) -> str:
+        return f"<Chunked {self.__qualname__} chunk_size={self.chunk_size}>"
+
+    # -- running on actors -------------------------------------------------------------------
+
+    @property
+    def options(self) -> Options:
+        """The options this object was made with (never changed in place)."""
+        return self._self_options
+
+    @property
+    def chunk_size(self) -> int:
+        """How many calls run at once."""
+        return self._self_options.chunk_size or config.default_chunk_size
+
+    @property
+    def chunker(self) -> Chunker:
+        """The :class:`Chunker` behind ``.map`` (made on first use; creates no actor)."""
+        with self._self_lock:
+            if self._self_chunker is None:
+                self._self_chunker = Chunker._lazy(
+                    self.__wrapped__, self._self_shared.get(),
+                    **self._self_options.chunker_options())
+            return self._self_chunker
+
+    @property
+    def actors(self) -> list[ActorHandle]:
+        """The actor handles: created on first access, the same handles afterwards."""
+        return self.chunker.actors
+
+    @property
+    def stats(self) -> RunStats:
+        """What the last ``.map``/``.imap`` did (calls, retries, failures, timing)."""
+        return self.chunker.stats
+
+    @overload
+    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+            path: PathLike | None = None, progress_bar: bool | None = None,
+            on_error: Literal["raise"] = "raise") -> list[R]: ...
+    @overload
+    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+            path: PathLike | None = None, progress_bar: bool | None = None,
+            on_error: Literal["return"]) -> list[R | Exception]: ...
+    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+            path: PathLike | None = None, progress_bar: bool | None = None,
+            on_error: Literal["raise", "return"] = "raise") -> list[R] | list[R | Exception]:
+        """Run the function once per row on the actors; results in input order.
+
+        A row is a list or tuple of positional arguments or a dict of keyword arguments.
+        ``path`` keeps a checkpoint there and resumes from it. With ``on_error="return"`` a
+        failing row's exception takes its place in the list instead of being raised.
+        """
+        return self.chunker(parameters, progress_bar=progress_bar, path=path,
+                            on_error=on_error)
+
+    @overload
+    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+             ordered: bool = True, path: PathLike | None = None,
+             progress_bar: bool | None = None,
+             on_error: Literal["raise"] = "raise") -> Iterator[R]: ...
+    @overload
+    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+             ordered: bool = True, path: PathLike | None = None,
+             progress_bar: bool | None = None,
+             on_error: Literal["return"]) -> Iterator[R | Exception]: ...
+    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+             ordered: bool = True, path: PathLike | None = None,
+             progress_bar: bool | None = None,
+             on_error: Literal["raise", "return"] = "raise"
+             ) -> Iterator[R] | Iterator[R | Exception]:
+        """Yield results as soon as they are ready: in input order when ``ordered`` (holding
+        back only what arrived early), else in completion order. Input is read lazily;
+        stopping early (``break``, dropping the iterator) stops the calls still running."""
+        return self.chunker.imap(parameters, ordered=ordered, progress_bar=progress_bar,
+                                 path=path, on_error=on_error)
+
+    def replace(self, func: G) -> Chunked[G]:
+        """A new object for ``func`` with the same options, sharing these actors.
+
+        ``func`` is copied to the actors once when it first runs; this object keeps running
+        its own function (switching back copies it once more).
+        """
+        return Chunked(func, self._self_options, self._self_shared)
+
+    def with_options(self, **changes: Any) -> Chunked[C]:
+        """A new object with some options changed (and a pool of its own)."""
+        return Chunked(self.__wrapped__, replace(self._self_options, **changes))
+
+    def close(self) -> None:
+        """Stop the actors; the next ``.map`` creates new ones."""
+        self._self_shared.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+@overload
+def chunked(func: C, /) -> Chunked[C]: ...
+@overload
+def chunked(
+    *,
+    chunk_size: int | None = None,
+    actor_cls: object = None,
+    actor_options: Mapping[str, Any] | None = None,
+    progress_bar: bool | None = None,
+    batch_size: int | None = None,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    max_worker_deaths: int = 3,
+) -> Callable[[G], Chunked[G]]: ...
+def chunked(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    chunk_size: int | None = None,
+    actor_cls: object = None,
+    actor_options: Mapping[str, Any] | None = None,
+    progress_bar: bool | None = None,
+    batch_size: int | None = None,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+    max_worker_deaths: int = 3,
+) -> Chunked[Any] | Callable[[G], Chunked[G]]:
+    """Make a function runnable over many rows on Ray actors, ``chunk_size`` calls at a time.
+
+    Use it bare (``@chunked``) or with options (``@chunked(chunk_size=4)``). Options are
+    keyword-only and checked here: an unknown one is a TypeError, a bad value a
+    ValueError or TypeError naming it.
+
+    Args:
+        chunk_size: calls at once (actors); default ``config.default_chunk_size``.
+        actor_cls: a :class:`LabelledActor` subclass, plain or ``ray.remote``-decorated.
+        actor_options: passed to Ray's ``.options()`` for each actor (``num_cpus``,
+            ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``, ...).
+        progress_bar: show a progress bar; default ``config.progress_bar``.
+        batch_size: rows per actor call; default automatic (grows only for calls much
+            shorter than Ray's overhead), 1 turns batching off.
+        retries: run a call that raised again, up to this many times.
+        retry_on: only retry these exception classes.
+        max_worker_deaths: a row whose worker dies this many times fails with
+            :class:`WorkerDiedError`.
+    """
+    options = Options(chunk_size=chunk_size, actor_cls=actor_cls,
+                      actor_options=dict(actor_options or {}), progress_bar=progress_bar,
+                      batch_size=batch_size, retries=retries, retry_on=retry_on,
+                      max_worker_deaths=max_worker_deaths)
+    if func is not None:
+        return Chunked(func, options)
+
+    def decorate(f: G) -> Chunked[G]:
+        return Chunked(f, options)
+
+    return decorate

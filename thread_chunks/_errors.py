@@ -1,0 +1,40 @@
+"""Exceptions and warnings raised by thread-chunks."""
+
+from __future__ import annotations
+
+
+class ThreadChunksError(Exception):
+    """Base class of the errors thread-chunks raises itself."""
+
+
+class CheckpointError(ThreadChunksError):
+    """A checkpoint file cannot be used: it is not ours, it is damaged, or it cannot be written."""
+
+
+class WorkerDiedError(ThreadChunksError):
+    """A row killed the worker process running it too many times (segfault, ``os._exit``, OOM)."""
+
+    def __init__(self, message: str, *, index: int | None = None, deaths: int = 0) -> None:
+        super().__init__(message)
+        self.index = index
+        self.deaths = deaths
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_worker_died, (str(self), self.index, self.deaths))
+
+
+def _rebuild_worker_died(message: str, index: int | None, deaths: int) -> WorkerDiedError:
+    return WorkerDiedError(message, index=index, deaths=deaths)
+
+
+class CheckpointFailedWarning(UserWarning):
+    """Saving to the checkpoint failed mid-run; the computation goes on without saving."""
+
+
+class CheckpointRestartWarning(UserWarning):
+    """An existing checkpoint did not match this run (function, body or parameters) and was
+    replaced: every call is done afresh."""
+
+
+class ConcurrencyReducedWarning(UserWarning):
+    """Workers were killed for lack of memory, so fewer calls now run at once."""

@@ -1,0 +1,165 @@
+"""The actors, created lazily, and the function they hold."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+from ray.actor import ActorClass, ActorHandle
+
+from ._actor import LabelledActor, RemoteLabelledActor
+from ._session import ensure_ray
+
+
+def function_name(func: object) -> str:
+    """The name shown in messages and recorded in checkpoints."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return str(name) if name else type(func).__name__
+
+
+def remote_actor_class(actor_cls: object) -> ActorClass:
+    """``actor_cls`` as a Ray actor class, or a TypeError naming it.
+
+    Accepts a subclass of :class:`LabelledActor`, plain or already decorated with ``ray.remote``.
+    """
+    if actor_cls is None:
+        return RemoteLabelledActor
+    if isinstance(actor_cls, ActorClass):
+        modified = actor_cls.__ray_metadata__.modified_class
+        if isinstance(modified, type) and issubclass(modified, LabelledActor):
+            return actor_cls
+    elif isinstance(actor_cls, type) and issubclass(actor_cls, LabelledActor):
+        return ray.remote(actor_cls)
+    raise TypeError(
+        f"actor_cls: expected a subclass of thread_chunks.LabelledActor (plain or decorated "
+        f"with ray.remote), got {actor_cls!r}"
+    )
+
+
+class Pool:
+    """``size`` actors holding one function at a time.
+
+    Actors are created on first use and replaced when they die. The function is put into Ray's
+    object store once and copied to the actors only when a different function is asked for.
+    Actors handed in by the user are used as they are and never killed by us.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        actor_cls: object = None,
+        actor_options: Mapping[str, Any] | None = None,
+        actors: Sequence[ActorHandle] | None = None,
+    ) -> None:
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._leases: Counter[int] = Counter()  # thread id -> runs in progress
+        self._cls = remote_actor_class(actor_cls)
+        self._options = dict(actor_options or {})
+        self.owned = actors is None
+        self._actors: list[ActorHandle | None] = (
+            list(actors) if actors is not None else [None] * size)
+        self._func: object = None
+        self._func_ref: ray.ObjectRef[Any] | None = None
+        self.started_ray = False
+
+    @property
+    def size(self) -> int:
+        return len(self._actors)
+
+    @property
+    def function(self) -> object:
+        """The function the actors hold, when we put it there; None for adopted actors."""
+        return self._func
+
+    def start(self) -> None:
+        """Make sure Ray is running (remembering whether we started it)."""
+        if ensure_ray():
+            self.started_ray = True
+
+    def use(self, func: Callable[..., Any] | None) -> None:
+        """Make the actors hold ``func`` (no copy when they already do; None keeps theirs)."""
+        with self._lock:
+            if func is None or func is self._func:
+                return
+            self._wait_for_runs(func)
+            self.start()
+            try:
+                ref = ray.put(func)
+            except Exception as exc:
+                raise TypeError(
+                    f"cannot send function {function_name(func)!r} to Ray workers: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self._func, self._func_ref = func, ref
+            live = [actor for actor in self._actors if actor is not None]
+            ray.get([actor.set_func.remote(ref) for actor in live])
+
+    def _wait_for_runs(self, func: object) -> None:
+        """Block while runs of the current function are in progress in other threads."""
+        while self._leases:
+            if threading.get_ident() in self._leases:
+                raise RuntimeError(
+                    f"cannot switch these actors to {function_name(func)!r} while a run of "
+                    f"{function_name(self._func)!r} on them is still open in this thread "
+                    "(finish or close that imap iterator first)")
+            self._idle.wait()
+
+    @contextmanager
+    def lease(self, func: Callable[..., Any] | None) -> Iterator[None]:
+        """Hold the actors to ``func`` for one run: other threads wanting another function
+        wait until it ends (runs of the same function share the actors)."""
+        me = threading.get_ident()
+        with self._lock:
+            self.use(func)
+            self._leases[me] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._leases[me] -= 1
+                if not self._leases[me]:
+                    del self._leases[me]
+                self._idle.notify_all()
+
+    def handle(self, slot: int) -> ActorHandle:
+        """The actor in ``slot``, created now if there is none."""
+        with self._lock:
+            actor = self._actors[slot]
+            if actor is None:
+                self.start()
+                actor = self._cls.options(**self._options).remote(self._func_ref)
+                self._actors[slot] = actor
+            return actor
+
+    def handles(self) -> list[ActorHandle]:
+        """All actors, created now where missing."""
+        with self._lock:
+            return [self.handle(slot) for slot in range(self.size)]
+
+    def discard(self, slot: int) -> bool:
+        """Kill the actor in ``slot`` so a fresh one is created on next use.
+
+        Returns False (and does nothing) for actors the user handed in.
+        """
+        with self._lock:
+            actor = self._actors[slot]
+            if not self.owned:
+                return False
+            if actor is not None:
+                if ray.is_initialized():  # else Ray is gone and the actor with it
+                    ray.kill(actor)
+                self._actors[slot] = None
+            return True
+
+    def close(self) -> None:
+        """Kill the actors we created; the next use creates new ones."""
+        with self._lock:
+            if self.owned:
+                for slot in range(self.size):
+                    self.discard(slot)

@@ -1,0 +1,39 @@
+"""The progress bar: tqdm on stderr, or nothing."""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+from typing import Any
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Counts finished calls; shows count, rate and ETA on stderr when enabled."""
+
+    def __init__(self, enabled: bool, total: int | None, initial: int = 0, desc: str = "") -> None:
+        self._bar: tqdm[Any] | None = None
+        if enabled:
+            self._bar = tqdm(total=total, initial=initial, desc=desc or None, file=sys.stderr,
+                             unit="call", dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.set_description(text, refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

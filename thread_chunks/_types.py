@@ -1,0 +1,21 @@
+"""Type variables and aliases shared by the package."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, TypeAlias
+
+from typing_extensions import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
+C = TypeVar("C", bound=Callable[..., Any])
+G = TypeVar("G", bound=Callable[..., Any])
+
+Row: TypeAlias = "Sequence[Any] | Mapping[str, Any]"
+"""One call's arguments: a list or tuple of positional arguments, or a dict of keyword arguments."""
+
+Args: TypeAlias = "tuple[Any, ...]"
+Kwargs: TypeAlias = "dict[str, Any]"
+
+OnError: TypeAlias = Literal["raise", "return"]

@@ -1,0 +1,19 @@
+from typing import Any
+
+from ray import ObjectRef
+
+class ActorMethod:
+    def remote(self, *args: Any, **kwargs: Any) -> ObjectRef[Any]: ...
+    def options(self, **options: Any) -> ActorMethod: ...
+
+class ActorHandle:
+    def __getattr__(self, name: str) -> ActorMethod: ...
+
+class _ActorClassMetadata:
+    modified_class: type
+    class_name: str
+
+class ActorClass:
+    __ray_metadata__: _ActorClassMetadata
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle: ...
+    def options(self, **options: Any) -> ActorClass: ...

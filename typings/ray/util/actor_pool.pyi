@@ -1,0 +1,9 @@
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from ray.actor import ActorHandle
+
+class ActorPool:
+    def __init__(self, actors: list[ActorHandle]) -> None: ...
+    def map(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]: ...
+    def map_unordered(self, fn: Callable[[Any, Any], Any], values: Iterable[Any]) -> Iterator[Any]: ...
