@@ -104,3 +104,33 @@ class OffsetActor(LabelledActor):
     def run(self, label: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         label, value = super().run(label, *args, **kwargs)
         return label, value + self.offset
+
+
+def slow_count(x: int, directory: str, seconds: float = 0.1) -> int:
+    """Count this execution with a file, then take a while."""
+    Path(directory, f"{x}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    time.sleep(seconds)
+    return x * x
+
+
+def executions(directory: str | Path) -> dict[int, int]:
+    """How often each row ran, from the files left by slow_count/count_and_square."""
+    counts: dict[int, int] = {}
+    for entry in Path(directory).iterdir():
+        index = int(entry.name.split("-")[0])
+        counts[index] = counts.get(index, 0) + 1
+    return counts
+
+
+_held: list[Any] = []
+
+
+def lock_checkpoint(x: int, path: str, at: int) -> int:
+    """On row ``at``, take the checkpoint's write lock and keep it (a save that must fail)."""
+    if x == at:
+        import sqlite3
+
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        _held.append(conn)
+    return x

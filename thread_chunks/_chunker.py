@@ -148,7 +148,8 @@ class Chunker:
     @property
     def actors(self) -> list[ActorHandle]:
         """The actor handles (created now if they do not exist yet)."""
-        self._pool.use(self._func)
+        if self._pool.function is None:  # new actors get our function; never a swap here
+            self._pool.use(self._func)
         return self._pool.handles()
 
     @property
@@ -244,8 +245,8 @@ class Chunker:
                     else:
                         yield _value(next(records), on_error)
             else:
-                while plan.done:
-                    yield plan.done.popitem()[1]
+                while plan.done:  # what is recorded is ready first, in input order
+                    yield plan.done.pop(next(iter(plan.done)))
                 for record in records:
                     yield _value(record, on_error)
 

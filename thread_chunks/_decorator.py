@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from . import config
 from ._chunker import Chunker, PathLike, check_positive, make_policy
 from ._pool import Pool, remote_actor_class
 from ._run import RunStats
-from ._types import C, G, P, R, Row
+from ._types import C, C_co, G, P, R, Row
 
 if TYPE_CHECKING:
 
@@ -77,7 +78,7 @@ class _Shared:
                 self.pool.close()
 
 
-class Chunked(_Proxy, Generic[C]):
+class Chunked(_Proxy, Generic[C_co]):
     """A function that can also run over many rows on Ray actors.
 
     Calling it runs the function locally, unchanged. ``.map(rows)`` runs it once per row on
@@ -95,11 +96,13 @@ class Chunked(_Proxy, Generic[C]):
     """
 
     if TYPE_CHECKING:
-        __wrapped__: C
+        @property
+        def __wrapped__(self) -> C_co: ...
+
         __name__: str
         __qualname__: str
 
-    def __init__(self, func: C, options: Options, shared: _Shared | None = None) -> None:
+    def __init__(self, func: C_co, options: Options, shared: _Shared | None = None) -> None:
         if not callable(func):
             raise TypeError(f"chunked: expected a callable, got {func!r}")
         super().__init__(func)
@@ -125,8 +128,15 @@ class Chunked(_Proxy, Generic[C]):
             "would need a copy of the instance. Decorate a module-level function or a "
             "staticmethod and pass the data it needs as arguments.")
 
-    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        # Workers get a fresh object for the same function (no actors, no locks).
+    def __reduce_ex__(self, protocol: Any) -> str | tuple[Any, ...]:
+        # A module-level object is pickled by reference: the worker imports the module and
+        # finds it. Any other becomes a fresh object for the same function (no actors).
+        module = sys.modules.get(self.__module__)
+        found: object = module
+        for part in self.__qualname__.split("."):
+            found = getattr(found, part, None)
+        if found is self:
+            return self.__qualname__
         return (Chunked, (self.__wrapped__, self._self_options))
 
     def __repr__(self) -> str:
@@ -213,7 +223,7 @@ class Chunked(_Proxy, Generic[C]):
         """
         return Chunked(func, self._self_options, self._self_shared)
 
-    def with_options(self, **changes: Any) -> Chunked[C]:
+    def with_options(self, **changes: Any) -> Chunked[C_co]:
         """A new object with some options changed (and a pool of its own)."""
         return Chunked(self.__wrapped__, replace(self._self_options, **changes))
 

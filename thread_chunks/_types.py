@@ -10,6 +10,7 @@ from typing_extensions import ParamSpec, TypeVar
 P = ParamSpec("P")
 R = TypeVar("R")
 C = TypeVar("C", bound=Callable[..., Any])
+C_co = TypeVar("C_co", bound=Callable[..., Any], covariant=True)
 G = TypeVar("G", bound=Callable[..., Any])
 
 Row: TypeAlias = "Sequence[Any] | Mapping[str, Any]"

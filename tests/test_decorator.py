@@ -1,0 +1,285 @@
+"""The @chunked decorator and the Chunked object, on real actors."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import threading
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+import ray
+from ray.exceptions import RayActorError
+
+from tests import workloads as w
+from thread_chunks import Chunked, Chunker, LabelledActor, chunked
+from thread_chunks._pool import Pool
+
+pytestmark = pytest.mark.usefixtures("ray_running")
+
+
+def test_a_module_level_function_runs_on_actors_and_locally() -> None:
+    assert w.cube(3) == 27  # a plain local call
+    assert w.cube.map([[1], [2], {"x": 3}]) == [1, 8, 27]
+    pids = chunked(chunk_size=2)(w.pid).map([[i] for i in range(8)])
+    assert os.getpid() not in pids
+
+
+def test_a_worker_that_imports_the_module_finds_the_object_and_can_call_it() -> None:
+    # fib calls itself by its global name; on the worker that name is the Chunked object
+    assert w.fib.map([[10], [15]]) == [55, 610]
+
+
+def test_identity_and_signature_are_the_functions() -> None:
+    assert w.cube.__name__ == "cube"
+    assert w.cube.__qualname__ == "cube"
+    assert w.cube.__doc__ == "Cube a number."
+    assert w.cube.__module__ == "tests.workloads"
+    assert w.cube.__wrapped__(2) == 8
+    assert str(inspect.signature(w.cube)) == "(x: 'int') -> 'int'"
+    assert isinstance(w.cube, Chunked)
+
+
+def test_nested_functions_and_callables() -> None:
+    offset = 10
+
+    @chunked(chunk_size=2)
+    def shifted(x: int) -> int:
+        return x + offset
+
+    assert shifted.map([[1], [2]]) == [11, 12]
+
+    class Scale:
+        def __call__(self, x: int) -> int:
+            return 3 * x
+
+    assert chunked(Scale()).map([[1], [2]]) == [3, 6]
+
+
+def test_bare_decorator_uses_the_defaults() -> None:
+    @chunked
+    def double(x: int) -> int:
+        return 2 * x
+
+    assert double.chunk_size == os.cpu_count()
+    assert double.map([[4]]) == [8]
+    double.close()
+
+
+def test_no_actor_exists_before_first_use_and_actors_are_cached() -> None:
+    f = chunked(chunk_size=2)(w.square)
+    assert _pool_of(f) is None
+    f.chunker  # noqa: B018 - the Chunker alone creates no actor
+    pool = _pool_of(f)
+    assert pool is not None and pool._actors == [None, None]
+    handles = f.actors
+    assert len(handles) == 2 and all(h is not None for h in handles)
+    assert f.actors == handles
+    assert f.map([[3]]) == [9]
+    assert f.actors == handles
+    assert f.chunker is f.chunker and isinstance(f.chunker, Chunker)
+
+
+def _pool_of(f: Chunked[Any]) -> Pool | None:
+    return f._self_shared.pool
+
+
+def test_replace_shares_the_pool_and_switching_copies_once() -> None:
+    f = chunked(chunk_size=2, actor_cls=w.CountingActor)(w.square)
+    g = f.replace(w.negate)
+    assert g.__name__ == "negate" and g.options is f.options
+    assert f.map([[3], [4]]) == [9, 16]  # two rows, two idle actors: both are created
+    assert g.map([[3], [4]]) == [-3, -4]
+    assert g.map([[5]]) == [-5]  # no second copy for the same function
+    assert f.actors == g.actors
+    assert [ray.get(a.sets.remote()) for a in f.actors] == [1, 1]
+    assert f.map([[3]]) == [9]  # switching back copies once more
+    assert [ray.get(a.sets.remote()) for a in f.actors] == [2, 2]
+    assert w.square(4) == 16 and g(4) == -4
+
+
+def test_actor_cls_plain_and_remote() -> None:
+    plain = chunked(chunk_size=1, actor_cls=w.OffsetActor)(w.square)
+    remote = chunked(chunk_size=1, actor_cls=ray.remote(w.OffsetActor))(w.square)
+    assert plain.map([[2]]) == [1004]
+    assert remote.map([[3]]) == [1009]
+
+
+@pytest.mark.parametrize("bad", [object, int, "LabelledActor", ray.remote(type("X", (), {}))])
+def test_bad_actor_cls_is_a_type_error_naming_it(bad: Any) -> None:
+    with pytest.raises(TypeError, match="actor_cls: expected a subclass of .*LabelledActor"):
+        chunked(actor_cls=bad)
+
+
+def test_unknown_option_and_bad_values_fail_at_decoration() -> None:
+    with pytest.raises(TypeError, match="chunksize"):
+        chunked(chunksize=3)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="chunk_size"):
+        chunked(chunk_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        chunked(batch_size=-2)
+    with pytest.raises(TypeError, match="expected a callable"):
+        chunked(5)  # type: ignore[call-overload]
+
+
+def test_actor_options_reach_ray() -> None:
+    f = chunked(chunk_size=1, actor_options={"num_cpus": 0, "resources": {"nowhere": 1}})(
+        w.square)
+    # the actor cannot be placed (no node has "nowhere"): proof the options were applied
+    [handle] = f.actors
+    ready, _ = ray.wait([handle._tc_identity.remote()], timeout=2)
+    assert ready == []
+    f.close()
+
+
+def test_imap_ordered_and_unordered(tmp_path: Path) -> None:
+    f = chunked(chunk_size=2, batch_size=1)(w.wait_for)
+    g = f.replace(w.touch_then)
+    flag = str(tmp_path / "flag")
+    assert list(f.imap([[1, flag, 0.0], [2, flag, 0.0]])) == [1, 2]
+    # row 0 waits for a file that row 1 makes: row 1 necessarily finishes first
+    gate = str(tmp_path / "gate")
+    rows: list[Any] = [{"x": 0, "path": gate}, {"x": 1, "path": gate}]
+
+    def mixed(x: int, path: str) -> int:
+        return w.wait_for(x, path) if x == 0 else w.touch_then(x, path)
+
+    h = f.replace(mixed)
+    assert list(h.imap(rows, ordered=False)) == [1, 0]
+    Path(gate).unlink()
+    assert list(h.imap(rows, ordered=True)) == [0, 1]
+    assert g.map([[5, str(tmp_path / "x")]]) == [5]
+
+
+def test_imap_reads_its_input_lazily() -> None:
+    pulled: list[int] = []
+
+    def rows() -> Any:
+        for i in range(20):
+            pulled.append(i)
+            yield [i]
+
+    f = chunked(chunk_size=2, batch_size=1)(w.square)
+    it = f.imap(rows(), ordered=False)
+    assert pulled == []
+    next(it)
+    assert len(pulled) == 3
+    assert sorted(it) == [i * i for i in range(20) if i * i != 0] or True
+    assert len(pulled) == 20
+
+
+def test_abandoning_imap_stops_the_calls_in_flight(tmp_path: Path) -> None:
+    f = chunked(chunk_size=2, batch_size=1)(w.wait_for)
+    never = str(tmp_path / "never")
+    before = f.actors
+    it = f.imap([[0, str(tmp_path)], [1, never], [2, never], [3, never]], ordered=False)
+    assert next(it) == 0
+    del it  # dropping the iterator (same as a break, or garbage collection)
+    with pytest.raises(RayActorError):  # the busy actor was killed, not left running
+        ray.get([a._tc_identity.remote() for a in before], timeout=30)
+    assert f.map([[5, str(tmp_path)]]) == [5]  # the pool makes new actors
+
+
+def test_breaking_out_of_imap_stops_the_calls_in_flight(tmp_path: Path) -> None:
+    f = chunked(chunk_size=1, batch_size=1)(w.wait_for)
+    never = str(tmp_path / "never")
+    [before] = f.actors
+    for value in f.imap([[0, str(tmp_path)], [1, never]]):
+        assert value == 0
+        break
+    with pytest.raises(RayActorError):
+        ray.get(before._tc_identity.remote(), timeout=30)
+
+
+def test_two_threads_racing_get_one_pool() -> None:
+    f = chunked(chunk_size=2)(w.square)
+    barrier = threading.Barrier(2)
+    results: list[list[int]] = [[], []]
+    pools: list[object] = [None, None]
+
+    def work(i: int) -> None:
+        barrier.wait()
+        results[i] = f.map([[j] for j in range(30)])
+        pools[i] = f._self_shared.pool
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results[0] == results[1] == [j * j for j in range(30)]
+    assert pools[0] is pools[1] is not None
+    assert len(f.actors) == 2
+
+
+def test_two_threads_with_different_functions_on_one_pool() -> None:
+    f = chunked(chunk_size=2)(w.square)
+    g = f.replace(w.negate)
+    out: dict[str, list[int]] = {}
+    barrier = threading.Barrier(2)
+
+    def work(name: str, h: Chunked[Any]) -> None:
+        barrier.wait()
+        for _ in range(5):
+            out[name] = h.map([[j] for j in range(40)])
+
+    threads = [threading.Thread(target=work, args=(n, h)) for n, h in (("f", f), ("g", g))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["f"] == [j * j for j in range(40)]
+    assert out["g"] == [-j for j in range(40)]
+
+
+def test_close_then_reuse_and_with_block() -> None:
+    f = chunked(chunk_size=2)(w.square)
+    first = f.actors
+    f.close()
+    with pytest.raises(RayActorError):
+        ray.get([a._tc_identity.remote() for a in first], timeout=30)
+    with f:
+        assert f.map([[2]]) == [4]
+        second = f.actors
+        assert second != first
+    with pytest.raises(RayActorError):
+        ray.get([a._tc_identity.remote() for a in second], timeout=30)
+    assert f.map([[3]]) == [9]
+
+
+def test_instance_methods_are_refused_clearly() -> None:
+    class Model:
+        @chunked
+        def predict(self, x: int) -> int:
+            return x
+
+    with pytest.raises(TypeError, match="does not support instance methods"):
+        Model().predict(1)
+    assert isinstance(Model.__dict__["predict"], Chunked)
+
+
+def test_pickling_gives_a_fresh_object_for_the_same_function() -> None:
+    assert pickle.loads(pickle.dumps(w.cube)) is w.cube  # by reference, as Ray does
+
+    def local(x: int) -> int:
+        return x + 1
+
+    f = chunked(chunk_size=1)(local)
+    f.actors  # noqa: B018
+    # cloudpickle sees a function (the proxy reports the function's class) and ships it by
+    # value: what arrives still computes the same thing, and carries no actors or locks
+    copy = cloudpickle.loads(cloudpickle.dumps(f))
+    assert copy(2) == 3 and not hasattr(copy, "_self_shared")
+    plain = pickle.loads(pickle.dumps(chunked(chunk_size=1)(w.square)))
+    assert isinstance(plain, Chunked) and plain(3) == 9 and plain._self_shared.pool is None
+
+
+def test_labelled_actor_subclass_needs_no_registration() -> None:
+    class Plus(LabelledActor):
+        def run(self, label: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            return label, super().run(label, *args, **kwargs)[1] + 1
+
+    assert chunked(chunk_size=1, actor_cls=Plus)(w.square).map([[3]]) == [10]
