@@ -104,8 +104,9 @@ def test_generator_input_is_read_lazily() -> None:
     results = chunker.imap(rows(), ordered=False)
     assert pulled == 0  # nothing is read before the first result is asked for
     first = next(results)
-    # two rows went out; the first result freed an actor, which got the third row
-    assert pulled == 3
+    # two rows went out; the first result was quick, so from now on each actor may hold one
+    # running call and one waiting: at most 2 * chunk_size rows are out, plus the finished one
+    assert 3 <= pulled <= 2 * 2 + 1
     assert sorted([first, *results]) == [i * i for i in range(50)]
     assert pulled == 50
 

@@ -165,9 +165,9 @@ def test_imap_reads_its_input_lazily() -> None:
     f = chunked(chunk_size=2, batch_size=1)(w.square)
     it = f.imap(rows(), ordered=False)
     assert pulled == []
-    next(it)
-    assert len(pulled) == 3
-    assert sorted(it) == [i * i for i in range(20) if i * i != 0] or True
+    first = next(it)
+    assert 3 <= len(pulled) <= 2 * 2 + 1  # one running and one queued call per actor at most
+    assert sorted([first, *it]) == [i * i for i in range(20)]
     assert len(pulled) == 20
 
 

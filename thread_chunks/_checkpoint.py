@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from types import CodeType
@@ -31,7 +32,6 @@ BUSY_TIMEOUT_MS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS params (idx INTEGER PRIMARY KEY, row BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     idx INTEGER PRIMARY KEY,
     ok INTEGER NOT NULL,
@@ -77,11 +77,16 @@ def body_digest(func: object) -> str:
 
 
 def _pickle(value: object) -> bytes:
-    return cloudpickle.dumps(value, protocol=5)
+    """The standard pickler (fast, C) first; cloudpickle for what it cannot do (lambdas,
+    local classes)."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=5)
 
 
 def _unpickle(blob: bytes | None) -> Any:
-    return None if blob is None else cloudpickle.loads(blob)
+    return None if blob is None else pickle.loads(blob)
 
 
 # -- opening a file --------------------------------------------------------------------------
@@ -161,17 +166,16 @@ class Identity:
 
 
 def _read_identity(conn: sqlite3.Connection) -> Identity | None:
-    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'").fetchall())
     if "func_name" not in meta:
         return None
     return Identity(str(meta["func_name"]), str(meta.get("func_digest", "")),
                     int(meta["count"]), str(meta["params_digest"]))
 
 
-def _write_fresh(conn: sqlite3.Connection, identity: Identity, blobs: Sequence[bytes]) -> None:
+def _write_fresh(conn: sqlite3.Connection, identity: Identity, blob: bytes) -> None:
     with _transaction(conn):
         conn.execute("DELETE FROM results")
-        conn.execute("DELETE FROM params")
         conn.execute("DELETE FROM meta")
         conn.executemany("INSERT INTO meta VALUES (?, ?)", [
             ("format_version", FORMAT_VERSION),
@@ -180,8 +184,8 @@ def _write_fresh(conn: sqlite3.Connection, identity: Identity, blobs: Sequence[b
             ("count", identity.count),
             ("params_digest", identity.params_digest),
             ("created", time.time()),
+            ("parameters", blob),
         ])
-        conn.executemany("INSERT INTO params VALUES (?, ?)", enumerate(blobs))
 
 
 class _transaction:
@@ -195,12 +199,12 @@ class _transaction:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _digest_rows(blobs: Iterable[bytes]) -> str:
-    digest = hashlib.sha256()
-    for blob in blobs:
-        digest.update(len(blob).to_bytes(8, "little"))
-        digest.update(blob)
-    return digest.hexdigest()
+def _identity(func_name: str, func_digest: str, parameters: Sequence[Any]
+              ) -> tuple[Identity, bytes]:
+    """The run's identity and the pickled parameter list (stored once, as one value)."""
+    blob = _pickle(list(parameters))
+    return Identity(func_name, func_digest, len(parameters),
+                    hashlib.sha256(blob).hexdigest()), blob
 
 
 class Store:
@@ -221,8 +225,7 @@ class Store:
         """
         path = os.fspath(path)
         ours = _is_ours(path)
-        blobs = [_pickle(row) for row in parameters]
-        identity = Identity(func_name, func_digest, len(blobs), _digest_rows(blobs))
+        identity, blob = _identity(func_name, func_digest, parameters)
         conn = _connect(path, create=not ours)
         store = cls(path, conn)
         try:
@@ -233,7 +236,7 @@ class Store:
                     warnings.warn(
                         f"checkpoint {path!r} is from another run ({reason}); starting afresh "
                         "and replacing it", CheckpointRestartWarning, stacklevel=4)
-                _write_fresh(conn, identity, blobs)
+                _write_fresh(conn, identity, blob)
                 return store, {}
             done = {idx: _unpickle(blob) for idx, blob in
                     conn.execute("SELECT idx, value FROM results WHERE ok = 1")}
@@ -320,10 +323,9 @@ class Checkpoint:
         if not (len(self.output) == len(self.completed) == len(self.parameters)):
             raise ValueError("parameters, output and completed must have the same length")
         ours = _is_ours(target)
-        blobs = [_pickle(row) for row in self.parameters]
-        identity = Identity(self.func_name, "", len(blobs), _digest_rows(blobs))
+        identity, blob = _identity(self.func_name, "", self.parameters)
         with closing(_connect(target, create=not ours)) as conn:
-            _write_fresh(conn, identity, blobs)
+            _write_fresh(conn, identity, blob)
             now = time.time()
             rows = [(i, 1, _pickle(self.output[i]), self.started[i], self.ended[i],
                      self.actor[i], now) for i, done in enumerate(self.completed) if done]
@@ -343,8 +345,8 @@ class Checkpoint:
             identity = _read_identity(conn)
             if identity is None:
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
-            parameters = [_unpickle(b) for (b,) in
-                          conn.execute("SELECT row FROM params ORDER BY idx")]
+            parameters = list(_unpickle(conn.execute(
+                "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
             results = conn.execute(
                 "SELECT idx, ok, value, started, ended, actor FROM results").fetchall()
         n = len(parameters)

@@ -37,14 +37,18 @@ def check_on_error(on_error: object) -> None:
 
 
 def make_policy(retries: int, retry_on: type[BaseException] | tuple[type[BaseException], ...],
-                max_worker_deaths: int) -> Policy:
+                max_worker_deaths: int, timeout: float | None = None) -> Policy:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries: expected an int >= 0, got {retries!r}")
     kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
     if not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
         raise TypeError(f"retry_on: expected exception classes, got {retry_on!r}")
     check_positive("max_worker_deaths", max_worker_deaths)
-    return Policy(retries=retries, retry_on=kinds, max_worker_deaths=max_worker_deaths)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
+    return Policy(retries=retries, retry_on=kinds, max_worker_deaths=max_worker_deaths,
+                  timeout=None if timeout is None else float(timeout))
 
 
 class _Plan:
@@ -99,6 +103,7 @@ class Chunker:
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         max_worker_deaths: int = 3,
+        timeout: float | None = None,
     ) -> None:
         if (func is None) == (actors is None):
             raise ValueError("Either `func` or `actors` must be specified, but not both.")
@@ -116,7 +121,7 @@ class Chunker:
         check_positive("batch_size", batch_size, allow_none=True)
         if func is not None and not callable(func):
             raise TypeError(f"func: expected a callable, got {func!r}")
-        self._policy = make_policy(retries, retry_on, max_worker_deaths)
+        self._policy = make_policy(retries, retry_on, max_worker_deaths, timeout)
         self._batch_size = batch_size
         self._pool = Pool(chunk_size, actor_cls=actor_cls, actor_options=actor_options,
                           actors=actors)
@@ -133,8 +138,9 @@ class Chunker:
     def _lazy(cls, func: Callable[..., Any], pool: Pool, **options: Any) -> Chunker:
         """A Chunker on an existing pool that starts nothing until it is used."""
         self = cls.__new__(cls)
-        self._policy = make_policy(options.pop("retries", 0), options.pop("retry_on", Exception),
-                                   options.pop("max_worker_deaths", 3))
+        self._policy = make_policy(
+            options.pop("retries", 0), options.pop("retry_on", Exception),
+            options.pop("max_worker_deaths", 3), options.pop("timeout", None))
         self._batch_size = options.pop("batch_size", None)
         self._pool = pool
         progress_bar = options.pop("progress_bar", None)
@@ -209,14 +215,15 @@ class Chunker:
         total = len(parameters) if isinstance(parameters, Sequence) else None
         if path is None and total is None:
             return _Plan(items(rows), None, {}, None, name, None)
-        listed = list(items(rows))  # validates every row before any call starts
+        materialised = list(rows)
+        listed = list(items(materialised))  # validates every row before any call starts
         if path is None:
             return _Plan(iter(listed), len(listed), {}, None, name, None)
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
             name = function_name(held)
         store, done = Store.open(path, getattr(held, "__name__", name), body_digest(held),
-                                 [_row_of(item) for item in listed])
+                                 materialised)
         source = iter([item for item in listed if item[0] not in done])
         return _Plan(source, len(listed), done, store, name, None)
 
@@ -274,11 +281,6 @@ class Chunker:
         self._release_ray()
 
 
-def _row_of(item: Item) -> Any:
-    """The row as the user wrote it, for the checkpoint (list of args or dict of kwargs)."""
-    return dict(item[2]) if item[2] else list(item[1])
-
-
 def _value(record: Record, on_error: OnError) -> Any:
     if record[1]:
         return record[2]
@@ -302,6 +304,7 @@ def chunk(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
+    timeout: float | None = None,
 ) -> list[Any]:
     """Call ``func`` once per row of ``parameters``, at most ``chunk_size`` calls at once.
 
@@ -328,7 +331,8 @@ def chunk(
     options: dict[str, Any] = dict(
         chunk_size=chunk_size, progress_bar=progress_bar, persistent=True, path=path,
         actor_cls=actor_cls, actor_options=actor_options, batch_size=batch_size,
-        retries=retries, retry_on=retry_on, max_worker_deaths=max_worker_deaths)
+        retries=retries, retry_on=retry_on, max_worker_deaths=max_worker_deaths,
+        timeout=timeout)
     iterate(parameters)  # a TypeError before Ray starts
     with ray_session():
         if actors is None:

@@ -39,6 +39,7 @@ class Options:
     retries: int = 0
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
     max_worker_deaths: int = 3
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_positive("chunk_size", self.chunk_size, allow_none=True)
@@ -48,12 +49,12 @@ class Options:
             raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
         if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
             raise TypeError(f"progress_bar: expected a bool or None, got {self.progress_bar!r}")
-        make_policy(self.retries, self.retry_on, self.max_worker_deaths)
+        make_policy(self.retries, self.retry_on, self.max_worker_deaths, self.timeout)
 
     def chunker_options(self) -> dict[str, Any]:
         return {"progress_bar": self.progress_bar, "batch_size": self.batch_size,
                 "retries": self.retries, "retry_on": self.retry_on,
-                "max_worker_deaths": self.max_worker_deaths}
+                "max_worker_deaths": self.max_worker_deaths, "timeout": self.timeout}
 
 
 class _Shared:
@@ -252,6 +253,7 @@ def chunked(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
+    timeout: float | None = None,
 ) -> Callable[[G], Chunked[G]]: ...
 def chunked(
     func: Callable[..., Any] | None = None,
@@ -265,6 +267,7 @@ def chunked(
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
+    timeout: float | None = None,
 ) -> Chunked[Any] | Callable[[G], Chunked[G]]:
     """Make a function runnable over many rows on Ray actors, ``chunk_size`` calls at a time.
 
@@ -284,11 +287,13 @@ def chunked(
         retry_on: only retry these exception classes.
         max_worker_deaths: a row whose worker dies this many times fails with
             :class:`WorkerDiedError`.
+        timeout: seconds a call may run; a call running longer is stopped (its actor killed
+            and replaced) and its row gets a TimeoutError.
     """
     options = Options(chunk_size=chunk_size, actor_cls=actor_cls,
                       actor_options=dict(actor_options or {}), progress_bar=progress_bar,
                       batch_size=batch_size, retries=retries, retry_on=retry_on,
-                      max_worker_deaths=max_worker_deaths)
+                      max_worker_deaths=max_worker_deaths, timeout=timeout)
     if func is not None:
         return Chunked(func, options)
 

@@ -142,16 +142,22 @@ class Pool:
         with self._lock:
             return [self.handle(slot) for slot in range(self.size)]
 
-    def discard(self, slot: int) -> bool:
-        """Kill the actor in ``slot`` so a fresh one is created on next use.
+    def current(self, slot: int) -> ActorHandle | None:
+        """The actor in ``slot`` now (None when none was created since the last discard)."""
+        return self._actors[slot]
+
+    def discard(self, slot: int, actor: ActorHandle | None = None) -> bool:
+        """Kill the actor in ``slot`` (only if it is still ``actor``, when given) so a fresh
+        one is created on next use.
 
         Returns False (and does nothing) for actors the user handed in.
         """
         with self._lock:
-            actor = self._actors[slot]
             if not self.owned:
                 return False
-            if actor is not None:
+            current = self._actors[slot]
+            if current is not None and (actor is None or current is actor):
+                actor = current
                 if ray.is_initialized():  # else Ray is gone and the actor with it
                     ray.kill(actor)
                 self._actors[slot] = None

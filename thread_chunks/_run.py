@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+import warnings
 from collections import deque
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -10,16 +12,22 @@ from itertools import islice
 from typing import Any, Protocol
 
 import ray
+from ray.actor import ActorHandle
 from ray.exceptions import RayActorError
 
 from ._actor import Item, Record
-from ._errors import WorkerDiedError
+from ._errors import ConcurrencyReducedWarning, ThreadChunksError, WorkerDiedError
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import annotate
 
 _TARGET_BATCH_SECONDS = 0.05
+"""Automatic batching aims for actor calls of about this long."""
 _MAX_BATCH = 1024
+_PIPELINE_BELOW_SECONDS = 0.5
+"""Calls shorter than this get a second call queued on their actor, hiding the round trip."""
+_MEMORY_KILL = re.compile(r"low on memory|out of memory|OUT_OF_MEMORY|memory usage threshold",
+                          re.IGNORECASE)
 
 
 class Store(Protocol):
@@ -37,11 +45,13 @@ class RunStats:
     failures: int = 0
     """Calls that ended in an exception after their retries."""
     retries: int = 0
-    """Calls run again: after an exception (``retries=``) or after their worker died."""
+    """Calls run again: after an exception (``retries=``), a timeout or a dead worker."""
     worker_deaths: int = 0
-    """Worker processes that died and were replaced."""
+    """Worker processes that died (or were killed for a timeout) and were replaced."""
     peak_concurrency: int = 0
-    """Most actor calls in flight at once (never above ``chunk_size``)."""
+    """Most calls running at once (never above ``chunk_size``)."""
+    final_concurrency: int = 0
+    """Actors still in use at the end (lower than ``chunk_size`` after memory kills)."""
     wall_time: float = 0.0
     """Seconds from the first call sent to the last result received."""
     busy_time: dict[str, float] = field(default_factory=dict)
@@ -55,34 +65,246 @@ class Policy:
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     max_worker_deaths: int = 3
+    timeout: float | None = None
 
 
 class Batcher:
-    """How many rows go into one actor call.
+    """How many rows go into one actor call, and whether to queue a second call per actor.
 
     Fixed when the user says so; otherwise starts at 1 and grows (doubling) while a call's
     rows take much less than ``_TARGET_BATCH_SECONDS``, so tiny calls stop paying Ray's
     per-call overhead one by one, and shrinks at once when rows get slower.
     """
 
-    def __init__(self, fixed: int | None) -> None:
-        self.fixed = fixed
-        self.size = fixed or 1
+    def __init__(self, fixed: int | None, timeout: float | None) -> None:
+        self.fixed = 1 if timeout is not None and fixed is None else fixed
+        self.size = self.fixed or 1
+        self.pipelined = False
 
     def observe(self, records: list[Record]) -> None:
-        if self.fixed is not None or not records:
+        if not records:
             return
-        per_row = max((records[-1][4] - records[0][3]) / len(records), 1e-7)
-        ideal = max(1, min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row)))
-        self.size = min(ideal, self.size * 2)
+        took = records[-1][4] - records[0][3]
+        if took < _PIPELINE_BELOW_SECONDS:
+            self.pipelined = True
+        if self.fixed is None:
+            per_row = max(took / len(records), 1e-7)
+            ideal = max(1, min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row)))
+            self.size = min(ideal, self.size * 2)
 
     def reset(self) -> None:
         if self.fixed is None:
             self.size = 1
 
 
-def _actor_label(slot: int) -> str:
+@dataclass
+class _Call:
+    slot: int
+    actor: ActorHandle
+    batch: list[Item]
+    sent: float
+
+
+def actor_label(slot: int) -> str:
     return f"actor-{slot}"
+
+
+class _Run:
+    """State of one run: which calls are in flight where, what waits to be run again."""
+
+    def __init__(self, pool: Pool, source: Iterator[Item], ordered: bool,
+                 batch_size: int | None, policy: Policy, stats: RunStats, name: str) -> None:
+        self.pool = pool
+        self.source = source
+        self.ordered = ordered
+        self.policy = policy
+        self.stats = stats
+        self.name = name
+        self.batcher = Batcher(batch_size, policy.timeout)
+        self.tokens: deque[int] = deque(range(pool.size))  # one per call an actor may hold
+        self.retired: set[int] = set()
+        self.lanes: list[deque[ray.ObjectRef[Any]]] = [deque() for _ in range(pool.size)]
+        self.running_since: list[float] = [0.0] * pool.size
+        self.inflight: dict[ray.ObjectRef[Any], _Call] = {}
+        self.again: deque[Item] = deque()  # rows to run again, before new rows
+        self.attempts: dict[int, int] = {}
+        self.deaths: dict[int, int] = {}
+        self.order: deque[int] = deque()  # first-submission order (ordered mode)
+        self.early: dict[int, Record] = {}
+        self.exhausted = False
+        self.pipelining = False
+
+    # -- sending -------------------------------------------------------------------------
+
+    def take(self, n: int) -> list[Item]:
+        batch: list[Item] = []
+        while self.again and len(batch) < n:
+            batch.append(self.again.popleft())
+        if len(batch) < n and not self.exhausted:
+            fresh = list(islice(self.source, n - len(batch)))
+            if len(fresh) < n - len(batch):
+                self.exhausted = True
+            if self.ordered:
+                self.order.extend(item[0] for item in fresh)
+            batch.extend(fresh)
+        return batch
+
+    def fill(self) -> None:
+        if self.batcher.pipelined and not self.pipelining:
+            self.pipelining = True  # a second token per actor: one call runs, one waits
+            self.tokens.extend(s for s in range(self.pool.size) if s not in self.retired)
+        while self.tokens and (self.again or not self.exhausted):
+            slot = self.tokens.popleft()
+            if slot in self.retired:
+                continue
+            batch = self.take(self.batcher.size)
+            if not batch:
+                self.tokens.appendleft(slot)
+                return
+            actor = self.pool.handle(slot)
+            ref = actor._tc_run_batch.remote(batch)
+            now = time.monotonic()
+            if not self.lanes[slot]:
+                self.running_since[slot] = now
+            self.lanes[slot].append(ref)
+            self.inflight[ref] = _Call(slot, actor, batch, now)
+        running = sum(1 for lane in self.lanes if lane)
+        self.stats.peak_concurrency = max(self.stats.peak_concurrency, running)
+
+    def release(self, ref: ray.ObjectRef[Any]) -> _Call:
+        call = self.inflight.pop(ref)
+        lane = self.lanes[call.slot]
+        was_running = bool(lane) and lane[0] == ref
+        lane.remove(ref)
+        if was_running and lane:
+            self.running_since[call.slot] = time.monotonic()
+        self.tokens.append(call.slot)
+        return call
+
+    # -- waiting ----------------------------------------------------------------------------
+
+    def wait(self) -> ray.ObjectRef[Any] | None:
+        """The next finished call, or None when a running call has passed its timeout."""
+        timeout = self.policy.timeout
+        remaining = None
+        if timeout is not None:
+            now = time.monotonic()
+            remaining = max(0.0, min(self.running_since[s] + timeout - now
+                                     for s, lane in enumerate(self.lanes) if lane))
+        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=remaining)
+        return ready[0] if ready else None
+
+    def overdue(self) -> list[Record]:
+        """Kill the actors whose running call passed the timeout; those rows fail."""
+        assert self.policy.timeout is not None
+        now = time.monotonic()
+        failed: list[Record] = []
+        for slot, lane in enumerate(self.lanes):
+            if not lane or now - self.running_since[slot] < self.policy.timeout:
+                continue
+            running = lane[0]
+            call = self.inflight[running]
+            self.pool.discard(slot, call.actor)
+            self.stats.worker_deaths += 1
+            for ref in list(lane):
+                queued = self.release(ref)
+                if ref is not running:
+                    self.again.extendleft(reversed(queued.batch))
+            wall = time.time()
+            timed_out: list[Record] = [
+                (item[0], False, TimeoutError(
+                    f"row {item[0]} ran longer than timeout={self.policy.timeout}s; its actor "
+                    "was killed and replaced"), wall - self.policy.timeout, wall, "")
+                for item in call.batch]
+            failed += self.settle(timed_out, call.batch)
+        return failed
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    def settle(self, records: list[Record], batch: list[Item]) -> list[Record]:
+        """The final records; failed rows with retries left go back into ``again``."""
+        if all(record[1] for record in records):
+            return records
+        final: list[Record] = []
+        for record, item in zip(records, batch, strict=True):
+            if not record[1]:
+                tried = self.attempts.get(record[0], 0) + 1
+                self.attempts[record[0]] = tried
+                if tried <= self.policy.retries and isinstance(record[2], self.policy.retry_on):
+                    self.stats.retries += 1
+                    self.again.append(item)
+                    continue
+                self.stats.failures += 1
+                annotate(record[2], item, self.name, record[5])
+            final.append(record)
+        return final
+
+    def died(self, ref: ray.ObjectRef[Any], call: _Call, exc: RayActorError,
+             was_running: bool) -> list[Record]:
+        """An actor died under ``call``: replace it and run its rows again.
+
+        Only the call that was running is charged with the death; a row charged
+        ``max_worker_deaths`` times fails with WorkerDiedError.
+        """
+        if getattr(exc, "actor_init_failed", False):
+            raise ThreadChunksError(
+                f"the actors could not start (creating the actor or loading {self.name!r} "
+                f"on it failed): {exc}") from exc
+        if not self.pool.owned:
+            raise WorkerDiedError(
+                f"an actor handed in by the user died and cannot be replaced: {exc}") from exc
+        if self.pool.current(call.slot) is call.actor:  # first news of this death
+            self.pool.discard(call.slot, call.actor)
+            self.stats.worker_deaths += 1
+            if _MEMORY_KILL.search(str(exc)):
+                self.shrink(call.slot)
+        self.batcher.reset()
+        if not was_running or len(call.batch) > 1:
+            # innocent until proven guilty: queued calls, and batches, run again row by row
+            self.stats.retries += len(call.batch)
+            self.again.extendleft(reversed(call.batch))
+            return []
+        item = call.batch[0]
+        index = item[0]
+        self.deaths[index] = self.deaths.get(index, 0) + 1
+        if self.deaths[index] < self.policy.max_worker_deaths:
+            self.stats.retries += 1
+            self.again.appendleft(item)
+            return []
+        now = time.time()
+        error = WorkerDiedError(
+            f"row {index} killed its worker {self.deaths[index]} times (segfault, os._exit, "
+            f"out of memory, or killed); last cause: {exc}", index=index,
+            deaths=self.deaths[index])
+        self.stats.failures += 1
+        annotate(error, item, self.name, "")
+        return [(index, False, error, now, now, "")]
+
+    def shrink(self, slot: int) -> None:
+        """A worker was killed for memory: one call fewer at once from now on (never 0)."""
+        active = self.pool.size - len(self.retired)
+        if active <= 1:
+            return
+        self.retired.add(slot)
+        warnings.warn(
+            f"a worker running {self.name!r} was killed for lack of memory; running "
+            f"{active - 1} calls at once instead of {active} for the rest of this run",
+            ConcurrencyReducedWarning, stacklevel=4)
+
+    def finished(self, record: Record) -> Iterator[Record]:
+        if not self.ordered:
+            yield record
+            return
+        self.early[record[0]] = record
+        while self.order and self.order[0] in self.early:
+            yield self.early.pop(self.order.popleft())
+
+    def abort(self) -> None:
+        """Stop every call in flight: kill our busy actors, cancel on the user's."""
+        for ref, call in list(self.inflight.items()):
+            if not self.pool.discard(call.slot, call.actor) and ray.is_initialized():
+                ray.cancel(ref)
+        self.inflight.clear()
 
 
 def run(
@@ -97,159 +319,53 @@ def run(
     stats: RunStats,
     name: str,
 ) -> Generator[Record, None, None]:
-    """Run every item on ``pool``, at most ``pool.size`` actor calls at once.
+    """Run every item on ``pool``, at most ``pool.size`` calls running at once.
 
     Blocks on ``ray.wait`` (never polls). Yields one record per item, in input order when
     ``ordered`` (holding back only what arrived early), else as they finish. Items are pulled
-    from ``source`` only when an actor is free. Closing the generator early kills the calls in
-    flight (actors we own are replaced lazily).
+    from ``source`` only when an actor can take them. Closing the generator early kills the
+    calls in flight (actors we own are replaced lazily).
     """
-    batcher = Batcher(batch_size)
-    idle: deque[int] = deque(range(pool.size))
-    inflight: dict[ray.ObjectRef[Any], tuple[int, list[Item]]] = {}
-    again: deque[Item] = deque()  # rows to run again (retries, dead workers), before new rows
-    attempts: dict[int, int] = {}  # index -> failed attempts so far (only rows that failed)
-    deaths: dict[int, int] = {}
-    order: deque[int] = deque()  # indices in first-submission order (ordered mode)
-    early: dict[int, Record] = {}
-    exhausted = False
+    state = _Run(pool, source, ordered, batch_size, policy, stats, name)
     started = time.perf_counter()
 
-    def take(n: int) -> list[Item]:
-        nonlocal exhausted
-        batch: list[Item] = []
-        while again and len(batch) < n:
-            batch.append(again.popleft())
-        if len(batch) < n and not exhausted:
-            fresh = list(islice(source, n - len(batch)))
-            if len(fresh) < n - len(batch):
-                exhausted = True
-            if ordered:
-                order.extend(item[0] for item in fresh)
-            batch.extend(fresh)
-        return batch
-
-    def fill() -> None:
-        while idle and (again or not exhausted):
-            batch = take(batcher.size)
-            if not batch:
-                return
-            slot = idle.popleft()
-            ref = pool.handle(slot)._tc_run_batch.remote(batch)
-            inflight[ref] = (slot, batch)
-            stats.peak_concurrency = max(stats.peak_concurrency, len(inflight))
-
-    def finished(record: Record) -> Iterator[Record]:
-        if not ordered:
-            yield record
+    def deliver(final: list[Record], slot: int | None) -> Iterator[Record]:
+        if not final:
             return
-        early[record[0]] = record
-        while order and order[0] in early:
-            yield early.pop(order.popleft())
+        label = actor_label(slot) if slot is not None else ""
+        if store is not None:
+            store.record(final, label)
+        progress.update(len(final))
+        stats.calls += len(final)
+        for record in final:
+            yield from state.finished(record)
 
     try:
-        fill()
-        while inflight:
-            [ref], _ = ray.wait(list(inflight), num_returns=1)
-            slot, batch = inflight.pop(ref)
+        state.fill()
+        while state.inflight:
+            ref = state.wait()
+            if ref is None:  # a call passed its timeout
+                final = state.overdue()
+                state.fill()
+                yield from deliver(final, None)
+                continue
+            was_running = state.lanes[state.inflight[ref].slot][0] == ref
+            call = state.release(ref)
             try:
                 records: list[Record] = ray.get(ref)
             except RayActorError as exc:
-                done = _worker_died(pool, slot, batch, exc, again, deaths, policy, stats,
-                                    batcher, name)
-                idle.append(slot)
-                fill()
-                for record in done:
-                    stats.calls += 1
-                    stats.failures += 1
-                    if store is not None:
-                        store.record([record], _actor_label(slot))
-                    progress.update()
-                    yield from finished(record)
+                final = state.died(ref, call, exc, was_running)
+                state.fill()
+                yield from deliver(final, call.slot)
                 continue
-            idle.append(slot)
-            batcher.observe(records)
-            final = _settle(records, batch, again, attempts, policy, stats, name)
-            fill()
-            label = _actor_label(slot)
-            if records:
-                stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
-                    r[4] - r[3] for r in records)
-            if store is not None and final:
-                store.record(final, label)
-            progress.update(len(final))
-            stats.calls += len(final)
-            for record in final:
-                yield from finished(record)
+            state.batcher.observe(records)
+            final = state.settle(records, call.batch)
+            state.fill()
+            label = actor_label(call.slot)
+            stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
+                r[4] - r[3] for r in records)
+            yield from deliver(final, call.slot)
     finally:
         stats.wall_time = time.perf_counter() - started
-        for ref, (slot, _) in inflight.items():
-            if not pool.discard(slot) and ray.is_initialized():
-                ray.cancel(ref)
-
-
-def _settle(
-    records: list[Record],
-    batch: list[Item],
-    again: deque[Item],
-    attempts: dict[int, int],
-    policy: Policy,
-    stats: RunStats,
-    name: str,
-) -> list[Record]:
-    """The records that are final; failed rows with retries left go back into ``again``."""
-    if all(record[1] for record in records):
-        return records
-    final: list[Record] = []
-    for record, item in zip(records, batch, strict=True):
-        if not record[1]:
-            tried = attempts.get(record[0], 0) + 1
-            attempts[record[0]] = tried
-            if tried <= policy.retries and isinstance(record[2], policy.retry_on):
-                stats.retries += 1
-                again.append(item)
-                continue
-            stats.failures += 1
-            annotate(record[2], item, name, record[5])
-        final.append(record)
-    return final
-
-
-def _worker_died(
-    pool: Pool,
-    slot: int,
-    batch: list[Item],
-    exc: RayActorError,
-    again: deque[Item],
-    deaths: dict[int, int],
-    policy: Policy,
-    stats: RunStats,
-    batcher: Batcher,
-    name: str,
-) -> list[Record]:
-    """Replace the dead actor and queue its rows again; rows that killed too often fail."""
-    stats.worker_deaths += 1
-    if not pool.discard(slot):
-        raise WorkerDiedError(
-            f"an actor handed in by the user died and cannot be replaced: {exc}"
-        ) from exc
-    batcher.reset()
-    failed: list[Record] = []
-    if len(batch) > 1:  # innocent until proven guilty: retry each row on its own
-        stats.retries += len(batch)
-        again.extendleft(reversed(batch))
-        return failed
-    index = batch[0][0]
-    deaths[index] = deaths.get(index, 0) + 1
-    if deaths[index] >= policy.max_worker_deaths:
-        now = time.time()
-        error = WorkerDiedError(
-            f"row {index} killed its worker {deaths[index]} times "
-            f"(segfault, os._exit, out of memory, or killed); last cause: {exc}",
-            index=index, deaths=deaths[index])
-        annotate(error, batch[0], name, "")
-        failed.append((index, False, error, now, now, ""))
-    else:
-        stats.retries += 1
-        again.appendleft(batch[0])
-    return failed
+        stats.final_concurrency = pool.size - len(state.retired)
+        state.abort()
