@@ -134,3 +134,55 @@ def lock_checkpoint(x: int, path: str, at: int) -> int:
         conn.execute("BEGIN EXCLUSIVE")
         _held.append(conn)
     return x
+
+
+def first_time(directory: str, key: str) -> bool:
+    """True once per (directory, key): the first attempt of something, across processes."""
+    try:
+        fd = os.open(os.path.join(directory, f"once-{key}"), os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
+def flaky(x: int, directory: str, failures: int) -> int:
+    """Raise ValueError the first ``failures`` times row x runs."""
+    for attempt in range(failures):
+        if first_time(directory, f"{x}-{attempt}"):
+            raise ValueError(f"flaky failure {attempt} of row {x}")
+    return x
+
+
+def exit_once(x: int, directory: str, bad: int) -> int:
+    """Row ``bad`` ends its worker process the first time it runs."""
+    if x == bad and first_time(directory, f"exit-{x}"):
+        os._exit(1)
+    return x
+
+
+def always_exit(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def announce_and_sleep(x: int, directory: str, seconds: float) -> int:
+    """Leave ``running-<x>-<pid>`` (so a test can kill this worker), then sleep."""
+    Path(directory, f"running-{x}-{os.getpid()}").touch()
+    time.sleep(seconds)
+    return x
+
+
+def sleep_for(x: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return x
+
+
+def hold_memory(x: int, megabytes: int, seconds: float) -> int:
+    """Hold ``megabytes`` of touched memory for ``seconds``."""
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(seconds)
+    return x + len(block) * 0

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import OutOfMemoryError, RayActorError
 
 from ._actor import Item, Record
 from ._errors import ConcurrencyReducedWarning, ThreadChunksError, WorkerDiedError
@@ -239,13 +239,19 @@ class _Run:
             final.append(record)
         return final
 
-    def died(self, ref: ray.ObjectRef[Any], call: _Call, exc: RayActorError,
-             was_running: bool) -> list[Record]:
-        """An actor died under ``call``: replace it and run its rows again.
+    def died(self, ref: ray.ObjectRef[Any], exc: RayActorError | OutOfMemoryError
+             ) -> list[Record]:
+        """The actor of call ``ref`` died: replace it and run the rows it held again.
 
-        Only the call that was running is charged with the death; a row charged
-        ``max_worker_deaths`` times fails with WorkerDiedError.
+        All calls the dead actor held are settled at this first news of its death. Only the
+        call it was running is charged; a row charged ``max_worker_deaths`` times fails with
+        WorkerDiedError. Queued calls, and the rows of a batch, run again uncharged.
         """
+        call = self.inflight[ref]
+        lane = self.lanes[call.slot]
+        mine = [r for r in lane if self.inflight[r].actor is call.actor]
+        running = mine[0] if mine and lane[0] == mine[0] else None
+        calls = {r: self.release(r) for r in mine}
         if getattr(exc, "actor_init_failed", False):
             raise ThreadChunksError(
                 f"the actors could not start (creating the actor or loading {self.name!r} "
@@ -253,18 +259,18 @@ class _Run:
         if not self.pool.owned:
             raise WorkerDiedError(
                 f"an actor handed in by the user died and cannot be replaced: {exc}") from exc
-        if self.pool.current(call.slot) is call.actor:  # first news of this death
-            self.pool.discard(call.slot, call.actor)
-            self.stats.worker_deaths += 1
-            if _MEMORY_KILL.search(str(exc)):
-                self.shrink(call.slot)
+        self.pool.discard(call.slot, call.actor)
+        self.stats.worker_deaths += 1
+        if isinstance(exc, OutOfMemoryError) or _MEMORY_KILL.search(str(exc)):
+            self.shrink(call.slot)
         self.batcher.reset()
-        if not was_running or len(call.batch) > 1:
-            # innocent until proven guilty: queued calls, and batches, run again row by row
-            self.stats.retries += len(call.batch)
-            self.again.extendleft(reversed(call.batch))
+        innocent = [item for r, c in calls.items() if r != running or len(c.batch) > 1
+                    for item in c.batch]
+        self.stats.retries += len(innocent)
+        self.again.extendleft(reversed(innocent))
+        if running is None or len(calls[running].batch) > 1:
             return []
-        item = call.batch[0]
+        item = calls[running].batch[0]
         index = item[0]
         self.deaths[index] = self.deaths.get(index, 0) + 1
         if self.deaths[index] < self.policy.max_worker_deaths:
@@ -349,15 +355,15 @@ def run(
                 state.fill()
                 yield from deliver(final, None)
                 continue
-            was_running = state.lanes[state.inflight[ref].slot][0] == ref
-            call = state.release(ref)
             try:
                 records: list[Record] = ray.get(ref)
-            except RayActorError as exc:
-                final = state.died(ref, call, exc, was_running)
+            except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
+                slot = state.inflight[ref].slot
+                final = state.died(ref, exc)
                 state.fill()
-                yield from deliver(final, call.slot)
+                yield from deliver(final, slot)
                 continue
+            call = state.release(ref)
             state.batcher.observe(records)
             final = state.settle(records, call.batch)
             state.fill()
