@@ -38,6 +38,14 @@ test: $(STAMP)-test
 
 bench: $(STAMP)-bench
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/streaming.py
+
+$(STAMP)-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(STAMP)-docs
+	$(VENV)/bin/sphinx-build -W --keep-going -q -b html docs docs/_build/html
 
 clean:
 	rm -rf $(VENV) .venv-* .mypy_cache .pytest_cache .ruff_cache docs/_build

@@ -26,7 +26,7 @@ from ._actor import Record
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
 
@@ -167,8 +167,8 @@ class Identity:
 
 def _read_identity(conn: sqlite3.Connection) -> Identity | None:
     meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'").fetchall())
-    if "func_name" not in meta:
-        return None
+    if "func_name" not in meta or meta.get("format_version") != FORMAT_VERSION:
+        return None  # empty, or from a format this version does not read
     return Identity(str(meta["func_name"]), str(meta.get("func_digest", "")),
                     int(meta["count"]), str(meta["params_digest"]))
 

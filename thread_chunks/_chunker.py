@@ -14,7 +14,7 @@ from ray.actor import ActorHandle
 from . import config
 from ._actor import Item, Record
 from ._checkpoint import Store, body_digest
-from ._pool import Pool, function_name
+from ._pool import ChunkSize, Pool, function_name
 from ._progress import Progress
 from ._rows import items, iterate
 from ._run import Policy, RunStats, run
@@ -29,6 +29,16 @@ def check_positive(name: str, value: object, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def check_chunk_size(chunk_size: object, memory_per_call: object) -> None:
+    """ValueError unless chunk_size is a positive int, None, or 'auto' with a memory budget."""
+    check_positive("memory_per_call", memory_per_call, allow_none=True)
+    if chunk_size == "auto":
+        if memory_per_call is None:
+            raise ValueError("chunk_size='auto' needs memory_per_call=<bytes one call needs>")
+        return
+    check_positive("chunk_size", chunk_size, allow_none=True)
 
 
 def check_on_error(on_error: object) -> None:
@@ -92,7 +102,7 @@ class Chunker:
         self,
         func: Callable[..., Any] | None = None,
         actors: Sequence[ActorHandle] | None = None,
-        chunk_size: int | None = None,
+        chunk_size: ChunkSize | None = None,
         progress_bar: bool | None = None,
         persistent: bool = False,
         path: PathLike | None = None,
@@ -104,6 +114,7 @@ class Chunker:
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
         max_worker_deaths: int = 3,
         timeout: float | None = None,
+        memory_per_call: int | None = None,
     ) -> None:
         if (func is None) == (actors is None):
             raise ValueError("Either `func` or `actors` must be specified, but not both.")
@@ -113,7 +124,7 @@ class Chunker:
                 chunk_size = len(actors)
         elif chunk_size is None:
             chunk_size = config.default_chunk_size
-        check_positive("chunk_size", chunk_size)
+        check_chunk_size(chunk_size, memory_per_call)
         if actors is not None and len(actors) != chunk_size:
             raise ValueError(
                 f"chunk_size: {chunk_size} does not agree with the number of actors "
@@ -124,7 +135,7 @@ class Chunker:
         self._policy = make_policy(retries, retry_on, max_worker_deaths, timeout)
         self._batch_size = batch_size
         self._pool = Pool(chunk_size, actor_cls=actor_cls, actor_options=actor_options,
-                          actors=actors)
+                          actors=actors, memory_per_call=memory_per_call)
         self.progress_bar: bool = config.progress_bar if progress_bar is None else progress_bar
         self.persistent: bool = persistent
         self.path: PathLike | None = path
@@ -235,8 +246,9 @@ class Chunker:
             if plan.store is not None:
                 stack.callback(plan.store.close)
             stack.enter_context(self._pool.lease(self._func))
+            desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
             progress = stack.enter_context(
-                Progress(show, plan.total, initial=len(plan.done), desc=plan.name))
+                Progress(show, plan.total, initial=len(plan.done), desc=desc))
             records = stack.enter_context(closing(run(
                 self._pool, plan.source, ordered=ordered, batch_size=self._batch_size,
                 progress=progress, store=plan.store, policy=self._policy, stats=stats,
@@ -293,7 +305,7 @@ def chunk(
     func: Callable[..., Any] | None,
     parameters: Iterable[Any],
     actors: Sequence[ActorHandle] | None = None,
-    chunk_size: int | None = None,
+    chunk_size: ChunkSize | None = None,
     progress_bar: bool | None = None,
     path: PathLike | None = None,
     *,
@@ -305,6 +317,7 @@ def chunk(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
     timeout: float | None = None,
+    memory_per_call: int | None = None,
 ) -> list[Any]:
     """Call ``func`` once per row of ``parameters``, at most ``chunk_size`` calls at once.
 
@@ -332,7 +345,7 @@ def chunk(
         chunk_size=chunk_size, progress_bar=progress_bar, persistent=True, path=path,
         actor_cls=actor_cls, actor_options=actor_options, batch_size=batch_size,
         retries=retries, retry_on=retry_on, max_worker_deaths=max_worker_deaths,
-        timeout=timeout)
+        timeout=timeout, memory_per_call=memory_per_call)
     iterate(parameters)  # a TypeError before Ray starts
     with ray_session():
         if actors is None:

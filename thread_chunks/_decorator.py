@@ -13,8 +13,8 @@ from ray.actor import ActorHandle
 from typing_extensions import Self
 
 from . import config
-from ._chunker import Chunker, PathLike, check_positive, make_policy
-from ._pool import Pool, remote_actor_class
+from ._chunker import Chunker, PathLike, check_chunk_size, check_positive, make_policy
+from ._pool import ChunkSize, Pool, remote_actor_class
 from ._run import RunStats
 from ._types import C, C_co, G, P, R, Row
 
@@ -31,7 +31,7 @@ else:
 class Options:
     """The options of a :class:`Chunked` object, validated once when it is made."""
 
-    chunk_size: int | None = None
+    chunk_size: ChunkSize | None = None
     actor_cls: object = None
     actor_options: Mapping[str, Any] = field(default_factory=dict)
     progress_bar: bool | None = None
@@ -40,9 +40,10 @@ class Options:
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
     max_worker_deaths: int = 3
     timeout: float | None = None
+    memory_per_call: int | None = None
 
     def __post_init__(self) -> None:
-        check_positive("chunk_size", self.chunk_size, allow_none=True)
+        check_chunk_size(self.chunk_size, self.memory_per_call)
         check_positive("batch_size", self.batch_size, allow_none=True)
         remote_actor_class(self.actor_cls)
         if not isinstance(self.actor_options, Mapping):
@@ -70,7 +71,8 @@ class _Shared:
             if self.pool is None:
                 size = self.options.chunk_size or config.default_chunk_size
                 self.pool = Pool(size, actor_cls=self.options.actor_cls,
-                                 actor_options=self.options.actor_options)
+                                 actor_options=self.options.actor_options,
+                                 memory_per_call=self.options.memory_per_call)
             return self.pool
 
     def close(self) -> None:
@@ -152,8 +154,11 @@ class Chunked(_Proxy, Generic[C_co]):
 
     @property
     def chunk_size(self) -> int:
-        """How many calls run at once."""
-        return self._self_options.chunk_size or config.default_chunk_size
+        """How many calls run at once (for 'auto', decided when the actors are made)."""
+        size = self._self_options.chunk_size
+        if size == "auto":
+            return self._self_shared.get().size
+        return size or config.default_chunk_size
 
     @property
     def chunker(self) -> Chunker:
@@ -245,7 +250,7 @@ def chunked(func: C, /) -> Chunked[C]: ...
 @overload
 def chunked(
     *,
-    chunk_size: int | None = None,
+    chunk_size: ChunkSize | None = None,
     actor_cls: object = None,
     actor_options: Mapping[str, Any] | None = None,
     progress_bar: bool | None = None,
@@ -254,12 +259,13 @@ def chunked(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
     timeout: float | None = None,
+    memory_per_call: int | None = None,
 ) -> Callable[[G], Chunked[G]]: ...
 def chunked(
     func: Callable[..., Any] | None = None,
     /,
     *,
-    chunk_size: int | None = None,
+    chunk_size: ChunkSize | None = None,
     actor_cls: object = None,
     actor_options: Mapping[str, Any] | None = None,
     progress_bar: bool | None = None,
@@ -268,6 +274,7 @@ def chunked(
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
     max_worker_deaths: int = 3,
     timeout: float | None = None,
+    memory_per_call: int | None = None,
 ) -> Chunked[Any] | Callable[[G], Chunked[G]]:
     """Make a function runnable over many rows on Ray actors, ``chunk_size`` calls at a time.
 
@@ -276,7 +283,9 @@ def chunked(
     ValueError or TypeError naming it.
 
     Args:
-        chunk_size: calls at once (actors); default ``config.default_chunk_size``.
+        chunk_size: calls at once (actors); default ``config.default_chunk_size``. ``"auto"``
+            (with ``memory_per_call``) sizes the pool to the Ray cluster: min(available
+            CPUs, calls whose memory fits).
         actor_cls: a :class:`LabelledActor` subclass, plain or ``ray.remote``-decorated.
         actor_options: passed to Ray's ``.options()`` for each actor (``num_cpus``,
             ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``, ...).
@@ -289,11 +298,14 @@ def chunked(
             :class:`WorkerDiedError`.
         timeout: seconds a call may run; a call running longer is stopped (its actor killed
             and replaced) and its row gets a TimeoutError.
+        memory_per_call: bytes one call needs; each actor reserves it through Ray's
+            ``memory`` resource, so Ray never places more calls on a node than fit.
     """
     options = Options(chunk_size=chunk_size, actor_cls=actor_cls,
                       actor_options=dict(actor_options or {}), progress_bar=progress_bar,
                       batch_size=batch_size, retries=retries, retry_on=retry_on,
-                      max_worker_deaths=max_worker_deaths, timeout=timeout)
+                      max_worker_deaths=max_worker_deaths, timeout=timeout,
+                      memory_per_call=memory_per_call)
     if func is not None:
         return Chunked(func, options)
 

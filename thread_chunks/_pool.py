@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, RemoteLabelledActor
 from ._session import ensure_ray
+
+log = logging.getLogger("thread_chunks")
+
+ChunkSize = int | Literal["auto"]
+
+
+def auto_chunk_size(memory_per_call: int) -> tuple[int, str]:
+    """How many calls of ``memory_per_call`` bytes fit the Ray cluster at once, and why.
+
+    min(CPUs available, calls whose ``memory`` fits): the memory is counted per node (a call
+    cannot straddle two nodes) and capped by what the cluster has available now. At least 1.
+    """
+    available = ray.available_resources()
+    cpus = int(available.get("CPU", 0))
+    per_node = sum(int(node["Resources"].get("memory", 0) // memory_per_call)
+                   for node in ray.nodes() if node.get("Alive"))
+    fits = min(per_node, int(available.get("memory", 0) // memory_per_call))
+    size = max(1, min(cpus, fits))
+    why = (f"chunk_size='auto': {size} at once ({cpus} CPUs available, memory for {fits} "
+           f"calls of {memory_per_call / 2**30:.2f} GiB)")
+    log.info(why)
+    return size, why
 
 
 def function_name(func: object) -> str:
@@ -50,23 +73,32 @@ class Pool:
 
     def __init__(
         self,
-        size: int,
+        size: ChunkSize,
         *,
         actor_cls: object = None,
         actor_options: Mapping[str, Any] | None = None,
         actors: Sequence[ActorHandle] | None = None,
+        memory_per_call: int | None = None,
     ) -> None:
+        self.started_ray = False
+        self.auto = ""
+        """Why this size was chosen, when chunk_size was 'auto'."""
+        if size == "auto":
+            assert memory_per_call is not None
+            self.start()
+            size, self.auto = auto_chunk_size(memory_per_call)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._leases: Counter[int] = Counter()  # thread id -> runs in progress
         self._cls = remote_actor_class(actor_cls)
         self._options = dict(actor_options or {})
+        if memory_per_call is not None:  # Ray then never packs more onto a node than fits
+            self._options.setdefault("memory", memory_per_call)
         self.owned = actors is None
         self._actors: list[ActorHandle | None] = (
             list(actors) if actors is not None else [None] * size)
         self._func: object = None
         self._func_ref: ray.ObjectRef[Any] | None = None
-        self.started_ray = False
 
     @property
     def size(self) -> int:

@@ -15,17 +15,18 @@ log = logging.getLogger("thread_chunks")
 
 
 def ensure_ray() -> bool:
-    """Start (or connect) Ray unless it is running; True when this call did it.
+    """Start Ray unless it is running; True when this call started it (and so owns it).
 
     A Ray the user started is used as it is. ``RAY_ADDRESS`` in the environment means a cluster
     the user chose: we connect to it without ``config.ray_config`` (Ray refuses resource
-    options when connecting to an existing cluster).
+    options when connecting to an existing cluster) and never disconnect or shut it down.
     """
     if ray.is_initialized():
         return False
     if os.environ.get("RAY_ADDRESS"):
         log.info("connecting to the Ray cluster at RAY_ADDRESS=%s", os.environ["RAY_ADDRESS"])
         ray.init()
+        return False
     else:
         log.info("starting Ray with %s", config.ray_config)
         ray.init(**config.ray_config)

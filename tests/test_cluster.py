@@ -1,0 +1,62 @@
+"""Scaling out on a real multi-node Ray cluster (head + 2 workers, started by the test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def scenarios() -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=480)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(lines[0][7:])
+    return result
+
+
+def test_spread_places_actors_on_several_nodes(scenarios: dict[str, Any]) -> None:
+    assert scenarios["nodes"] == 3
+    assert [x for x, _ in scenarios["spread"]] == list(range(12))
+    assert len({node for _, node in scenarios["spread"]}) >= 2
+
+
+def test_custom_resources_pin_actors_to_the_nodes_that_have_them(
+        scenarios: dict[str, Any]) -> None:
+    assert [x for x, _ in scenarios["pinned"]] == list(range(6))
+    assert {node for _, node in scenarios["pinned"]} == {scenarios["special_node"]}
+
+
+def test_auto_chunk_size_from_a_memory_budget(scenarios: dict[str, Any]) -> None:
+    # 4 CPUs; 1 + 2 + 2 GiB of memory on three nodes: one 1.5 GiB call fits on each
+    # 2 GiB node, none on the 1 GiB head -> 2 at once
+    assert scenarios["auto_size"] == 2
+    assert [x for x, _ in scenarios["auto"]] == list(range(4))
+
+
+def test_fractional_logical_gpus_are_assigned(scenarios: dict[str, Any]) -> None:
+    rows = scenarios["gpus"]
+    assert [x for x, _, _ in rows] == list(range(8))
+    for _, ids, visible in rows:
+        assert len(ids) == 1 and ids[0] in {"0", "1"}
+        assert visible == ids[0]
+    assert {ids[0] for _, ids, _ in rows} == {"0", "1"}  # 4 actors of 0.5 share 2 GPUs
+
+
+def test_a_node_removed_mid_run_loses_nothing(scenarios: dict[str, Any]) -> None:
+    survive = scenarios["survive"]
+    assert [x for x, _ in survive] == list(range(30))  # all there, in order
+    removed = scenarios["removed_node"]
+    assert any(node == removed for _, node in survive)  # it did work before it went
+    assert all(node != removed for _, node in survive[-5:])  # and none at the end
+    assert scenarios["survive_deaths"] >= 1
