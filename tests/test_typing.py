@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -34,37 +38,60 @@ def test_each_typing_mistake_is_reported_on_its_own_line() -> None:
     assert reported == expected, out
 
 
-def test_downstream_typing_against_a_normally_installed_wheel(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a user who ran `pip install thread-chunks` gets: py.typed, no typings/ of ours."""
-    import site
-    import subprocess
-    import sys
-    import sysconfig
-
-    wheels = tmp_path / "wheels"
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An interpreter that sees thread-chunks installed from its wheel (py.typed, none of our
+    typings/), then this venv's dependencies; and a user folder holding the typing modules."""
+    tmp = tmp_path_factory.mktemp("installed")
+    wheels = tmp / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels),
                     str(ROOT)], check=True, capture_output=True, timeout=300)
     [wheel] = wheels.glob("thread_chunks-*.whl")
-    installed = tmp_path / "site"
+    target = tmp / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
-                    str(installed), str(wheel)], check=True, capture_output=True, timeout=300)
-    assert (installed / "thread_chunks" / "py.typed").exists()
-    # an interpreter that sees the installed wheel, then this venv's dependencies
-    venv = tmp_path / "venv"
+                    str(target), str(wheel)], check=True, capture_output=True, timeout=300)
+    assert (target / "thread_chunks" / "py.typed").exists()
+    venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
     purelib = Path(subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()"
-         "['purelib'])"], check=True, capture_output=True, text=True).stdout.strip())
-    deps = site.getsitepackages()[0] if site.getsitepackages() else sysconfig.get_paths()[
-        "purelib"]
-    (purelib / "00-wheel.pth").write_text(f"{installed}\n")
-    (purelib / "01-deps.pth").write_text(f"{deps}\n")
-    user = tmp_path / "user"
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True).stdout.strip())
+    (purelib / "00-wheel.pth").write_text(f"{target}\n")
+    (purelib / "01-deps.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n")
+    user = tmp / "user"
     user.mkdir()
-    (user / "downstream.py").write_text((HERE / "downstream.py").read_text())
+    for name in ("downstream.py", "mistakes.py"):
+        (user / name).write_text((HERE / name).read_text())
+    (user / "pyrightconfig.json").write_text(json.dumps(
+        {"typeCheckingMode": "strict", "pythonVersion": "3.11", "venvPath": str(tmp),
+         "venv": "venv"}))
+    return python, user
+
+
+def test_mypy_strict_with_the_installed_wheel(installed: tuple[Path, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    python, user = installed
     monkeypatch.chdir(user)  # not the checkout: the package must come from the wheel
     out, err, status = api.run(["--strict", "--no-incremental", "--python-executable",
-                                str(venv / "bin" / "python"), "--cache-dir",
-                                str(tmp_path / "cache"), str(user / "downstream.py")])
+                                str(python), "--cache-dir", str(user / ".cache"),
+                                "downstream.py"])
     assert status == 0, out + err
+
+
+def _pyright(user: Path, module: str) -> tuple[str, int]:
+    proc = subprocess.run([sys.executable, "-m", "pyright", module], cwd=user,
+                          capture_output=True, text=True, timeout=600)
+    return proc.stdout + proc.stderr, proc.returncode
+
+
+def test_pyright_strict_reads_the_same_types(installed: tuple[Path, Path]) -> None:
+    _, user = installed
+    out, status = _pyright(user, "downstream.py")
+    assert status == 0, out
+    out, status = _pyright(user, "mistakes.py")
+    source = (user / "mistakes.py").read_text().splitlines()
+    expected = {n for n, line in enumerate(source, 1) if re.search(r"# E: [\w-]+$", line)}
+    reported = {int(m.group(1)) for m in re.finditer(r"mistakes\.py:(\d+):\d+ - error", out)}
+    assert status == 1
+    assert reported == expected, out

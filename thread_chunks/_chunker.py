@@ -101,7 +101,7 @@ class Chunker:
     def __init__(
         self,
         func: Callable[..., Any] | None = None,
-        actors: Sequence[ActorHandle] | None = None,
+        actors: Sequence[ActorHandle[Any]] | None = None,
         chunk_size: ChunkSize | None = None,
         progress_bar: bool | None = None,
         persistent: bool = False,
@@ -163,7 +163,7 @@ class Chunker:
         return self
 
     @property
-    def actors(self) -> list[ActorHandle]:
+    def actors(self) -> list[ActorHandle[Any]]:
         """The actor handles (created now if they do not exist yet)."""
         if self._pool.function is None:  # new actors get our function; never a swap here
             self._pool.use(self._func)
@@ -304,7 +304,7 @@ def _value(record: Record, on_error: OnError) -> Any:
 def chunk(
     func: Callable[..., Any] | None,
     parameters: Iterable[Any],
-    actors: Sequence[ActorHandle] | None = None,
+    actors: Sequence[ActorHandle[Any]] | None = None,
     chunk_size: ChunkSize | None = None,
     progress_bar: bool | None = None,
     path: PathLike | None = None,

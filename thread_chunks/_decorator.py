@@ -171,7 +171,7 @@ class Chunked(_Proxy, Generic[C_co]):
             return self._self_chunker
 
     @property
-    def actors(self) -> list[ActorHandle]:
+    def actors(self) -> list[ActorHandle[Any]]:
         """The actor handles: created on first access, the same handles afterwards."""
         return self.chunker.actors
 

@@ -77,7 +77,7 @@ class Pool:
         *,
         actor_cls: object = None,
         actor_options: Mapping[str, Any] | None = None,
-        actors: Sequence[ActorHandle] | None = None,
+        actors: Sequence[ActorHandle[Any]] | None = None,
         memory_per_call: int | None = None,
     ) -> None:
         self.started_ray = False
@@ -95,7 +95,7 @@ class Pool:
         if memory_per_call is not None:  # Ray then never packs more onto a node than fits
             self._options.setdefault("memory", memory_per_call)
         self.owned = actors is None
-        self._actors: list[ActorHandle | None] = (
+        self._actors: list[ActorHandle[Any] | None] = (
             list(actors) if actors is not None else [None] * size)
         self._func: object = None
         self._func_ref: ray.ObjectRef[Any] | None = None
@@ -159,7 +159,7 @@ class Pool:
                     del self._leases[me]
                 self._idle.notify_all()
 
-    def handle(self, slot: int) -> ActorHandle:
+    def handle(self, slot: int) -> ActorHandle[Any]:
         """The actor in ``slot``, created now if there is none."""
         with self._lock:
             actor = self._actors[slot]
@@ -169,16 +169,16 @@ class Pool:
                 self._actors[slot] = actor
             return actor
 
-    def handles(self) -> list[ActorHandle]:
+    def handles(self) -> list[ActorHandle[Any]]:
         """All actors, created now where missing."""
         with self._lock:
             return [self.handle(slot) for slot in range(self.size)]
 
-    def current(self, slot: int) -> ActorHandle | None:
+    def current(self, slot: int) -> ActorHandle[Any] | None:
         """The actor in ``slot`` now (None when none was created since the last discard)."""
         return self._actors[slot]
 
-    def discard(self, slot: int, actor: ActorHandle | None = None) -> bool:
+    def discard(self, slot: int, actor: ActorHandle[Any] | None = None) -> bool:
         """Kill the actor in ``slot`` (only if it is still ``actor``, when given) so a fresh
         one is created on next use.
 

@@ -100,7 +100,7 @@ class Batcher:
 @dataclass
 class _Call:
     slot: int
-    actor: ActorHandle
+    actor: ActorHandle[Any]
     batch: list[Item]
     sent: float
 

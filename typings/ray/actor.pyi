@@ -1,4 +1,4 @@
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ray import ObjectRef
 
@@ -6,7 +6,9 @@ class ActorMethod:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef[Any]: ...
     def options(self, **options: Any) -> ActorMethod: ...
 
-class ActorHandle:
+_T = TypeVar("_T")
+
+class ActorHandle(Generic[_T]):
     def __getattr__(self, name: str) -> ActorMethod: ...
 
 class _ActorClassMetadata:
@@ -15,5 +17,5 @@ class _ActorClassMetadata:
 
 class ActorClass:
     __ray_metadata__: _ActorClassMetadata
-    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle: ...
+    def remote(self, *args: Any, **kwargs: Any) -> ActorHandle[Any]: ...
     def options(self, **options: Any) -> ActorClass: ...
