@@ -5,7 +5,7 @@ from . import config
 from ._actor import LabelledActor, RemoteLabelledActor
 from ._checkpoint import Checkpoint
 from ._chunker import Chunker, chunk
-from ._decorator import Chunked, Options, chunked
+from ._decorator import Chunked, chunked
 from ._errors import (
     CheckpointError,
     CheckpointFailedWarning,
@@ -14,6 +14,7 @@ from ._errors import (
     ThreadChunksError,
     WorkerDiedError,
 )
+from ._options import Options, RunOptions
 from ._run import RunStats
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "LabelledActor",
     "Options",
     "RemoteLabelledActor",
+    "RunOptions",
     "RunStats",
     "ThreadChunksError",
     "WorkerDiedError",

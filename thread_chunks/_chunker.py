@@ -3,63 +3,27 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
 from types import TracebackType
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
+from typing_extensions import Unpack
 
 from . import config
 from ._actor import Item, Record
 from ._checkpoint import Store, body_digest
-from ._pool import ChunkSize, Pool, function_name
+from ._options import Options, RunOptions, check_on_error
+from ._pool import Pool, function_name
 from ._progress import Progress
 from ._rows import items, iterate
-from ._run import Policy, RunStats, run
+from ._run import RunStats, run
 from ._session import ray_session
-from ._types import OnError
+from ._types import ChunkSize, OnError
 
 PathLike = str | os.PathLike[str]
-
-def check_positive(name: str, value: object, allow_none: bool = False) -> None:
-    """ValueError unless ``value`` is a positive int (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-
-
-def check_chunk_size(chunk_size: object, memory_per_call: object) -> None:
-    """ValueError unless chunk_size is a positive int, None, or 'auto' with a memory budget."""
-    check_positive("memory_per_call", memory_per_call, allow_none=True)
-    if chunk_size == "auto":
-        if memory_per_call is None:
-            raise ValueError("chunk_size='auto' needs memory_per_call=<bytes one call needs>")
-        return
-    check_positive("chunk_size", chunk_size, allow_none=True)
-
-
-def check_on_error(on_error: object) -> None:
-    if on_error not in ("raise", "return"):
-        raise ValueError(f"on_error: expected 'raise' or 'return', got {on_error!r}")
-
-
-def make_policy(retries: int, retry_on: type[BaseException] | tuple[type[BaseException], ...],
-                max_worker_deaths: int, timeout: float | None = None) -> Policy:
-    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries: expected an int >= 0, got {retries!r}")
-    kinds = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    if not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
-        raise TypeError(f"retry_on: expected exception classes, got {retry_on!r}")
-    check_positive("max_worker_deaths", max_worker_deaths)
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or not timeout > 0):
-        raise ValueError(f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
-    return Policy(retries=retries, retry_on=kinds, max_worker_deaths=max_worker_deaths,
-                  timeout=None if timeout is None else float(timeout))
-
 
 class _Plan:
     """One prepared run: its rows (validated where possible), checkpoint and results so far."""
@@ -106,60 +70,43 @@ class Chunker:
         progress_bar: bool | None = None,
         persistent: bool = False,
         path: PathLike | None = None,
-        *,
-        actor_cls: object = None,
-        actor_options: Mapping[str, Any] | None = None,
-        batch_size: int | None = None,
-        retries: int = 0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-        max_worker_deaths: int = 3,
-        timeout: float | None = None,
-        memory_per_call: int | None = None,
+        **options: Unpack[RunOptions],
     ) -> None:
         if (func is None) == (actors is None):
             raise ValueError("Either `func` or `actors` must be specified, but not both.")
+        if func is not None and not callable(func):
+            raise TypeError(f"func: expected a callable, got {func!r}")
         if actors is not None:
             actors = list(actors)
             if chunk_size is None:
                 chunk_size = len(actors)
-        elif chunk_size is None:
-            chunk_size = config.default_chunk_size
-        check_chunk_size(chunk_size, memory_per_call)
+        settings = Options.of("Chunker", chunk_size, progress_bar, options)
         if actors is not None and len(actors) != chunk_size:
             raise ValueError(
                 f"chunk_size: {chunk_size} does not agree with the number of actors "
                 f"({len(actors)}); len(actors) must equal chunk_size")
-        check_positive("batch_size", batch_size, allow_none=True)
-        if func is not None and not callable(func):
-            raise TypeError(f"func: expected a callable, got {func!r}")
-        self._policy = make_policy(retries, retry_on, max_worker_deaths, timeout)
-        self._batch_size = batch_size
-        self._pool = Pool(chunk_size, actor_cls=actor_cls, actor_options=actor_options,
-                          actors=actors, memory_per_call=memory_per_call)
-        self.progress_bar: bool = config.progress_bar if progress_bar is None else progress_bar
+        self._setup(func, settings, pool_for(settings, actors), persistent, path)
+        self._pool.start()
+        self._pool.use(func)
+
+    def _setup(self, func: Callable[..., Any] | None, settings: Options, pool: Pool,
+               persistent: bool, path: PathLike | None) -> None:
+        self._func = func
+        self._settings = settings
+        self._policy = settings.policy()
+        self._pool = pool
+        self.progress_bar: bool = (config.progress_bar if settings.progress_bar is None
+                                   else settings.progress_bar)
         self.persistent: bool = persistent
         self.path: PathLike | None = path
         self.stats = RunStats()
         """Statistics of the last run."""
-        self._func = func
-        self._pool.start()
-        self._pool.use(func)
 
     @classmethod
-    def _lazy(cls, func: Callable[..., Any], pool: Pool, **options: Any) -> Chunker:
+    def _lazy(cls, func: Callable[..., Any], pool: Pool, settings: Options) -> Chunker:
         """A Chunker on an existing pool that starts nothing until it is used."""
         self = cls.__new__(cls)
-        self._policy = make_policy(
-            options.pop("retries", 0), options.pop("retry_on", Exception),
-            options.pop("max_worker_deaths", 3), options.pop("timeout", None))
-        self._batch_size = options.pop("batch_size", None)
-        self._pool = pool
-        progress_bar = options.pop("progress_bar", None)
-        self.progress_bar = config.progress_bar if progress_bar is None else progress_bar
-        self.persistent = True
-        self.path = None
-        self.stats = RunStats()
-        self._func = func
+        self._setup(func, settings, pool, True, None)
         return self
 
     @property
@@ -250,7 +197,7 @@ class Chunker:
             progress = stack.enter_context(
                 Progress(show, plan.total, initial=len(plan.done), desc=desc))
             records = stack.enter_context(closing(run(
-                self._pool, plan.source, ordered=ordered, batch_size=self._batch_size,
+                self._pool, plan.source, ordered=ordered, batch_size=self._settings.batch_size,
                 progress=progress, store=plan.store, policy=self._policy, stats=stats,
                 name=plan.name)))
             if not plan.done:
@@ -301,6 +248,13 @@ def _value(record: Record, on_error: OnError) -> Any:
     return record[2]
 
 
+def pool_for(settings: Options, actors: Sequence[ActorHandle[Any]] | None = None) -> Pool:
+    """The actor pool these options describe (the user's ``actors``, when given)."""
+    return Pool(settings.chunk_size or config.default_chunk_size, actor_cls=settings.actor_cls,
+                actor_options=settings.actor_options, actors=actors,
+                memory_per_call=settings.memory_per_call)
+
+
 def chunk(
     func: Callable[..., Any] | None,
     parameters: Iterable[Any],
@@ -310,14 +264,7 @@ def chunk(
     path: PathLike | None = None,
     *,
     on_error: OnError = "raise",
-    actor_cls: object = None,
-    actor_options: Mapping[str, Any] | None = None,
-    batch_size: int | None = None,
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    max_worker_deaths: int = 3,
-    timeout: float | None = None,
-    memory_per_call: int | None = None,
+    **options: Unpack[RunOptions],
 ) -> list[Any]:
     """Call ``func`` once per row of ``parameters``, at most ``chunk_size`` calls at once.
 
@@ -325,6 +272,7 @@ def chunk(
     or dicts (keyword arguments). With ``actors`` (and ``func=None``) the function they hold
     is run; with both, ``func`` is stored in them first. Ray is started with
     ``config.ray_config`` if it is not running, and shut down afterwards only in that case.
+    The keyword options are those of :func:`chunked`.
 
     Example::
 
@@ -334,23 +282,16 @@ def chunk(
         ValueError: ``func`` and ``actors`` both None; ``chunk_size`` is not a positive int or
             disagrees with ``len(actors)``.
         TypeError: ``parameters`` is not an iterable of rows, or a row is not a list, tuple
-            or dict (the message names the row).
+            or dict (the message names the row); an unknown option.
     """
     if func is None and actors is None:
         raise ValueError("`func` and `actors` cannot both be None.")
     check_on_error(on_error)
-    if actors is not None and chunk_size is None:
-        chunk_size = len(actors)
-    options: dict[str, Any] = dict(
-        chunk_size=chunk_size, progress_bar=progress_bar, persistent=True, path=path,
-        actor_cls=actor_cls, actor_options=actor_options, batch_size=batch_size,
-        retries=retries, retry_on=retry_on, max_worker_deaths=max_worker_deaths,
-        timeout=timeout, memory_per_call=memory_per_call)
-    iterate(parameters)  # a TypeError before Ray starts
+    Options.of("chunk", chunk_size, progress_bar, options)  # errors before Ray starts
+    iterate(parameters)
     with ray_session():
         if actors is None:
-            chunker = Chunker(func, **options)
-            with chunker:
+            with Chunker(func, None, chunk_size, progress_bar, True, path, **options) as chunker:
                 return chunker(parameters, on_error=on_error)
-        chunker = Chunker(actors=actors, **options)
+        chunker = Chunker(None, actors, chunk_size, progress_bar, True, path, **options)
         return chunker(parameters, func, on_error=on_error)

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, overload
 
 from ray.actor import ActorHandle
-from typing_extensions import Self
+from typing_extensions import Self, Unpack
 
 from . import config
-from ._chunker import Chunker, PathLike, check_chunk_size, check_positive, make_policy
-from ._pool import ChunkSize, Pool, remote_actor_class
+from ._chunker import Chunker, PathLike, pool_for
+from ._options import Options, RunOptions
+from ._pool import Pool
 from ._run import RunStats
-from ._types import C, C_co, G, P, R, Row
+from ._types import C, C_co, ChunkSize, G, P, R, Row
 
 if TYPE_CHECKING:
 
@@ -25,37 +25,6 @@ if TYPE_CHECKING:
 
 else:
     from wrapt import ObjectProxy as _Proxy
-
-
-@dataclass(frozen=True)
-class Options:
-    """The options of a :class:`Chunked` object, validated once when it is made."""
-
-    chunk_size: ChunkSize | None = None
-    actor_cls: object = None
-    actor_options: Mapping[str, Any] = field(default_factory=dict)
-    progress_bar: bool | None = None
-    batch_size: int | None = None
-    retries: int = 0
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception
-    max_worker_deaths: int = 3
-    timeout: float | None = None
-    memory_per_call: int | None = None
-
-    def __post_init__(self) -> None:
-        check_chunk_size(self.chunk_size, self.memory_per_call)
-        check_positive("batch_size", self.batch_size, allow_none=True)
-        remote_actor_class(self.actor_cls)
-        if not isinstance(self.actor_options, Mapping):
-            raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
-        if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
-            raise TypeError(f"progress_bar: expected a bool or None, got {self.progress_bar!r}")
-        make_policy(self.retries, self.retry_on, self.max_worker_deaths, self.timeout)
-
-    def chunker_options(self) -> dict[str, Any]:
-        return {"progress_bar": self.progress_bar, "batch_size": self.batch_size,
-                "retries": self.retries, "retry_on": self.retry_on,
-                "max_worker_deaths": self.max_worker_deaths, "timeout": self.timeout}
 
 
 class _Shared:
@@ -69,10 +38,7 @@ class _Shared:
     def get(self) -> Pool:
         with self.lock:
             if self.pool is None:
-                size = self.options.chunk_size or config.default_chunk_size
-                self.pool = Pool(size, actor_cls=self.options.actor_cls,
-                                 actor_options=self.options.actor_options,
-                                 memory_per_call=self.options.memory_per_call)
+                self.pool = pool_for(self.options)
             return self.pool
 
     def close(self) -> None:
@@ -166,8 +132,7 @@ class Chunked(_Proxy, Generic[C_co]):
         with self._self_lock:
             if self._self_chunker is None:
                 self._self_chunker = Chunker._lazy(
-                    self.__wrapped__, self._self_shared.get(),
-                    **self._self_options.chunker_options())
+                    self.__wrapped__, self._self_shared.get(), self._self_options)
             return self._self_chunker
 
     @property
@@ -231,7 +196,7 @@ class Chunked(_Proxy, Generic[C_co]):
 
     def with_options(self, **changes: Any) -> Chunked[C_co]:
         """A new object with some options changed (and a pool of its own)."""
-        return Chunked(self.__wrapped__, replace(self._self_options, **changes))
+        return Chunked(self.__wrapped__, self._self_options.replace(**changes))
 
     def close(self) -> None:
         """Stop the actors; the next ``.map`` creates new ones."""
@@ -251,45 +216,32 @@ def chunked(func: C, /) -> Chunked[C]: ...
 def chunked(
     *,
     chunk_size: ChunkSize | None = None,
-    actor_cls: object = None,
-    actor_options: Mapping[str, Any] | None = None,
     progress_bar: bool | None = None,
-    batch_size: int | None = None,
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    max_worker_deaths: int = 3,
-    timeout: float | None = None,
-    memory_per_call: int | None = None,
+    **options: Unpack[RunOptions],
 ) -> Callable[[G], Chunked[G]]: ...
 def chunked(
     func: Callable[..., Any] | None = None,
     /,
     *,
     chunk_size: ChunkSize | None = None,
-    actor_cls: object = None,
-    actor_options: Mapping[str, Any] | None = None,
     progress_bar: bool | None = None,
-    batch_size: int | None = None,
-    retries: int = 0,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = Exception,
-    max_worker_deaths: int = 3,
-    timeout: float | None = None,
-    memory_per_call: int | None = None,
+    **options: Unpack[RunOptions],
 ) -> Chunked[Any] | Callable[[G], Chunked[G]]:
     """Make a function runnable over many rows on Ray actors, ``chunk_size`` calls at a time.
 
     Use it bare (``@chunked``) or with options (``@chunked(chunk_size=4)``). Options are
     keyword-only and checked here: an unknown one is a TypeError, a bad value a
-    ValueError or TypeError naming it.
+    ValueError or TypeError naming it. ``chunk``, ``Chunker`` and ``.with_options`` take the
+    same options.
 
     Args:
         chunk_size: calls at once (actors); default ``config.default_chunk_size``. ``"auto"``
             (with ``memory_per_call``) sizes the pool to the Ray cluster: min(available
             CPUs, calls whose memory fits).
+        progress_bar: show a progress bar; default ``config.progress_bar``.
         actor_cls: a :class:`LabelledActor` subclass, plain or ``ray.remote``-decorated.
         actor_options: passed to Ray's ``.options()`` for each actor (``num_cpus``,
             ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``, ...).
-        progress_bar: show a progress bar; default ``config.progress_bar``.
         batch_size: rows per actor call; default automatic (grows only for calls much
             shorter than Ray's overhead), 1 turns batching off.
         retries: run a call that raised again, up to this many times.
@@ -301,15 +253,11 @@ def chunked(
         memory_per_call: bytes one call needs; each actor reserves it through Ray's
             ``memory`` resource, so Ray never places more calls on a node than fit.
     """
-    options = Options(chunk_size=chunk_size, actor_cls=actor_cls,
-                      actor_options=dict(actor_options or {}), progress_bar=progress_bar,
-                      batch_size=batch_size, retries=retries, retry_on=retry_on,
-                      max_worker_deaths=max_worker_deaths, timeout=timeout,
-                      memory_per_call=memory_per_call)
+    settings = Options.of("chunked", chunk_size, progress_bar, options)
     if func is not None:
-        return Chunked(func, options)
+        return Chunked(func, settings)
 
     def decorate(f: G) -> Chunked[G]:
-        return Chunked(f, options)
+        return Chunked(f, settings)
 
     return decorate

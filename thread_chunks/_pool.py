@@ -7,18 +7,16 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, RemoteLabelledActor
 from ._session import ensure_ray
+from ._types import ChunkSize
 
 log = logging.getLogger("thread_chunks")
-
-ChunkSize = int | Literal["auto"]
-
 
 def auto_chunk_size(memory_per_call: int) -> tuple[int, str]:
     """How many calls of ``memory_per_call`` bytes fit the Ray cluster at once, and why.

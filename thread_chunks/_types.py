@@ -20,3 +20,8 @@ Args: TypeAlias = "tuple[Any, ...]"
 Kwargs: TypeAlias = "dict[str, Any]"
 
 OnError: TypeAlias = Literal["raise", "return"]
+
+ChunkSize: TypeAlias = "int | Literal['auto']"
+"""A positive number of calls at once, or "auto" (sized from ``memory_per_call``)."""
+
+RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...]"
