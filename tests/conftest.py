@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,3 +47,24 @@ def run_script(code: str, *, timeout: float = 120, env: dict[str, str] | None = 
     if check and proc.returncode != 0:
         raise AssertionError(f"script failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def recorded(path: Path) -> int:
+    """Finished calls in the checkpoint at ``path`` (0 while there is none yet); read-only."""
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def wait_until_recorded(proc: subprocess.Popen[str], path: Path, count: int,
+                        timeout: float = 120) -> None:
+    """Block until the running ``proc`` has recorded ``count`` calls in ``path``."""
+    deadline = time.time() + timeout
+    while recorded(path) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, f"no {count} calls recorded in {timeout} s"
+        time.sleep(0.05)

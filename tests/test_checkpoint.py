@@ -9,7 +9,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import ray
 
 from tests import workloads as w
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until_recorded
 from thread_chunks import (
     Checkpoint,
     CheckpointError,
@@ -76,11 +75,7 @@ print("complete")
            "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _recorded(ckpt) < 6:
-        assert driver.poll() is None, driver.communicate()
-        assert time.time() < deadline, "the driver never recorded 6 results"
-        time.sleep(0.05)
+    wait_until_recorded(driver, ckpt, 6)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     recorded = Checkpoint.load(ckpt)  # consistent after kill -9
@@ -96,16 +91,6 @@ print("complete")
     assert all(counts[i] == 1 for i in done_before)  # recorded calls never ran again
     assert sum(counts.values()) - 30 <= 2  # lost at most the calls in flight (chunk_size)
     assert Checkpoint.load(ckpt).completed == [True] * 30
-
-
-def _recorded(path: Path) -> int:
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return int(conn.execute("SELECT count(*) FROM results").fetchone()[0])
-    except sqlite3.Error:
-        return 0
 
 
 def _start_afresh(tmp_path: Path, first: list[list[object]], second: list[list[object]],

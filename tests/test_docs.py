@@ -7,13 +7,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import ray
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, recorded, wait_until_recorded
 from thread_chunks import Checkpoint
 
 DOCS = ROOT / "docs"
@@ -61,16 +60,12 @@ def test_the_demo_resumes_after_ctrl_c(tmp_path: Path) -> None:
             "--rounds", "25", "--path", str(ckpt)]
     demo = subprocess.Popen(args, cwd=ROOT, env=_cluster_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while _done(ckpt) < 2:
-        assert demo.poll() is None, demo.communicate()
-        assert time.time() < deadline, "the demo made no progress"
-        time.sleep(0.05)
+    wait_until_recorded(demo, ckpt, 2)
     demo.send_signal(signal.SIGINT)
     out, err = demo.communicate(timeout=60)
     assert demo.returncode == 130, (out, err)
     assert "run again to resume" in err
-    saved = _done(ckpt)
+    saved = recorded(ckpt)
     assert 2 <= saved < 10
     again = subprocess.run(args, cwd=ROOT, env=_cluster_env(), capture_output=True, text=True,
                            timeout=300)
@@ -79,13 +74,6 @@ def test_the_demo_resumes_after_ctrl_c(tmp_path: Path) -> None:
     assert f"resumed from checkpoint: {saved})" in again.stdout
     assert "estimate_pi" in again.stderr  # the progress bar
     assert Checkpoint.load(ckpt).done == 10
-
-
-def _done(path: Path) -> int:
-    try:
-        return Checkpoint.load(path).done
-    except Exception:
-        return 0
 
 
 def test_the_docs_site_builds_without_warnings(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests import workloads as w
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until_recorded
 from thread_chunks import Checkpoint, Chunker, WorkerDiedError, chunk, chunked
 
 pytestmark = pytest.mark.usefixtures("ray_running")
@@ -148,11 +148,7 @@ def test_ctrl_c_stops_quickly_keeps_the_checkpoint_and_leaves_no_orphans(
     driver = subprocess.Popen([sys.executable, "-c", SIGINT_DRIVER, str(ckpt)], env=env,
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
-    deadline = time.time() + 120
-    while _done(ckpt) < 4:
-        assert driver.poll() is None, driver.communicate()
-        assert time.time() < deadline, "no progress"
-        time.sleep(0.05)
+    wait_until_recorded(driver, ckpt, 4)
     family = psutil.Process(driver.pid).children(recursive=True)
     assert family  # Ray's processes, started by this driver
     sent = time.time()
@@ -168,13 +164,6 @@ def test_ctrl_c_stops_quickly_keeps_the_checkpoint_and_leaves_no_orphans(
     assert view.done >= 4 and all(view.output[i] == i for i, c in enumerate(view.completed) if c)
     _, alive = psutil.wait_procs(family, timeout=30)
     assert alive == [], [p.cmdline() for p in alive]
-
-
-def _done(path: Path) -> int:
-    try:
-        return Checkpoint.load(path).done
-    except Exception:
-        return 0
 
 
 MEMORY_DRIVER = """
