@@ -152,14 +152,15 @@ def main() -> None:
         chunker = thread_chunks.Chunker(workloads.double, chunk_size=2, progress_bar=False,
                                         persistent=True)
         chunker(params[:4])
+        many = 1 if args.quick else 9  # a run of tens of milliseconds: more repeats
         rows["thread-chunks (this), no path"] = median_of(
-            repeats, lambda: timed(lambda: chunker(params)))
+            many, lambda: timed(lambda: chunker(params)))
 
         def with_path() -> tuple[float, float]:
             path = Path(tempfile.mkdtemp()) / "run.ckpt"
             return timed(lambda: chunker(params, path=path))
 
-        rows["thread-chunks (this), path="] = median_of(repeats, with_path)
+        rows["thread-chunks (this), path="] = median_of(many, with_path)
         if py105 is not None:
             rows["thread-chunks 1.0.5, no path"] = run_105(py105, "double", count, 0, False)
             rows["thread-chunks 1.0.5, path="] = run_105(py105, "double", count, 0, True)

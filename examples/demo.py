@@ -67,11 +67,7 @@ def main() -> int:
     args = parser.parse_args()
 
     points = args.mb * 2**20 // 16
-    per_call = 1.5 * args.mb * 2**20  # the array, the einsum result and some headroom
-    available = psutil.virtual_memory().available
-    chunk_size = max(1, min(os.cpu_count() or 1, int(0.6 * available // per_call)))
-    print(f"{args.calls} calls of ~{per_call / 2**20:.0f} MB each; "
-          f"{available / 2**30:.1f} GiB free, so {chunk_size} at once")
+    per_call = int(1.5 * args.mb * 2**20)  # the array, the einsum result and some headroom
 
     if os.path.exists(args.path):
         try:
@@ -85,7 +81,11 @@ def main() -> int:
             print(f"resuming: {previous.done} of {len(previous.parameters)} calls are "
                   f"already in {args.path}")
 
-    sweep = chunked(chunk_size=chunk_size)(estimate_pi)
+    # as many calls at once as Ray's memory (and CPUs) allow; each actor reserves per_call
+    sweep = chunked(chunk_size="auto", memory_per_call=per_call)(estimate_pi)
+    chunk_size = sweep.chunk_size
+    print(f"{args.calls} calls of ~{per_call / 2**20:.0f} MB each; "
+          f"{chunk_size} at once (chunk_size='auto' from the memory budget)")
     sampler = MemorySampler()
     identities = ray.get([actor._tc_identity.remote() for actor in sweep.actors])
     sampler.pids.update(pid for _, pid in identities)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, closing
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -25,17 +26,15 @@ from ._types import ChunkSize, OnError
 
 PathLike = str | os.PathLike[str]
 
+@dataclass
 class _Plan:
     """One prepared run: its rows (validated where possible), checkpoint and results so far."""
 
-    def __init__(self, source: Iterator[Item], total: int | None, done: dict[int, Any],
-                 store: Store | None, name: str, rows: dict[int, Item] | None) -> None:
-        self.source = source
-        self.total = total
-        self.done = done
-        self.store = store
-        self.name = name
-        self.rows = rows
+    source: Iterator[Item]
+    total: int | None
+    done: dict[int, Any]
+    store: Store | None
+    name: str
 
 
 class Chunker:
@@ -172,18 +171,18 @@ class Chunker:
         name = function_name(held) if held is not None else "function"
         total = len(parameters) if isinstance(parameters, Sequence) else None
         if path is None and total is None:
-            return _Plan(items(rows), None, {}, None, name, None)
+            return _Plan(items(rows), None, {}, None, name)
         materialised = list(rows)
         listed = list(items(materialised))  # validates every row before any call starts
         if path is None:
-            return _Plan(iter(listed), len(listed), {}, None, name, None)
+            return _Plan(iter(listed), len(listed), {}, None, name)
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
             name = function_name(held)
         store, done = Store.open(path, getattr(held, "__name__", name), body_digest(held),
                                  materialised)
         source = iter([item for item in listed if item[0] not in done])
-        return _Plan(source, len(listed), done, store, name, None)
+        return _Plan(source, len(listed), done, store, name)
 
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
                  ) -> Iterator[Any]:
