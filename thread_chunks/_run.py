@@ -102,7 +102,6 @@ class _Call:
     slot: int
     actor: ActorHandle[Any]
     batch: list[Item]
-    sent: float
 
 
 def actor_label(slot: int) -> str:
@@ -163,11 +162,10 @@ class _Run:
                 return
             actor = self.pool.handle(slot)
             ref = actor._tc_run_batch.remote(batch)
-            now = time.monotonic()
             if not self.lanes[slot]:
-                self.running_since[slot] = now
+                self.running_since[slot] = time.monotonic()
             self.lanes[slot].append(ref)
-            self.inflight[ref] = _Call(slot, actor, batch, now)
+            self.inflight[ref] = _Call(slot, actor, batch)
         running = sum(1 for lane in self.lanes if lane)
         self.stats.peak_concurrency = max(self.stats.peak_concurrency, running)
 
