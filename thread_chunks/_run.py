@@ -295,13 +295,18 @@ class _Run:
             f"{active - 1} calls at once instead of {active} for the rest of this run",
             ConcurrencyReducedWarning, stacklevel=4)
 
-    def finished(self, record: Record) -> Iterator[Record]:
+    def releasable(self, final: list[Record]) -> list[Record]:
+        """What can be handed out now: everything when unordered; in order, what is next in
+        line (holding back only what arrived early)."""
         if not self.ordered:
-            yield record
-            return
-        self.early[record[0]] = record
-        while self.order and self.order[0] in self.early:
-            yield self.early.pop(self.order.popleft())
+            return final
+        early, order = self.early, self.order
+        for record in final:
+            early[record[0]] = record
+        out: list[Record] = []
+        while order and order[0] in early:
+            out.append(early.pop(order.popleft()))
+        return out
 
     def abort(self) -> None:
         """Stop every call in flight: kill our busy actors, cancel on the user's."""
@@ -341,8 +346,7 @@ def run(
             store.record(final, label)
         progress.update(len(final))
         stats.calls += len(final)
-        for record in final:
-            yield from state.finished(record)
+        yield from state.releasable(final)
 
     try:
         state.fill()
