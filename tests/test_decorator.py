@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import pickle
 import threading
@@ -283,3 +284,17 @@ def test_labelled_actor_subclass_needs_no_registration() -> None:
             return label, super().run(label, *args, **kwargs)[1] + 1
 
     assert chunked(chunk_size=1, actor_cls=Plus)(w.square).map([[3]]) == [10]
+
+
+def test_auto_chunk_size_is_logged_and_shown_in_the_progress_bar(
+        caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ValueError, match="needs memory_per_call"):
+        chunked(chunk_size="auto")
+    f = chunked(chunk_size="auto", memory_per_call=2**20, progress_bar=True)(w.square)
+    with caplog.at_level(logging.INFO, logger="thread_chunks"):
+        size = f.chunk_size
+    assert 1 <= size <= 2  # the suite's Ray has 2 CPUs and plenty of memory for 1 MiB calls
+    assert f"chunk_size='auto': {size} at once" in caplog.text
+    assert f.map([[3], [4]]) == [9, 16]
+    assert f"square [auto: {size} at once]" in capsys.readouterr().err
+    f.close()
