@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from tests import workloads as w
-from thread_chunks import Chunked, Chunker, LabelledActor, chunked
+from thread_chunks import Chunked, Chunker, ConcurrencyReducedWarning, LabelledActor, chunked
 from thread_chunks._pool import Pool
 
 pytestmark = pytest.mark.usefixtures("ray_running")
@@ -127,12 +127,24 @@ def test_unknown_option_and_bad_values_fail_at_decoration() -> None:
 
 
 def test_actor_options_reach_ray() -> None:
-    f = chunked(chunk_size=1, actor_options={"num_cpus": 0, "resources": {"nowhere": 1}})(
-        w.square)
-    # the actor cannot be placed (no node has "nowhere"): proof the options were applied
-    [handle] = f.actors
-    ready, _ = ray.wait([handle._tc_identity.remote()], timeout=2)
-    assert ready == []
+    f = chunked(chunk_size=2, actor_options={"num_cpus": 0.5})(w.assigned)
+    assert f.map([[0], [1]]) == [{"CPU": 0.5}, {"CPU": 0.5}]  # what Ray gave each actor
+    f.close()
+
+
+def test_actor_options_no_node_can_satisfy_are_refused_before_any_actor() -> None:
+    f = chunked(chunk_size=1, actor_options={"resources": {"nowhere": 1}})(w.square)
+    with pytest.raises(ValueError, match="no node of the Ray cluster .* nowhere=1"):
+        f.map([[1]])
+    assert f._self_shared.pool is not None and f._self_shared.pool.current(0) is None
+
+
+def test_more_actors_than_fit_the_cluster_shrink_the_pool_instead_of_waiting_forever() -> None:
+    # each actor holds a whole CPU and the suite's Ray has 2: a third would never be placed
+    f = chunked(chunk_size=3, actor_options={"num_cpus": 1})(w.square)
+    with pytest.warns(ConcurrencyReducedWarning, match="only 2 actors .* CPU=1 fit"):
+        assert f.map([[i] for i in range(6)]) == [i * i for i in range(6)]
+    assert f.chunk_size == 2 and len(f.actors) == 2
     f.close()
 
 

@@ -29,6 +29,13 @@ def interval(x: int, seconds: float = 0.05) -> tuple[int, float, float, int]:
     return x, start, time.time(), os.getpid()
 
 
+def assigned(_: Any = None) -> dict[str, float]:
+    """The Ray resources this call's actor holds."""
+    import ray
+
+    return ray.get_runtime_context().get_assigned_resources()
+
+
 def pid(_: Any = None) -> int:
     return os.getpid()
 

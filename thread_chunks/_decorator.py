@@ -120,10 +120,12 @@ class Chunked(_Proxy, Generic[C_co]):
 
     @property
     def chunk_size(self) -> int:
-        """How many calls run at once (for 'auto', decided when the actors are made)."""
+        """How many calls run at once (for 'auto', decided when the actors are made; fewer
+        than asked when the actors' resources do not fit the cluster)."""
         size = self._self_options.chunk_size
-        if size == "auto":
-            return self._self_shared.get().size
+        pool = self._self_shared.pool
+        if size == "auto" or pool is not None:
+            return (pool or self._self_shared.get()).size
         return size or config.default_chunk_size
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -13,6 +14,7 @@ import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, RemoteLabelledActor
+from ._errors import ConcurrencyReducedWarning
 from ._session import ensure_ray
 from ._types import ChunkSize
 
@@ -34,6 +36,18 @@ def auto_chunk_size(memory_per_call: int) -> tuple[int, str]:
            f"calls of {memory_per_call / 2**30:.2f} GiB)")
     log.info(why)
     return size, why
+
+
+def explicit_demand(options: Mapping[str, Any]) -> dict[str, float]:
+    """The Ray resources one actor explicitly asks for (names as ``ray.nodes()`` shows them)."""
+    demand: dict[str, float] = {}
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        if options.get(option):
+            demand[resource] = float(options[option])
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            demand[str(name)] = float(amount)
+    return demand
 
 
 def function_name(func: object) -> str:
@@ -97,6 +111,7 @@ class Pool:
             list(actors) if actors is not None else [None] * size)
         self._func: object = None
         self._func_ref: ray.ObjectRef[Any] | None = None
+        self._fitted = False
 
     @property
     def size(self) -> int:
@@ -115,6 +130,7 @@ class Pool:
     def use(self, func: Callable[..., Any] | None) -> None:
         """Make the actors hold ``func`` (no copy when they already do; None keeps theirs)."""
         with self._lock:
+            self.fit()
             if func is None or func is self._func:
                 return
             self._wait_for_runs(func)
@@ -170,7 +186,38 @@ class Pool:
     def handles(self) -> list[ActorHandle[Any]]:
         """All actors, created now where missing."""
         with self._lock:
+            self.fit()
             return [self.handle(slot) for slot in range(self.size)]
+
+    def fit(self) -> None:
+        """Once, before the first actor: check the resources ``actor_options`` ask for.
+
+        No node able to hold one actor is a ValueError naming what was asked for. Fewer
+        actors fitting the cluster than ``size`` shrinks the pool to what fits, with a
+        ConcurrencyReducedWarning — Ray would otherwise leave the others waiting forever.
+        Only explicit requests count (``num_cpus``, ``num_gpus``, ``memory``, ``resources``).
+        """
+        if self._fitted or not self.owned:
+            return
+        self.start()
+        self._fitted = True
+        demand = explicit_demand(self._options)
+        if not demand:
+            return
+        fits = sum(min(int(node["Resources"].get(name, 0.0) / amount + 1e-9)
+                       for name, amount in demand.items())
+                   for node in ray.nodes() if node.get("Alive"))
+        asked = ", ".join(f"{name}={amount:g}" for name, amount in demand.items())
+        if fits == 0:
+            raise ValueError(
+                f"actor_options: no node of the Ray cluster can hold an actor asking for "
+                f"{asked}; change actor_options or add such a node")
+        if fits < self.size:
+            warnings.warn(
+                f"only {fits} actors asking for {asked} fit the Ray cluster at once; running "
+                f"{fits} calls at once instead of chunk_size={self.size}",
+                ConcurrencyReducedWarning, stacklevel=4)
+            del self._actors[fits:]
 
     def current(self, slot: int) -> ActorHandle[Any] | None:
         """The actor in ``slot`` now (None when none was created since the last discard)."""
