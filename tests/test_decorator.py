@@ -136,7 +136,7 @@ def test_actor_options_no_node_can_satisfy_are_refused_before_any_actor() -> Non
     f = chunked(chunk_size=1, actor_options={"resources": {"nowhere": 1}})(w.square)
     with pytest.raises(ValueError, match="no node of the Ray cluster .* nowhere=1"):
         f.map([[1]])
-    assert f._self_shared.pool is not None and f._self_shared.pool.current(0) is None
+    assert f._self_shared.pool is not None and f._self_shared.pool._actors == [None]
 
 
 def test_more_actors_than_fit_the_cluster_shrink_the_pool_instead_of_waiting_forever() -> None:

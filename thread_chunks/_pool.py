@@ -219,10 +219,6 @@ class Pool:
                 ConcurrencyReducedWarning, stacklevel=4)
             del self._actors[fits:]
 
-    def current(self, slot: int) -> ActorHandle[Any] | None:
-        """The actor in ``slot`` now (None when none was created since the last discard)."""
-        return self._actors[slot]
-
     def discard(self, slot: int, actor: ActorHandle[Any] | None = None) -> bool:
         """Kill the actor in ``slot`` (only if it is still ``actor``, when given) so a fresh
         one is created on next use.

@@ -22,10 +22,6 @@ class Progress:
         if self._bar is not None:
             self._bar.update(n)
 
-    def describe(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.set_description(text, refresh=False)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
