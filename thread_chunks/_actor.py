@@ -6,19 +6,34 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 import ray
 
 from ._types import Args, Kwargs
 
-Item = tuple[int, Args, Kwargs]
-"""One row sent to an actor: its index, positional and keyword arguments."""
 
-Record = tuple[int, bool, Any, float, float, str]
-"""One row's outcome: index, succeeded, value or exception, start, end (epoch seconds), and the
-remote traceback (empty on success)."""
+class Item(NamedTuple):
+    """One row as sent to an actor: its number (``row``), positional and keyword arguments."""
+
+    row: int
+    args: Args
+    kwargs: Kwargs
+
+
+class Outcome(NamedTuple):
+    """One row's outcome, as an actor reports it and the checkpoint records it."""
+
+    row: int
+    ok: bool
+    value: Any
+    """The result, or the exception when not ``ok``."""
+    started: float
+    ended: float
+    """Epoch seconds."""
+    traceback: str
+    """The remote traceback (empty on success)."""
 
 
 class LabelledActor:
@@ -57,19 +72,19 @@ class LabelledActor:
 
     # -- used by thread-chunks' scheduler; not part of the 1.0.5 surface --------------------
 
-    def _tc_run_batch(self, items: Sequence[Item]) -> list[Record]:
+    def _tc_run_batch(self, items: Sequence[Item]) -> list[Outcome]:
         """Run several rows one after the other and report each one's outcome and timing."""
-        records: list[Record] = []
+        outcomes: list[Outcome] = []
         for index, args, kwargs in items:
             start = time.time()
             try:
                 _, value = self.run(index, *args, **kwargs)
             except Exception as exc:  # the user's error travels back as a value
-                records.append((index, False, _portable(exc), start, time.time(),
-                                traceback.format_exc()))
+                outcomes.append(Outcome(index, False, _portable(exc), start, time.time(),
+                                        traceback.format_exc()))
             else:
-                records.append((index, True, value, start, time.time(), ""))
-        return records
+                outcomes.append(Outcome(index, True, value, start, time.time(), ""))
+        return outcomes
 
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""

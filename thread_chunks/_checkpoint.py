@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from ._actor import Record
+from ._actor import Outcome
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
@@ -246,7 +246,7 @@ class Store:
             raise
         return store, done
 
-    def record(self, records: list[Record], actor: str) -> None:
+    def record(self, records: list[Outcome], actor: str) -> None:
         """Save finished calls in one transaction. A failure warns once and stops saving."""
         if self._conn is None:
             return
@@ -254,10 +254,11 @@ class Store:
             now = time.time()
             try:  # the fast path: the C pickler on every value at once
                 dumps = pickle.dumps
-                rows = [(r[0], int(r[1]), dumps(r[2], 5), r[3], r[4], actor, now)
+                rows = [(r.row, int(r.ok), dumps(r.value, 5), r.started, r.ended, actor, now)
                         for r in records]
             except Exception:
-                rows = [(r[0], int(r[1]), _pickle(r[2]), r[3], r[4], actor, now)
+                rows = [(r.row, int(r.ok), _pickle(r.value), r.started, r.ended, actor,
+                         now)
                         for r in records]
             with _transaction(self._conn):
                 self._conn.executemany(

@@ -14,7 +14,7 @@ from ray.actor import ActorHandle
 from typing_extensions import Unpack
 
 from . import config
-from ._actor import Item, Record
+from ._actor import Item, Outcome
 from ._checkpoint import Store, body_digest
 from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool, function_name
@@ -181,7 +181,7 @@ class Chunker:
             name = function_name(held)
         store, done = Store.open(path, getattr(held, "__name__", name), body_digest(held),
                                  materialised)
-        source = iter([item for item in listed if item[0] not in done])
+        source = iter([item for item in listed if item.row not in done])
         return _Plan(source, len(listed), done, store, name)
 
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
@@ -239,12 +239,10 @@ class Chunker:
         self._release_ray()
 
 
-def _value(record: Record, on_error: OnError) -> Any:
-    if record[1]:
-        return record[2]
-    if on_error == "raise":
-        raise record[2]
-    return record[2]
+def _value(outcome: Outcome, on_error: OnError) -> Any:
+    if not outcome.ok and on_error == "raise":
+        raise outcome.value
+    return outcome.value
 
 
 def pool_for(settings: Options, actors: Sequence[ActorHandle[Any]] | None = None) -> Pool:

@@ -50,7 +50,7 @@ def items(rows: Iterable[Any], start: int = 0) -> Iterator[Item]:
     """Number and validate rows lazily: a bad row fails when it is reached."""
     for index, row in enumerate(rows, start):
         args, kwargs = normalise(row, index)
-        yield index, args, kwargs
+        yield Item(index, args, kwargs)
 
 
 _short = reprlib.Repr()

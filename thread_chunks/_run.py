@@ -15,7 +15,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError
 
-from ._actor import Item, Record
+from ._actor import Item, Outcome
 from ._errors import ConcurrencyReducedWarning, ThreadChunksError, WorkerDiedError
 from ._pool import Pool
 from ._progress import Progress
@@ -33,7 +33,7 @@ _MEMORY_KILL = re.compile(r"low on memory|out of memory|OUT_OF_MEMORY|memory usa
 class Store(Protocol):
     """Where finished calls are recorded (the checkpoint)."""
 
-    def record(self, records: list[Record], actor: str) -> None: ...
+    def record(self, records: list[Outcome], actor: str) -> None: ...
 
 
 @dataclass
@@ -81,10 +81,10 @@ class Batcher:
         self.size = self.fixed or 1
         self.pipelined = False
 
-    def observe(self, records: list[Record]) -> None:
+    def observe(self, records: list[Outcome]) -> None:
         if not records:
             return
-        took = records[-1][4] - records[0][3]
+        took = records[-1].ended - records[0].started
         if took < _PIPELINE_BELOW_SECONDS:
             self.pipelined = True
         if self.fixed is None:
@@ -129,7 +129,7 @@ class _Run:
         self.attempts: dict[int, int] = {}
         self.deaths: dict[int, int] = {}
         self.order: deque[int] = deque()  # first-submission order (ordered mode)
-        self.early: dict[int, Record] = {}
+        self.early: dict[int, Outcome] = {}
         self.exhausted = False
         self.pipelining = False
 
@@ -144,7 +144,7 @@ class _Run:
             if len(fresh) < n - len(batch):
                 self.exhausted = True
             if self.ordered:
-                self.order.extend(item[0] for item in fresh)
+                self.order.extend(item.row for item in fresh)
             batch.extend(fresh)
         return batch
 
@@ -192,11 +192,11 @@ class _Run:
         ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=remaining)
         return ready[0] if ready else None
 
-    def overdue(self) -> list[Record]:
+    def overdue(self) -> list[Outcome]:
         """Kill the actors whose running call passed the timeout; those rows fail."""
         assert self.policy.timeout is not None
         now = time.monotonic()
-        failed: list[Record] = []
+        failed: list[Outcome] = []
         for slot, lane in enumerate(self.lanes):
             if not lane or now - self.running_since[slot] < self.policy.timeout:
                 continue
@@ -209,9 +209,9 @@ class _Run:
                 if ref is not running:
                     self.again.extendleft(reversed(queued.batch))
             wall = time.time()
-            timed_out: list[Record] = [
-                (item[0], False, TimeoutError(
-                    f"row {item[0]} ran longer than timeout={self.policy.timeout}s; its actor "
+            timed_out: list[Outcome] = [
+                Outcome(item.row, False, TimeoutError(
+                    f"row {item.row} ran longer than timeout={self.policy.timeout}s; its actor "
                     "was killed and replaced"), wall - self.policy.timeout, wall, "")
                 for item in call.batch]
             failed += self.settle(timed_out, call.batch)
@@ -219,26 +219,27 @@ class _Run:
 
     # -- outcomes ---------------------------------------------------------------------------
 
-    def settle(self, records: list[Record], batch: list[Item]) -> list[Record]:
+    def settle(self, records: list[Outcome], batch: list[Item]) -> list[Outcome]:
         """The final records; failed rows with retries left go back into ``again``."""
-        if all(record[1] for record in records):
+        if all(record.ok for record in records):
             return records
-        final: list[Record] = []
+        final: list[Outcome] = []
         for record, item in zip(records, batch, strict=True):
-            if not record[1]:
-                tried = self.attempts.get(record[0], 0) + 1
-                self.attempts[record[0]] = tried
-                if tried <= self.policy.retries and isinstance(record[2], self.policy.retry_on):
+            if not record.ok:
+                tried = self.attempts.get(record.row, 0) + 1
+                self.attempts[record.row] = tried
+                if tried <= self.policy.retries and isinstance(record.value,
+                                                               self.policy.retry_on):
                     self.stats.retries += 1
                     self.again.append(item)
                     continue
                 self.stats.failures += 1
-                annotate(record[2], item, self.name, record[5])
+                annotate(record.value, item, self.name, record.traceback)
             final.append(record)
         return final
 
     def died(self, ref: ray.ObjectRef[Any], exc: RayActorError | OutOfMemoryError
-             ) -> list[Record]:
+             ) -> list[Outcome]:
         """The actor of call ``ref`` died: replace it and run the rows it held again.
 
         All calls the dead actor held are settled at this first news of its death. Only the
@@ -269,7 +270,7 @@ class _Run:
         if running is None or len(calls[running].batch) > 1:
             return []
         item = calls[running].batch[0]
-        index = item[0]
+        index = item.row
         self.deaths[index] = self.deaths.get(index, 0) + 1
         if self.deaths[index] < self.policy.max_worker_deaths:
             self.stats.retries += 1
@@ -282,7 +283,7 @@ class _Run:
             deaths=self.deaths[index])
         self.stats.failures += 1
         annotate(error, item, self.name, "")
-        return [(index, False, error, now, now, "")]
+        return [Outcome(index, False, error, now, now, "")]
 
     def shrink(self, slot: int) -> None:
         """A worker was killed for memory: one call fewer at once from now on (never 0)."""
@@ -295,15 +296,15 @@ class _Run:
             f"{active - 1} calls at once instead of {active} for the rest of this run",
             ConcurrencyReducedWarning, stacklevel=4)
 
-    def releasable(self, final: list[Record]) -> list[Record]:
+    def releasable(self, final: list[Outcome]) -> list[Outcome]:
         """What can be handed out now: everything when unordered; in order, what is next in
         line (holding back only what arrived early)."""
         if not self.ordered:
             return final
         early, order = self.early, self.order
         for record in final:
-            early[record[0]] = record
-        out: list[Record] = []
+            early[record.row] = record
+        out: list[Outcome] = []
         while order and order[0] in early:
             out.append(early.pop(order.popleft()))
         return out
@@ -327,7 +328,7 @@ def run(
     policy: Policy,
     stats: RunStats,
     name: str,
-) -> Generator[Record, None, None]:
+) -> Generator[Outcome, None, None]:
     """Run every item on ``pool``, at most ``pool.size`` calls running at once.
 
     Blocks on ``ray.wait`` (never polls). Yields one record per item, in input order when
@@ -338,7 +339,7 @@ def run(
     state = _Run(pool, source, ordered, batch_size, policy, stats, name)
     started = time.perf_counter()
 
-    def deliver(final: list[Record], slot: int | None) -> Iterator[Record]:
+    def deliver(final: list[Outcome], slot: int | None) -> Iterator[Outcome]:
         if not final:
             return
         label = actor_label(slot) if slot is not None else ""
@@ -358,7 +359,7 @@ def run(
                 yield from deliver(final, None)
                 continue
             try:
-                records: list[Record] = ray.get(ref)
+                records: list[Outcome] = ray.get(ref)
             except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
                 slot = state.inflight[ref].slot
                 final = state.died(ref, exc)
@@ -371,7 +372,7 @@ def run(
             state.fill()
             label = actor_label(call.slot)
             stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
-                r[4] - r[3] for r in records)
+                r.ended - r.started for r in records)
             yield from deliver(final, call.slot)
     finally:
         stats.wall_time = time.perf_counter() - started
