@@ -47,9 +47,11 @@ def test_chunker_reuses_its_actors_across_calls() -> None:
     chunker = Chunker(w.pid, chunk_size=2)
     first = set(chunker([[i] for i in range(20)]))
     handles = chunker.actors
+    pids = {ray.get(a._tc_identity.remote())[1] for a in handles}
     second = set(chunker([[i] for i in range(20)]))
-    assert first == second and len(first) == 2
-    assert os.getpid() not in first
+    # an actor slower to start may get no row: rows go only to started actors
+    assert first | second <= pids and len(pids) == 2
+    assert os.getpid() not in pids
     assert chunker.actors == handles
     assert chunker.chunk_size == 2 == len(chunker.actors)
 

@@ -7,6 +7,7 @@ from ._checkpoint import Checkpoint
 from ._chunker import Chunker, chunk
 from ._decorator import Chunked, chunked
 from ._errors import (
+    ActorPlacementError,
     CheckpointError,
     CheckpointFailedWarning,
     CheckpointRestartWarning,
@@ -18,6 +19,7 @@ from ._options import Options, RunOptions
 from ._run import RunStats
 
 __all__ = [
+    "ActorPlacementError",
     "CheckpointError",
     "Checkpoint",
     "CheckpointFailedWarning",

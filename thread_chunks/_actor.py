@@ -73,11 +73,18 @@ class LabelledActor:
     # -- used by thread-chunks' scheduler; not part of the 1.0.5 surface --------------------
 
     def _tc_run_batch(self, items: Sequence[Item]) -> list[Outcome]:
-        """Run several rows one after the other and report each one's outcome and timing."""
+        """Run several rows one after the other and report each one's outcome and timing.
+
+        An ``ObjectRef`` that is a whole argument (positional or keyword) is replaced by its
+        value, as Ray does for task arguments; refs nested inside other values stay refs.
+        """
+        values = _resolve(items)
         outcomes: list[Outcome] = []
         for index, args, kwargs in items:
             start = time.time()
             try:
+                if values:
+                    args, kwargs = _substitute(args, kwargs, values)
                 _, value = self.run(index, *args, **kwargs)
             except Exception as exc:  # the user's error travels back as a value
                 outcomes.append(Outcome(index, False, _portable(exc), start, time.time(),
@@ -89,6 +96,46 @@ class LabelledActor:
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:
+    """The values of the refs that are whole arguments of ``items``, fetched together.
+
+    A ref that cannot be fetched maps to the exception, so only its rows fail.
+    """
+    refs = {a for item in items for a in (*item.args, *item.kwargs.values())
+            if isinstance(a, ray.ObjectRef)}
+    if not refs:
+        return {}
+    unique = list(refs)
+    try:
+        return dict(zip(unique, ray.get(unique), strict=True))
+    except Exception:
+        values: dict[ray.ObjectRef[Any], Any] = {}
+        for ref in unique:
+            try:
+                values[ref] = ray.get(ref)
+            except Exception as exc:
+                values[ref] = _Unresolved(exc)
+        return values
+
+
+class _Unresolved:
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any],
+                values: dict[ray.ObjectRef[Any], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def value(a: Any) -> Any:
+        if not isinstance(a, ray.ObjectRef):
+            return a
+        got = values[a]
+        if isinstance(got, _Unresolved):
+            raise got.error
+        return got
+
+    return tuple(value(a) for a in args), {k: value(v) for k, v in kwargs.items()}
 
 
 def _portable(exc: BaseException) -> BaseException:

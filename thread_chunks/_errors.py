@@ -27,6 +27,11 @@ def _rebuild_worker_died(message: str, index: int | None, deaths: int) -> Worker
     return WorkerDiedError(message, index=index, deaths=deaths)
 
 
+class ActorPlacementError(ThreadChunksError):
+    """No actor could run for ``placement_timeout`` seconds: Ray could not place any (the
+    resources they ask for are held elsewhere, or the nodes that had them are gone)."""
+
+
 class CheckpointFailedWarning(UserWarning):
     """Saving to the checkpoint failed mid-run; the computation goes on without saving."""
 
@@ -37,4 +42,6 @@ class CheckpointRestartWarning(UserWarning):
 
 
 class ConcurrencyReducedWarning(UserWarning):
-    """Workers were killed for lack of memory, so fewer calls now run at once."""
+    """Fewer calls run at once than ``chunk_size``: workers were killed for lack of memory,
+    fewer actors fit the cluster, or Ray has not placed some actors (a lost node, resources
+    held elsewhere) — those are used as soon as Ray places them."""

@@ -31,6 +31,12 @@ class RunOptions(TypedDict, total=False):
     """Seconds a call may run before its actor is stopped."""
     memory_per_call: int | None
     """Bytes one call needs: reserved per actor through Ray's ``memory`` resource."""
+    placement_timeout: float | None
+    """Seconds a run may go on with no actor able to run (none placed by Ray) before it fails
+    with ActorPlacementError; None waits without limit."""
+    max_buffered: int | None
+    """Rows read from the input but not yet handed out, at most (ordered ``imap``/``map``);
+    None: 4 x chunk_size x the batch size."""
 
 
 def check_positive(name: str, value: object, allow_none: bool = False) -> None:
@@ -60,6 +66,8 @@ class Options:
     max_worker_deaths: int = 3
     timeout: float | None = None
     memory_per_call: int | None = None
+    placement_timeout: float | None = 600.0
+    max_buffered: int | None = None
 
     @classmethod
     def of(cls, where: str, chunk_size: ChunkSize | None, progress_bar: bool | None,
@@ -83,6 +91,7 @@ class Options:
         else:
             check_positive("chunk_size", self.chunk_size, allow_none=True)
         check_positive("batch_size", self.batch_size, allow_none=True)
+        check_positive("max_buffered", self.max_buffered, allow_none=True)
         remote_actor_class(self.actor_cls)
         if not isinstance(self.actor_options, Mapping):
             raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
@@ -103,8 +112,15 @@ class Options:
                                     or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise ValueError(
                 f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
+        placement = self.placement_timeout
+        if placement is not None and (isinstance(placement, bool) or not isinstance(
+                placement, (int, float)) or placement <= 0):
+            raise ValueError(f"placement_timeout: expected a number of seconds > 0 or None, "
+                             f"got {placement!r}")
         return Policy(retries=retries, retry_on=kinds, max_worker_deaths=self.max_worker_deaths,
-                      timeout=None if timeout is None else float(timeout))
+                      timeout=None if timeout is None else float(timeout),
+                      placement_timeout=None if placement is None else float(placement),
+                      max_buffered=self.max_buffered)
 
     def replace(self, **changes: Any) -> Options:
         """A copy with some options changed (validated again)."""

@@ -14,7 +14,7 @@ import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, RemoteLabelledActor
-from ._errors import ConcurrencyReducedWarning
+from ._errors import ConcurrencyReducedWarning, ThreadChunksError
 from ._session import ensure_ray
 from ._types import ChunkSize
 
@@ -75,12 +75,27 @@ def remote_actor_class(actor_cls: object) -> ActorClass:
     )
 
 
+def session_token() -> str:
+    """Which Ray session and job this driver is connected to (Ray must be running).
+
+    Actors live as long as the job that made them: after ``ray.shutdown()`` and a new
+    ``ray.init()`` (a new cluster, or a new job on the same one) the old handles are dead.
+    """
+    context = ray.get_runtime_context()
+    return f"{context.get_session_name()}/{context.get_job_id()}"
+
+
 class Pool:
     """``size`` actors holding one function at a time.
 
     Actors are created on first use and replaced when they die. The function is put into Ray's
     object store once and copied to the actors only when a different function is asked for.
-    Actors handed in by the user are used as they are and never killed by us.
+    Actors handed in by the user are used as they are and never killed by us. When Ray was
+    restarted since the actors were made, they are forgotten and made again in the new session.
+
+    An actor is *ready* once it has started and holds the current function; the scheduler
+    learns it from a probe (:meth:`probe`) and sends calls only to ready actors, so an actor
+    Ray cannot place (a lost node, resources held elsewhere) never holds rows hostage.
     """
 
     def __init__(
@@ -95,27 +110,39 @@ class Pool:
         self.started_ray = False
         self.auto = ""
         """Why this size was chosen, when chunk_size was 'auto'."""
-        if size == "auto":
-            assert memory_per_call is not None
-            self.start()
-            size, self.auto = auto_chunk_size(memory_per_call)
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._leases: Counter[int] = Counter()  # thread id -> runs in progress
         self._cls = remote_actor_class(actor_cls)
         self._options = dict(actor_options or {})
-        if memory_per_call is not None:  # Ray then never packs more onto a node than fits
+        self._memory_per_call = memory_per_call
+        if memory_per_call is not None:  # Ray then never packs more onto a node than fit
             self._options.setdefault("memory", memory_per_call)
         self.owned = actors is None
-        self._actors: list[ActorHandle[Any] | None] = (
-            list(actors) if actors is not None else [None] * size)
+        self._session = ""
+        self._requested = size
+        self._actors: list[ActorHandle[Any] | None] = []
+        if actors is not None:
+            self._actors = list(actors)
+        elif size != "auto":
+            self._actors = [None] * size
         self._func: object = None
         self._func_ref: ray.ObjectRef[Any] | None = None
         self._fitted = False
+        self._holds: list[object] = [None] * len(self._actors)  # func ref each actor holds
+        self._ready: list[bool] = [False] * len(self._actors)
+        self._probes: list[ray.ObjectRef[Any] | None] = [None] * len(self._actors)
+        if size == "auto":
+            self.start()
 
     @property
     def size(self) -> int:
         return len(self._actors)
+
+    @property
+    def demand(self) -> dict[str, float]:
+        """What one actor asks Ray for (Ray's default for an actor: 1 CPU to be placed)."""
+        return explicit_demand(self._options) or {"CPU": 1.0}
 
     @property
     def function(self) -> object:
@@ -123,18 +150,40 @@ class Pool:
         return self._func
 
     def start(self) -> None:
-        """Make sure Ray is running (remembering whether we started it)."""
-        if ensure_ray():
-            self.started_ray = True
+        """Make sure Ray is running (remembering whether we started it), and forget actors
+        of a Ray session that has ended."""
+        with self._lock:
+            if ensure_ray():
+                self.started_ray = True
+            token = session_token()
+            if token == self._session:
+                return
+            stale, self._session = bool(self._session), token
+            if stale and not self.owned:
+                raise ThreadChunksError(
+                    "the actors handed in (actors=) belong to a Ray session that has ended "
+                    "(Ray was shut down or restarted since they were made) and cannot be "
+                    "made again by thread-chunks: create new actors in this session")
+            if stale:
+                log.info("Ray was restarted: making new actors in the current session")
+            self._func, self._func_ref, self._fitted = None, None, False
+            size = self._requested
+            if size == "auto":
+                assert self._memory_per_call is not None
+                size, self.auto = auto_chunk_size(self._memory_per_call)
+            if self.owned:
+                self._actors = [None] * size
+            n = len(self._actors)
+            self._holds, self._ready, self._probes = [None] * n, [False] * n, [None] * n
 
     def use(self, func: Callable[..., Any] | None) -> None:
-        """Make the actors hold ``func`` (no copy when they already do; None keeps theirs)."""
+        """Make ``func`` the function the actors hold (put into Ray once; each actor gets it
+        through its probe). No copy when they already hold it; None keeps theirs."""
         with self._lock:
             self.fit()
             if func is None or func is self._func:
                 return
             self._wait_for_runs(func)
-            self.start()
             try:
                 ref = ray.put(func)
             except Exception as exc:
@@ -143,8 +192,8 @@ class Pool:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             self._func, self._func_ref = func, ref
-            live = [actor for actor in self._actors if actor is not None]
-            ray.get([actor.set_func.remote(ref) for actor in live])
+            self._ready = [False] * self.size
+            self._probes = [None] * self.size
 
     def _wait_for_runs(self, func: object) -> None:
         """Block while runs of the current function are in progress in other threads."""
@@ -174,14 +223,46 @@ class Pool:
                 self._idle.notify_all()
 
     def handle(self, slot: int) -> ActorHandle[Any]:
-        """The actor in ``slot``, created now if there is none."""
+        """The actor in ``slot``, created now if there is none (it may not be placed yet)."""
         with self._lock:
             actor = self._actors[slot]
             if actor is None:
-                self.start()
                 actor = self._cls.options(**self._options).remote(self._func_ref)
                 self._actors[slot] = actor
+                self._holds[slot] = self._func_ref
             return actor
+
+    def probe(self, slot: int) -> tuple[ActorHandle[Any], ray.ObjectRef[Any] | None]:
+        """The actor in ``slot`` (created if missing) and a reference that resolves once it
+        has started and holds the current function; None when it is known to be ready.
+
+        The same probe is shared by every run asking before it resolves. An actor holding an
+        older function is sent the current one: calls sent afterwards by this process run
+        after it (Ray keeps one caller's calls to an actor in order).
+        """
+        with self._lock:
+            actor = self.handle(slot)
+            if self._ready[slot]:
+                return actor, None
+            probe = self._probes[slot]
+            if probe is None:
+                if self._holds[slot] is self._func_ref or self._func_ref is None:
+                    probe = actor.__ray_ready__.remote()
+                else:
+                    probe = actor.set_func.remote(self._func_ref)
+                    self._holds[slot] = self._func_ref
+                self._probes[slot] = probe
+            return actor, probe
+
+    def confirm(self, slot: int, actor: ActorHandle[Any]) -> bool:
+        """The probe of ``actor`` resolved: it is ready, unless it was replaced meanwhile
+        (then False)."""
+        with self._lock:
+            if slot >= self.size or self._actors[slot] is not actor:
+                return False
+            self._ready[slot] = True
+            self._probes[slot] = None
+            return True
 
     def handles(self) -> list[ActorHandle[Any]]:
         """All actors, created now where missing."""
@@ -190,16 +271,18 @@ class Pool:
             return [self.handle(slot) for slot in range(self.size)]
 
     def fit(self) -> None:
-        """Once, before the first actor: check the resources ``actor_options`` ask for.
+        """Once per Ray session, before the first actor: check the resources
+        ``actor_options`` ask for.
 
         No node able to hold one actor is a ValueError naming what was asked for. Fewer
         actors fitting the cluster than ``size`` shrinks the pool to what fits, with a
-        ConcurrencyReducedWarning — Ray would otherwise leave the others waiting forever.
-        Only explicit requests count (``num_cpus``, ``num_gpus``, ``memory``, ``resources``).
+        ConcurrencyReducedWarning. Only explicit requests count (``num_cpus``, ``num_gpus``,
+        ``memory``, ``resources``). Capacity lost later (a node gone, resources held by
+        others) is the scheduler's business: it runs on the actors that are placed.
         """
+        self.start()
         if self._fitted or not self.owned:
             return
-        self.start()
         self._fitted = True
         demand = explicit_demand(self._options)
         if not demand:
@@ -217,7 +300,8 @@ class Pool:
                 f"only {fits} actors asking for {asked} fit the Ray cluster at once; running "
                 f"{fits} calls at once instead of chunk_size={self.size}",
                 ConcurrencyReducedWarning, stacklevel=4)
-            del self._actors[fits:]
+            for cut in (self._actors, self._holds, self._ready, self._probes):
+                del cut[fits:]
 
     def discard(self, slot: int, actor: ActorHandle[Any] | None = None) -> bool:
         """Kill the actor in ``slot`` (only if it is still ``actor``, when given) so a fresh
@@ -230,15 +314,16 @@ class Pool:
                 return False
             current = self._actors[slot]
             if current is not None and (actor is None or current is actor):
-                actor = current
                 if ray.is_initialized():  # else Ray is gone and the actor with it
-                    ray.kill(actor)
+                    ray.kill(current)
                 self._actors[slot] = None
+                self._holds[slot], self._ready[slot], self._probes[slot] = None, False, None
             return True
 
     def close(self) -> None:
         """Kill the actors we created; the next use creates new ones."""
         with self._lock:
-            if self.owned:
+            if self.owned and self._session and ray.is_initialized() \
+                    and session_token() == self._session:
                 for slot in range(self.size):
                     self.discard(slot)

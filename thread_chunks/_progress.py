@@ -1,4 +1,4 @@
-"""The progress bar: tqdm on stderr, or nothing."""
+"""The progress bar: tqdm (a widget in notebooks, text on stderr elsewhere), or nothing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sys
 from types import TracebackType
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 
 class Progress:
@@ -21,6 +21,11 @@ class Progress:
     def update(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.update(n)
+
+    def note(self, text: str) -> None:
+        """Show ``text`` after the counts (empty: remove it)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(text)
 
     def close(self) -> None:
         if self._bar is not None:

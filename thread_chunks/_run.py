@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import warnings
@@ -13,19 +14,32 @@ from typing import Any, Protocol
 
 import ray
 from ray.actor import ActorHandle
-from ray.exceptions import OutOfMemoryError, RayActorError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
 from ._actor import Item, Outcome
-from ._errors import ConcurrencyReducedWarning, ThreadChunksError, WorkerDiedError
+from ._errors import (
+    ActorPlacementError,
+    ConcurrencyReducedWarning,
+    ThreadChunksError,
+    WorkerDiedError,
+)
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import annotate
+from ._wire import Wire
+
+log = logging.getLogger("thread_chunks")
 
 _TARGET_BATCH_SECONDS = 0.05
 """Automatic batching aims for actor calls of about this long."""
 _MAX_BATCH = 1024
 _PIPELINE_BELOW_SECONDS = 0.5
 """Calls shorter than this get a second call queued on their actor, hiding the round trip."""
+_PLACEMENT_NOTICE_SECONDS = 10.0
+"""An actor Ray has not placed after this long is reported: a ConcurrencyReducedWarning while
+others run, a log line and a progress-bar note while none does."""
+_START_FAILURES = 3
+"""An actor slot whose new actors die this many times in a row before starting fails the run."""
 _MEMORY_KILL = re.compile(r"low on memory|out of memory|OUT_OF_MEMORY|memory usage threshold",
                           re.IGNORECASE)
 
@@ -60,12 +74,14 @@ class RunStats:
 
 @dataclass(frozen=True)
 class Policy:
-    """How failures are handled."""
+    """How failures and waits are handled."""
 
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     max_worker_deaths: int = 3
     timeout: float | None = None
+    placement_timeout: float | None = 600.0
+    max_buffered: int | None = None
 
 
 class Batcher:
@@ -108,60 +124,168 @@ def actor_label(slot: int) -> str:
     return f"actor-{slot}"
 
 
+def _amounts(resources: dict[str, float]) -> str:
+    shown = {k: v for k, v in resources.items()
+             if not k.startswith("node:") and k != "object_store_memory"}
+    return ", ".join(f"{k}={v / 2**30:.3g} GiB" if k == "memory" else f"{k}={v:g}"
+                     for k, v in sorted(shown.items())) or "nothing"
+
+
 class _Run:
-    """State of one run: which calls are in flight where, what waits to be run again."""
+    """State of one run: which actors are ready, which calls are in flight where, what waits
+    to be run again, what was read from the input but not yet handed out."""
 
     def __init__(self, pool: Pool, source: Iterator[Item], ordered: bool,
-                 batch_size: int | None, policy: Policy, stats: RunStats, name: str) -> None:
+                 batch_size: int | None, policy: Policy, stats: RunStats, name: str,
+                 progress: Progress) -> None:
         self.pool = pool
         self.source = source
         self.ordered = ordered
         self.policy = policy
         self.stats = stats
         self.name = name
+        self.progress = progress
+        self.wire = Wire()
         self.batcher = Batcher(batch_size, policy.timeout)
-        self.tokens: deque[int] = deque(range(pool.size))  # one per call an actor may hold
+        self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
         self.retired: set[int] = set()
+        self.ready: dict[int, ActorHandle[Any]] = {}  # slot -> its started actor
+        self.probes: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any]]] = {}
+        self.waiting_since: dict[int, float] = {}  # slot -> when its actor was asked for
+        self.stalled_since: float | None = time.monotonic()  # no actor ready since then
+        self.start_failures: dict[int, int] = {}
+        self.warned_reduced = False
+        self.logged_waiting = False
         self.lanes: list[deque[ray.ObjectRef[Any]]] = [deque() for _ in range(pool.size)]
         self.running_since: list[float] = [0.0] * pool.size
         self.inflight: dict[ray.ObjectRef[Any], _Call] = {}
         self.again: deque[Item] = deque()  # rows to run again, before new rows
         self.attempts: dict[int, int] = {}
         self.deaths: dict[int, int] = {}
-        self.order: deque[int] = deque()  # first-submission order (ordered mode)
+        self.suspects: set[int] = set()  # rows held by an actor that died: run alone
+        self.alone: set[int] = set()  # slots running a suspect, nothing queued behind it
+        self.order: deque[int] = deque()  # rows read and not yet handed out (ordered mode)
         self.early: dict[int, Outcome] = {}
         self.exhausted = False
         self.pipelining = False
+        for slot in range(pool.size):
+            self.enlist(slot)
 
-    # -- sending -------------------------------------------------------------------------
+    # -- actors ------------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Calls one actor may hold: the running one, and one queued behind short calls."""
+        return 2 if self.pipelining else 1
+
+    def enlist(self, slot: int) -> None:
+        """Use ``slot``'s actor (made now if needed) as soon as it is ready: at once when it
+        is known to be, else when its probe resolves. Rows never wait on an unready actor."""
+        actor, probe = self.pool.probe(slot)
+        if probe is None:
+            self.mark_ready(slot, actor)
+        else:
+            self.probes[probe] = (slot, actor)
+            self.waiting_since.setdefault(slot, time.monotonic())
+
+    def mark_ready(self, slot: int, actor: ActorHandle[Any]) -> None:
+        self.ready[slot] = actor
+        if self.waiting_since.pop(slot, None) is not None and self.warned_reduced:
+            log.info("an actor for %r was placed: %d calls at once", self.name,
+                     len(self.ready) - len(self.retired & self.ready.keys()))
+        if self.logged_waiting:
+            self.logged_waiting = False
+            self.progress.note("")
+        self.stalled_since = None
+        self.start_failures.pop(slot, None)
+        self.tokens.extend([slot] * self.capacity())
+
+    def lost(self, slot: int, actor: ActorHandle[Any]) -> None:
+        """``slot``'s actor is gone (discarded by us or dead): ask for a new one."""
+        self.pool.discard(slot, actor)
+        if self.ready.get(slot) is actor:
+            del self.ready[slot]
+        if not self.ready.keys() - self.retired and self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        if slot not in self.retired:
+            self.enlist(slot)
+
+    def started(self, probe: ray.ObjectRef[Any]) -> None:
+        """A probe resolved: its actor is ready, or it could not start."""
+        slot, actor = self.probes.pop(probe)
+        try:
+            ray.get(probe)
+        except RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):
+                raise ThreadChunksError(
+                    f"the actors could not start (creating the actor or loading "
+                    f"{self.name!r} on it failed): {exc}") from exc
+            if not self.pool.owned:
+                raise WorkerDiedError(
+                    f"an actor handed in by the user died and cannot be replaced: {exc}"
+                ) from exc
+            failures = self.start_failures[slot] = self.start_failures.get(slot, 0) + 1
+            if failures >= _START_FAILURES:
+                raise ThreadChunksError(
+                    f"actors for {self.name!r} died {failures} times in a row before "
+                    f"starting; last cause: {exc}") from exc
+            self.lost(slot, actor)
+            return
+        except RayError as exc:
+            raise ThreadChunksError(
+                f"the actors could not load {self.name!r}: {exc}") from exc
+        if self.pool.confirm(slot, actor):
+            self.mark_ready(slot, actor)
+        elif slot not in self.ready and slot not in self.retired:
+            self.enlist(slot)  # replaced meanwhile: wait for the new one
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def bound(self) -> int:
+        """Rows read from the input and not yet handed out, at most (ordered mode)."""
+        return self.policy.max_buffered or 4 * self.pool.size * self.batcher.size
 
     def take(self, n: int) -> list[Item]:
         batch: list[Item] = []
         while self.again and len(batch) < n:
             batch.append(self.again.popleft())
-        if len(batch) < n and not self.exhausted:
-            fresh = list(islice(self.source, n - len(batch)))
-            if len(fresh) < n - len(batch):
+        want = n - len(batch)
+        if self.ordered:
+            want = min(want, self.bound() - len(self.order))
+        if want > 0 and not self.exhausted:
+            fresh = list(islice(self.source, want))
+            if len(fresh) < want:
                 self.exhausted = True
             if self.ordered:
                 self.order.extend(item.row for item in fresh)
             batch.extend(fresh)
         return batch
 
+    def has_work(self) -> bool:
+        return bool(self.again) or not self.exhausted
+
     def fill(self) -> None:
         if self.batcher.pipelined and not self.pipelining:
             self.pipelining = True  # a second token per actor: one call runs, one waits
-            self.tokens.extend(s for s in range(self.pool.size) if s not in self.retired)
-        while self.tokens and (self.again or not self.exhausted):
+            self.tokens.extend(s for s in self.ready if s not in self.retired)
+        capacity = self.capacity()
+        while self.tokens and self.has_work():
             slot = self.tokens.popleft()
-            if slot in self.retired:
-                continue
-            batch = self.take(self.batcher.size)
+            actor = self.ready.get(slot)
+            lane = self.lanes[slot]
+            if actor is None or slot in self.retired or len(lane) >= capacity or (
+                    lane and slot in self.alone):
+                continue  # a token of an actor gone, not ready or busy (release gives it back)
+            if self.again and self.again[0].row in self.suspects:
+                if lane:
+                    continue  # a suspect runs alone on its actor
+                batch = [self.again.popleft()]
+                self.alone.add(slot)
+            else:
+                batch = self.take(self.batcher.size)
             if not batch:
                 self.tokens.appendleft(slot)
-                return
-            actor = self.pool.handle(slot)
-            ref = actor._tc_run_batch.remote(batch)
+                break
+            ref = actor._tc_run_batch.remote(self.wire.send(batch))
             if not self.lanes[slot]:
                 self.running_since[slot] = time.monotonic()
             self.lanes[slot].append(ref)
@@ -171,26 +295,108 @@ class _Run:
 
     def release(self, ref: ray.ObjectRef[Any]) -> _Call:
         call = self.inflight.pop(ref)
+        self.wire.done(call.batch)
         lane = self.lanes[call.slot]
         was_running = bool(lane) and lane[0] == ref
         lane.remove(ref)
         if was_running and lane:
             self.running_since[call.slot] = time.monotonic()
-        self.tokens.append(call.slot)
+        if call.slot in self.alone and not lane:
+            self.alone.discard(call.slot)
+            self.tokens.extend([call.slot] * self.capacity())
+        else:
+            self.tokens.append(call.slot)
         return call
 
-    # -- waiting ----------------------------------------------------------------------------
+    # -- waiting -----------------------------------------------------------------------------
+
+    def busy(self) -> bool:
+        """Whether anything is left to wait for: calls in flight, or rows and actors to
+        become ready for them."""
+        if self.inflight:
+            return True
+        if not self.has_work():
+            return False
+        if not self.probes:  # rows left and nothing asked for: ask again
+            for slot in range(self.pool.size):
+                if slot not in self.ready and slot not in self.retired:
+                    self.enlist(slot)
+            self.fill()
+        return bool(self.inflight or self.probes)
+
+    def deadline(self) -> float | None:
+        """When something must happen even if no call finishes (monotonic seconds)."""
+        times: list[float] = []
+        if self.policy.timeout is not None:
+            times += [self.running_since[s] + self.policy.timeout
+                      for s, lane in enumerate(self.lanes) if lane]
+        waiting = [t for s, t in self.waiting_since.items() if s not in self.retired]
+        if waiting and not self.noticed():
+            times.append(min(waiting) + self.notice_after())
+        if self.stalled_since is not None and self.policy.placement_timeout is not None:
+            times.append(self.stalled_since + self.policy.placement_timeout)
+        return min(times) if times else None
 
     def wait(self) -> ray.ObjectRef[Any] | None:
-        """The next finished call, or None when a running call has passed its timeout."""
-        timeout = self.policy.timeout
-        remaining = None
-        if timeout is not None:
-            now = time.monotonic()
-            remaining = max(0.0, min(self.running_since[s] + timeout - now
-                                     for s, lane in enumerate(self.lanes) if lane))
-        ready, _ = ray.wait(list(self.inflight), num_returns=1, timeout=remaining)
+        """The next finished call or probe, or None when a deadline has come."""
+        deadline = self.deadline()
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready, _ = ray.wait([*self.inflight, *self.probes], num_returns=1, timeout=timeout)
         return ready[0] if ready else None
+
+    def on_time(self) -> list[Outcome]:
+        """A deadline came: calls past their timeout fail; actors Ray has not placed are
+        reported; with none placed for ``placement_timeout``, the run fails."""
+        now = time.monotonic()
+        if self.stalled_since is not None and self.policy.placement_timeout is not None \
+                and now - self.stalled_since >= self.policy.placement_timeout:
+            raise self.placement_error(now - self.stalled_since)
+        late = [s for s, since in self.waiting_since.items()
+                if now - since >= self.notice_after() and s not in self.retired]
+        if late:
+            self.notice(late)
+        return self.overdue() if self.policy.timeout is not None else []
+
+    def describe_wait(self) -> str:
+        return (f"one actor asks for {_amounts(self.pool.demand)}; the Ray cluster has "
+                f"{_amounts(ray.cluster_resources())} in all, "
+                f"{_amounts(ray.available_resources())} available now")
+
+    def notice_after(self) -> float:
+        """Seconds an actor may wait for placement before it is reported: 10, or half of
+        ``placement_timeout`` when that is shorter."""
+        limit = self.policy.placement_timeout
+        return _PLACEMENT_NOTICE_SECONDS if limit is None else min(
+            _PLACEMENT_NOTICE_SECONDS, limit / 2)
+
+    def noticed(self) -> bool:
+        """Whether the wait for placement was already reported in the current state."""
+        return self.warned_reduced if self.ready.keys() - self.retired else self.logged_waiting
+
+    def notice(self, late: list[int]) -> None:
+        active = len(self.ready.keys() - self.retired)
+        if active and not self.warned_reduced:
+            self.warned_reduced = True
+            warnings.warn(
+                f"{len(late)} of {self.pool.size} actors for {self.name!r} could not be "
+                f"placed by Ray for {self.notice_after():g} s ({self.describe_wait()}); "
+                f"running {active} calls at once until Ray places them",
+                ConcurrencyReducedWarning, stacklevel=5)
+        elif not active and not self.logged_waiting:
+            self.logged_waiting = True
+            limit = self.policy.placement_timeout
+            log.warning("waiting for Ray to place actors for %r: none placed for %g s (%s); "
+                        "%s", self.name, self.notice_after(), self.describe_wait(),
+                        "waiting without limit (placement_timeout=None)" if limit is None
+                        else f"giving up after placement_timeout={limit:g} s")
+            self.progress.note("waiting for Ray to place actors")
+
+    def placement_error(self, waited: float) -> ActorPlacementError:
+        return ActorPlacementError(
+            f"no actor for {self.name!r} could run for {waited:.0f} s "
+            f"(placement_timeout={self.policy.placement_timeout:g}): {self.describe_wait()}. "
+            "Free those resources, add a node that has them, ask for less in actor_options, "
+            "or raise placement_timeout")
 
     def overdue(self) -> list[Outcome]:
         """Kill the actors whose running call passed the timeout; those rows fail."""
@@ -202,12 +408,12 @@ class _Run:
                 continue
             running = lane[0]
             call = self.inflight[running]
-            self.pool.discard(slot, call.actor)
             self.stats.worker_deaths += 1
             for ref in list(lane):
                 queued = self.release(ref)
                 if ref is not running:
                     self.again.extendleft(reversed(queued.batch))
+            self.lost(slot, call.actor)
             wall = time.time()
             timed_out: list[Outcome] = [
                 Outcome(item.row, False, TimeoutError(
@@ -217,10 +423,12 @@ class _Run:
             failed += self.settle(timed_out, call.batch)
         return failed
 
-    # -- outcomes ---------------------------------------------------------------------------
+    # -- outcomes ----------------------------------------------------------------------------
 
     def settle(self, records: list[Outcome], batch: list[Item]) -> list[Outcome]:
-        """The final records; failed rows with retries left go back into ``again``."""
+        """The final outcomes; failed rows with retries left go back into ``again``."""
+        if self.suspects:
+            self.suspects.difference_update(item.row for item in batch)
         if all(record.ok for record in records):
             return records
         final: list[Outcome] = []
@@ -242,38 +450,36 @@ class _Run:
              ) -> list[Outcome]:
         """The actor of call ``ref`` died: replace it and run the rows it held again.
 
-        All calls the dead actor held are settled at this first news of its death. Only the
-        call it was running is charged; a row charged ``max_worker_deaths`` times fails with
-        WorkerDiedError. Queued calls, and the rows of a batch, run again uncharged.
+        All calls the dead actor held are settled at this first news of its death. When it
+        held one call of one row, that row is charged; a row charged ``max_worker_deaths``
+        times fails with WorkerDiedError. When it held several rows (a batch, or a call
+        queued behind the running one), which one killed it is unknown (a finished call's
+        reply may die with the process): none is charged, and each runs again alone on its
+        actor, where a death names its row.
         """
         call = self.inflight[ref]
         lane = self.lanes[call.slot]
         mine = [r for r in lane if self.inflight[r].actor is call.actor]
-        running = mine[0] if mine and lane[0] == mine[0] else None
-        calls = {r: self.release(r) for r in mine}
-        if getattr(exc, "actor_init_failed", False):
-            raise ThreadChunksError(
-                f"the actors could not start (creating the actor or loading {self.name!r} "
-                f"on it failed): {exc}") from exc
+        held = [item for r in mine for item in self.release(r).batch]
         if not self.pool.owned:
             raise WorkerDiedError(
                 f"an actor handed in by the user died and cannot be replaced: {exc}") from exc
-        self.pool.discard(call.slot, call.actor)
         self.stats.worker_deaths += 1
         if isinstance(exc, OutOfMemoryError) or _MEMORY_KILL.search(str(exc)):
             self.shrink(call.slot)
+        self.lost(call.slot, call.actor)
         self.batcher.reset()
-        innocent = [item for r, c in calls.items() if r != running or len(c.batch) > 1
-                    for item in c.batch]
-        self.stats.retries += len(innocent)
-        self.again.extendleft(reversed(innocent))
-        if running is None or len(calls[running].batch) > 1:
+        if len(held) > 1:
+            self.suspects.update(item.row for item in held)
+            self.stats.retries += len(held)
+            self.again.extendleft(reversed(held))
             return []
-        item = calls[running].batch[0]
+        item = held[0]
         index = item.row
         self.deaths[index] = self.deaths.get(index, 0) + 1
         if self.deaths[index] < self.policy.max_worker_deaths:
             self.stats.retries += 1
+            self.suspects.add(index)
             self.again.appendleft(item)
             return []
         now = time.time()
@@ -282,6 +488,7 @@ class _Run:
             f"out of memory, or killed); last cause: {exc}", index=index,
             deaths=self.deaths[index])
         self.stats.failures += 1
+        self.suspects.discard(index)
         annotate(error, item, self.name, "")
         return [Outcome(index, False, error, now, now, "")]
 
@@ -294,7 +501,7 @@ class _Run:
         warnings.warn(
             f"a worker running {self.name!r} was killed for lack of memory; running "
             f"{active - 1} calls at once instead of {active} for the rest of this run",
-            ConcurrencyReducedWarning, stacklevel=4)
+            ConcurrencyReducedWarning, stacklevel=5)
 
     def releasable(self, final: list[Outcome]) -> list[Outcome]:
         """What can be handed out now: everything when unordered; in order, what is next in
@@ -315,6 +522,7 @@ class _Run:
             if not self.pool.discard(call.slot, call.actor) and ray.is_initialized():
                 ray.cancel(ref)
         self.inflight.clear()
+        self.wire.close()
 
 
 def run(
@@ -331,49 +539,51 @@ def run(
 ) -> Generator[Outcome, None, None]:
     """Run every item on ``pool``, at most ``pool.size`` calls running at once.
 
-    Blocks on ``ray.wait`` (never polls). Yields one record per item, in input order when
-    ``ordered`` (holding back only what arrived early), else as they finish. Items are pulled
-    from ``source`` only when an actor can take them. Closing the generator early kills the
-    calls in flight (actors we own are replaced lazily).
+    Blocks on ``ray.wait`` (never polls). Calls go only to actors that have started, so an
+    actor Ray cannot place holds no rows. Yields one outcome per item, in input order when
+    ``ordered`` (holding back only what arrived early, and reading no further ahead than
+    ``policy.max_buffered`` rows), else as they finish. Items are pulled from ``source`` only
+    when an actor can take them. Closing the generator early kills the calls in flight
+    (actors we own are replaced lazily).
     """
-    state = _Run(pool, source, ordered, batch_size, policy, stats, name)
+    state = _Run(pool, source, ordered, batch_size, policy, stats, name, progress)
     started = time.perf_counter()
 
-    def deliver(final: list[Outcome], slot: int | None) -> Iterator[Outcome]:
+    def deliver(final: list[Outcome], slot: int | None) -> list[Outcome]:
         if not final:
-            return
-        label = actor_label(slot) if slot is not None else ""
+            return []
         if store is not None:
-            store.record(final, label)
+            store.record(final, actor_label(slot) if slot is not None else "")
         progress.update(len(final))
         stats.calls += len(final)
-        yield from state.releasable(final)
+        return state.releasable(final)
 
     try:
         state.fill()
-        while state.inflight:
+        while state.busy():
             ref = state.wait()
-            if ref is None:  # a call passed its timeout
-                final = state.overdue()
-                state.fill()
-                yield from deliver(final, None)
-                continue
-            try:
-                records: list[Outcome] = ray.get(ref)
-            except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
+            slot: int | None = None
+            if ref is None:  # a deadline came
+                final = state.on_time()
+            elif ref in state.probes:  # an actor is ready (or could not start)
+                state.started(ref)
+                final = []
+            else:
                 slot = state.inflight[ref].slot
-                final = state.died(ref, exc)
-                state.fill()
-                yield from deliver(final, slot)
-                continue
-            call = state.release(ref)
-            state.batcher.observe(records)
-            final = state.settle(records, call.batch)
+                try:
+                    records: list[Outcome] = ray.get(ref)
+                except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
+                    final = state.died(ref, exc)
+                else:
+                    call = state.release(ref)
+                    state.batcher.observe(records)
+                    final = state.settle(records, call.batch)
+                    label = actor_label(call.slot)
+                    stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
+                        r.ended - r.started for r in records)
+            out = deliver(final, slot)
             state.fill()
-            label = actor_label(call.slot)
-            stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
-                r.ended - r.started for r in records)
-            yield from deliver(final, call.slot)
+            yield from out
     finally:
         stats.wall_time = time.perf_counter() - started
         stats.final_concurrency = pool.size - len(state.retired)

@@ -1,0 +1,94 @@
+"""What crosses to the actors: large arguments are put into Ray's object store once per run.
+
+A sweep typically passes the same big array in every row (``[[big, i] for i in ...]``).
+Pickled into every call, it would be copied once per call; instead each large argument is
+put into the object store once, the calls carry a reference, and the actor resolves it
+(zero-copy for numpy arrays, which arrive read-only, as with Ray's own task arguments).
+
+Large means ``bytes``/``bytearray`` of at least :data:`SHARE_AT_BYTES`, or an object whose
+type has an ``nbytes`` attribute (numpy arrays, memoryviews, tensors) that says so: an O(1)
+check per argument, nothing is pickled to learn a size. Objects are recognised by identity
+within one run, so a later run sees the user's changes. A put is kept while calls holding it
+are in flight (retries included) and dropped when the last one ends or the run ends, so what
+a run put into the object store is freed with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import ray
+
+from ._actor import Item
+
+SHARE_AT_BYTES = 1 << 20
+"""Arguments of at least this many bytes are put into the object store once per run."""
+
+
+def is_large(value: object) -> bool:
+    """Whether ``value`` is worth one put shared by every call (O(1), no pickling)."""
+    kind = type(value)
+    if kind is bytes or kind is bytearray:
+        return len(value) >= SHARE_AT_BYTES  # type: ignore[arg-type]
+    if getattr(kind, "nbytes", None) is None:
+        return False
+    try:
+        size = value.nbytes  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return isinstance(size, int) and size >= SHARE_AT_BYTES
+
+
+class Wire:
+    """The large arguments of one run's calls in flight: object -> (put, calls holding it)."""
+
+    def __init__(self) -> None:
+        self._puts: dict[int, tuple[object, ray.ObjectRef[Any], int]] = {}
+
+    def send(self, batch: list[Item]) -> list[Item]:
+        """``batch`` as it goes to an actor: large arguments replaced by references."""
+        out: list[Item] | None = None
+        for position, item in enumerate(batch):
+            args, kwargs = item.args, item.kwargs
+            if any(is_large(a) for a in args):
+                args = tuple(self._pin(a) if is_large(a) else a for a in args)
+            if kwargs and any(is_large(v) for v in kwargs.values()):
+                kwargs = {k: self._pin(v) if is_large(v) else v for k, v in kwargs.items()}
+            if args is not item.args or kwargs is not item.kwargs:
+                if out is None:
+                    out = list(batch)
+                out[position] = Item(item.row, args, kwargs)
+        return batch if out is None else out
+
+    def _pin(self, value: object) -> ray.ObjectRef[Any]:
+        key = id(value)
+        held = self._puts.get(key)
+        if held is None:
+            ref = ray.put(value)
+            self._puts[key] = (value, ref, 1)
+            return ref
+        self._puts[key] = (value, held[1], held[2] + 1)
+        return held[1]
+
+    def done(self, batch: Iterable[Item]) -> None:
+        """The calls of ``batch`` ended: drop puts no call in flight holds any more."""
+        if not self._puts:
+            return
+        for item in batch:
+            for value in (*item.args, *item.kwargs.values()):
+                held = self._puts.get(id(value))
+                if held is not None and held[0] is value:
+                    if held[2] <= 1:
+                        del self._puts[id(value)]
+                    else:
+                        self._puts[id(value)] = (value, held[1], held[2] - 1)
+
+    @property
+    def held(self) -> int:
+        """How many objects this run holds in the object store now."""
+        return len(self._puts)
+
+    def close(self) -> None:
+        """Drop every put (the run ended)."""
+        self._puts.clear()
