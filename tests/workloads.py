@@ -193,3 +193,18 @@ def hold_memory(x: int, megabytes: int, seconds: float) -> int:
         block[i] = 1
     time.sleep(seconds)
     return x + len(block) * 0
+
+
+class SlowStart(LabelledActor):
+    """An actor that takes 2 s to start (a cold worker on a loaded machine)."""
+
+    def __init__(self, func: Any) -> None:
+        time.sleep(2.0)
+        super().__init__(func)
+
+
+def gate_then_sleep(x: int, path: str, seconds: float) -> tuple[int, int]:
+    """Wait for ``path`` to exist, then sleep; report the row and this process."""
+    wait_for(x, path)
+    time.sleep(seconds)
+    return x, os.getpid()

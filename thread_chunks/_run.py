@@ -358,9 +358,12 @@ class _Run:
         return self.overdue() if self.policy.timeout is not None else []
 
     def describe_wait(self) -> str:
-        return (f"one actor asks for {_amounts(self.pool.demand)}; the Ray cluster has "
-                f"{_amounts(ray.cluster_resources())} in all, "
-                f"{_amounts(ray.available_resources())} available now")
+        demand = self.pool.demand
+        total = {**dict.fromkeys(demand, 0.0), **ray.cluster_resources()}
+        available = ray.available_resources()
+        return (f"one actor asks for {_amounts(demand)}; the Ray cluster has "
+                f"{_amounts(total)} in all, "
+                f"{_amounts({k: available.get(k, 0.0) for k in total})} available now")
 
     def notice_after(self) -> float:
         """Seconds an actor may wait for placement before it is reported: 10, or half of
