@@ -52,8 +52,8 @@ def lost_node(cluster: Cluster, out: dict[str, Any]) -> None:
                 cluster.remove_node(victim, allow_graceful=False)
             warned = any(c.category.__name__ == "ConcurrencyReducedWarning" for c in caught)
             if warned and "added_node" not in out:  # add_node must run in the main thread
-                out["added_node"] = cluster.add_node(num_cpus=1,
-                                                     resources={"worker": 1}).node_id
+                workers.append(cluster.add_node(num_cpus=1, resources={"worker": 1}))
+                out["added_node"] = workers[-1].node_id
                 out["added_after"] = len(seen)
     out["lost"] = seen
     out["lost_warnings"] = [str(c.message) for c in caught
@@ -67,10 +67,8 @@ def lost_node(cluster: Cluster, out: dict[str, Any]) -> None:
     def lose_all() -> None:
         while len(done) < 2:
             time.sleep(0.05)
-        for node in list(cluster.worker_nodes):
-            if node.node_id != cluster.head_node.node_id and node.node_id in {
-                    n["NodeID"] for n in ray.nodes()
-                    if n["Alive"] and n["Resources"].get("worker")}:
+        for node in workers:
+            if node.node_id != out["lost_node"]:
                 cluster.remove_node(node, allow_graceful=False)
 
     thread = threading.Thread(target=lose_all)
