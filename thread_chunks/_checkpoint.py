@@ -189,7 +189,16 @@ def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: Sequence[byt
 
 
 def _known(conn: sqlite3.Connection, keys: Sequence[bytes]) -> dict[int, bytes]:
-    """Row -> pickled result, for every row whose key is recorded as a success."""
+    """Row -> pickled result, for every row whose key is recorded as a success.
+
+    When the file holds not many more results than the list has rows, one scan of the table
+    is cheapest; otherwise the list's keys go into a temporary table joined with it (the work
+    follows the list, not the file).
+    """
+    stored = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    if stored <= 4 * len(keys):
+        get = dict(conn.execute("SELECT key, value FROM results WHERE ok = 1")).get
+        return {row: blob for row, key in enumerate(keys) if (blob := get(key)) is not None}
     conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (row INTEGER PRIMARY KEY, key BLOB)")
     try:
         conn.executemany("INSERT INTO temp.wanted VALUES (?, ?)", enumerate(keys))

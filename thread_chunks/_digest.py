@@ -207,7 +207,22 @@ class _CloudEncoder(cloudpickle.Pickler):
         return super().reducer_override(obj) if ours is NotImplemented else ours
 
 
+_local = threading.local()
+
+
 def _dump(encoder: type[pickle.Pickler], value: object) -> bytes:
+    if encoder is _Encoder:  # the common path: one pickler per thread, reused
+        pair = getattr(_local, "encoder", None)
+        if pair is None:
+            buffer = io.BytesIO()
+            pickler = _Encoder(buffer, _PROTOCOL)
+            pickler.fast = True
+            pair = _local.encoder = (buffer, pickler)
+        buffer, pickler = pair
+        buffer.seek(0)
+        buffer.truncate()
+        pickler.dump(value)
+        return buffer.getvalue()
     buffer = io.BytesIO()
     pickler = encoder(buffer, _PROTOCOL)
     pickler.fast = True  # no memo: equal values encode alike whether shared or not
@@ -271,21 +286,25 @@ class Binder:
                       if p.kind != inspect.Parameter.POSITIONAL_ONLY}
         self.defaults = [_MISSING if p.default is inspect.Parameter.empty else p.default
                          for p in params]
+        self.required = [i for i, d in enumerate(self.defaults) if d is _MISSING]
 
     def bind(self, args: Sequence[Any], kwargs: dict[str, Any]) -> tuple[Any, ...]:
         """``("bound", values)`` or, when the row does not fit, ``("as given", args, kwargs)``."""
         if self.signature is not None:
             if self.simple:
-                if len(args) <= self.positional:
+                given = len(args)
+                if not kwargs and given == len(self.defaults) and given <= self.positional:
+                    return ("bound", tuple(args))  # every parameter given by position
+                if given <= self.positional:
                     values = self.defaults.copy()
-                    values[:len(args)] = args
+                    values[:given] = args
                     for name, value in kwargs.items():
                         i = self.index.get(name)
-                        if i is None or i < len(args):
+                        if i is None or i < given:
                             break
                         values[i] = value
                     else:
-                        if not any(v is _MISSING for v in values):
+                        if all(values[i] is not _MISSING for i in self.required if i >= given):
                             return ("bound", tuple(values))
             else:
                 try:
