@@ -210,23 +210,25 @@ class _CloudEncoder(cloudpickle.Pickler):
 _local = threading.local()
 
 
-def _dump(encoder: type[pickle.Pickler], value: object) -> bytes:
-    if encoder is _Encoder:  # the common path: one pickler per thread, reused
-        pair = getattr(_local, "encoder", None)
-        if pair is None:
-            buffer = io.BytesIO()
-            pickler = _Encoder(buffer, _PROTOCOL)
-            pickler.fast = True
-            pair = _local.encoder = (buffer, pickler)
-        buffer, pickler = pair
-        buffer.seek(0)
-        buffer.truncate()
-        pickler.dump(value)
-        return buffer.getvalue()
+def _new(encoder: type[pickle.Pickler]) -> tuple[io.BytesIO, pickle.Pickler]:
     buffer = io.BytesIO()
     pickler = encoder(buffer, _PROTOCOL)
     pickler.fast = True  # no memo: equal values encode alike whether shared or not
+    return buffer, pickler
+
+
+def _dump(encoder: type[pickle.Pickler], value: object) -> bytes:
+    """Pickle ``value`` with ``encoder``. The common encoder is made once per thread and
+    reused (a fresh one when it is busy: digesting a function's closure happens inside a
+    dump; and after a failed dump, which may leave it in any state)."""
+    spare = getattr(_local, "spare", None) if encoder is _Encoder else None
+    _local.spare = None
+    buffer, pickler = spare or _new(encoder)
+    buffer.seek(0)
+    buffer.truncate()
     pickler.dump(value)
+    if encoder is _Encoder:
+        _local.spare = (buffer, pickler)
     return buffer.getvalue()
 
 
