@@ -1,4 +1,5 @@
-"""Crash-safe checkpoints: resume, start afresh, foreign files, failures, the inspect command."""
+"""Crash-safe checkpoints: resume, reuse by row, start afresh for another function, foreign
+files, failures, the inspect command."""
 
 from __future__ import annotations
 
@@ -93,49 +94,60 @@ print("complete")
     assert Checkpoint.load(ckpt).completed == [True] * 30
 
 
-def _start_afresh(tmp_path: Path, first: list[list[object]], second: list[list[object]],
-                  reason: str, func2: object = None) -> dict[int, int]:
+def _reuse(tmp_path: Path, first: list[list[object]], second: list[list[object]],
+           func2: object = None) -> tuple[list[object], dict[int, int]]:
+    """Run ``first`` then ``second`` on one checkpoint; what ran is counted by marker files."""
     runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
     runs.mkdir(exist_ok=True)
     chunk(w.count_and_square, first, chunk_size=2, path=ckpt)
-    with pytest.warns(CheckpointRestartWarning, match=reason):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointRestartWarning)
         out = chunk(func2 or w.count_and_square, second, chunk_size=2, path=ckpt)  # type: ignore[arg-type]
     assert Checkpoint.load(ckpt).parameters == second
-    assert len(out) == len(second)
-    return w.executions(runs)
+    return out, w.executions(runs)
 
 
-def test_more_rows_start_afresh(tmp_path: Path) -> None:
+def test_more_rows_run_only_the_new_ones(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    counts = _start_afresh(tmp_path, _rows(4, runs), _rows(5, runs), "4 rows before, 5 now")
-    assert counts == {0: 2, 1: 2, 2: 2, 3: 2, 4: 1}
+    out, counts = _reuse(tmp_path, _rows(4, runs), _rows(6, runs))
+    assert out == [i * i for i in range(6)]
+    assert counts == {0: 1, 1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
 
 
-def test_fewer_rows_start_afresh(tmp_path: Path) -> None:
+def test_fewer_rows_run_nothing_and_the_others_stay_in_the_file(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    counts = _start_afresh(tmp_path, _rows(4, runs), _rows(3, runs), "4 rows before, 3 now")
-    assert counts == {0: 2, 1: 2, 2: 2, 3: 1}
+    out, counts = _reuse(tmp_path, _rows(4, runs), _rows(3, runs))
+    assert out == [0, 1, 4] and counts == {0: 1, 1: 1, 2: 1, 3: 1}
+    again, counts = _reuse(tmp_path, _rows(3, runs), _rows(4, runs))  # back to 4: row 3 kept
+    assert again == [0, 1, 4, 9] and counts == {0: 1, 1: 1, 2: 1, 3: 1}
+    assert Checkpoint.load(tmp_path / "run.ckpt").completed == [True] * 4
 
 
-def test_reordered_rows_start_afresh(tmp_path: Path) -> None:
+def test_reordered_rows_run_nothing(tmp_path: Path) -> None:
+    rows = _rows(5, tmp_path / "runs")
+    out, counts = _reuse(tmp_path, rows, rows[::-1])
+    assert out == [16, 9, 4, 1, 0]
+    assert counts == {i: 1 for i in range(5)}
+
+
+def test_an_edited_value_runs_only_that_row(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    rows = _rows(4, runs)
-    counts = _start_afresh(tmp_path, rows, rows[::-1], "different values or order")
-    assert counts == {i: 2 for i in range(4)}
-
-
-def test_different_values_start_afresh(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    other = [[i + 10, str(runs)] for i in range(4)]
-    counts = _start_afresh(tmp_path, _rows(4, runs), other, "different values or order")
-    assert counts == {**{i: 1 for i in range(4)}, **{i + 10: 1 for i in range(4)}}
+    edited = _rows(4, runs)
+    edited[2] = [12, str(runs)]
+    out, counts = _reuse(tmp_path, _rows(4, runs), edited)
+    assert out == [0, 1, 144, 9]
+    assert counts == {0: 1, 1: 1, 2: 1, 3: 1, 12: 1}
 
 
 def test_a_different_function_starts_afresh(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    counts = _start_afresh(tmp_path, _rows(3, runs), _rows(3, runs),
-                           "changed from 'count_and_square' to 'slow_count'", w.slow_count)
-    assert counts == {i: 2 for i in range(3)}
+    runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
+    runs.mkdir()
+    chunk(w.count_and_square, _rows(3, runs), chunk_size=2, path=ckpt)
+    with pytest.warns(CheckpointRestartWarning,
+                      match="changed from 'count_and_square' to 'slow_count'"):
+        chunk(w.slow_count, _rows(3, runs), chunk_size=2, path=ckpt)
+    assert w.executions(runs) == {i: 2 for i in range(3)}
+    assert Checkpoint.load(ckpt).stored == 3  # the old function's results are gone
 
 
 def test_a_changed_body_starts_afresh(tmp_path: Path) -> None:

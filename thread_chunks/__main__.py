@@ -31,6 +31,8 @@ def _text(info: dict[str, Any]) -> str:
         f"checkpoint:   {info['path']}",
         f"function:     {info['function']}",
         f"done:         {info['done']} / {info['total']}",
+        f"rows stored:  {info['rows_stored']}",
+        f"latest run:   {info['rows_latest_run']} rows, {info['reused_latest_run']} reused",
         f"failed:       {info['failed']}",
         f"first update: {_when(info['first_update'])}",
         f"last update:  {_when(info['last_update'])}",
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="thread-chunks",
                                      description="Tools for thread-chunks checkpoints.")
     sub = parser.add_subparsers(dest="command", required=True)
-    inspect = sub.add_parser("inspect", help="progress, failures, rate and ETA of a checkpoint")
+    inspect = sub.add_parser("inspect",
+                             help="progress, reuse, failures, rate and ETA of a checkpoint")
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect.add_argument("--plot", metavar="FILE", help="also draw a timeline of calls (PNG)")

@@ -1,40 +1,50 @@
-"""Crash-safe checkpoints: one SQLite row per finished call.
+"""Crash-safe, row-keyed checkpoints: one SQLite row per finished call, keyed by what the
+call was, not where it stood in the list.
 
-The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA application_id``. Each
-batch of results is one small transaction (O(1) work per result, no rewrite of what is
-already there), so a kill -9 at any instant leaves a consistent file that lost at most the
-calls that were in flight. Results are pickled: load checkpoints only from a trusted source.
+The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA application_id``:
+
+- ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
+  finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``).
+- ``meta``: the format, the digest scheme, the function (name and body digest) the results
+  belong to, and the latest run: its parameter list (pickled once), its keys (16 bytes per row,
+  concatenated), how many rows it reused. ``index``/``done`` only while the file is as
+  ``Checkpoint.save`` wrote it (1.0.5 stores them as given).
+
+A run opens the file, computes every row's key, reuses each row whose key is recorded as a
+success and sends only the others. Each batch of results is one small transaction (O(1) work per
+result), so a kill -9 at any instant leaves a consistent file that lost at most the calls that
+were in flight. Results are pickled: load checkpoints only from a trusted source.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import os
 import pickle
 import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass
-from types import CodeType
 from typing import Any
 
 import cloudpickle
 
-from ._actor import Outcome
+from ._actor import Item, Outcome
+from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+log = logging.getLogger("thread_chunks")
+
+_RESULTS = """
 CREATE TABLE IF NOT EXISTS results (
-    idx INTEGER PRIMARY KEY,
+    key BLOB PRIMARY KEY,
     ok INTEGER NOT NULL,
     value BLOB,
     started REAL,
@@ -43,38 +53,7 @@ CREATE TABLE IF NOT EXISTS results (
     recorded REAL NOT NULL
 );
 """
-
-
-# -- identity of a run -----------------------------------------------------------------------
-
-
-def _feed_code(digest: Any, code: CodeType) -> None:
-    digest.update(code.co_code)
-    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars)).encode())
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            _feed_code(digest, const)
-        else:
-            digest.update(repr(const).encode())
-
-
-def body_digest(func: object) -> str:
-    """A digest of the function's code (bytecode, names, constants), or "" when it has none.
-
-    Moving a function within its file or editing a comment keeps it; changing what the
-    function does changes it.
-    """
-    target = func
-    while hasattr(target, "__wrapped__"):
-        target = target.__wrapped__
-    code = getattr(target, "__code__", None)
-    if code is None:
-        code = getattr(type(target).__call__, "__code__", None)  # a callable object
-    if not isinstance(code, CodeType):
-        return ""
-    digest = hashlib.sha256()
-    _feed_code(digest, code)
-    return digest.hexdigest()
+_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;" + _RESULTS
 
 
 def _pickle(value: object) -> bytes:
@@ -144,51 +123,6 @@ def _connect(path: str, create: bool) -> sqlite3.Connection:
     return conn
 
 
-@dataclass(frozen=True)
-class Identity:
-    """What a checkpoint belongs to: resuming needs all of it to match."""
-
-    func_name: str
-    func_digest: str
-    count: int
-    params_digest: str
-
-    def mismatch(self, old: Identity) -> str:
-        """Why ``old`` cannot be resumed by this run ("" when it can)."""
-        if old.func_name != self.func_name:
-            return f"the function changed from {old.func_name!r} to {self.func_name!r}"
-        if old.func_digest and self.func_digest and old.func_digest != self.func_digest:
-            return f"the body of {self.func_name!r} changed"
-        if old.count != self.count:
-            return f"the parameters changed ({old.count} rows before, {self.count} now)"
-        if old.params_digest != self.params_digest:
-            return "the parameters changed (same count, different values or order)"
-        return ""
-
-
-def _read_identity(conn: sqlite3.Connection) -> Identity | None:
-    meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'").fetchall())
-    if "func_name" not in meta or meta.get("format_version") != FORMAT_VERSION:
-        return None  # empty, or from a format this version does not read
-    return Identity(str(meta["func_name"]), str(meta.get("func_digest", "")),
-                    int(meta["count"]), str(meta["params_digest"]))
-
-
-def _write_fresh(conn: sqlite3.Connection, identity: Identity, blob: bytes) -> None:
-    with _transaction(conn):
-        conn.execute("DELETE FROM results")
-        conn.execute("DELETE FROM meta")
-        conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-            ("format_version", FORMAT_VERSION),
-            ("func_name", identity.func_name),
-            ("func_digest", identity.func_digest),
-            ("count", identity.count),
-            ("params_digest", identity.params_digest),
-            ("created", time.time()),
-            ("parameters", blob),
-        ])
-
-
 class _transaction:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -200,66 +134,181 @@ class _transaction:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-def _identity(func_name: str, func_digest: str, parameters: Sequence[Any]
-              ) -> tuple[Identity, bytes]:
-    """The run's identity and the pickled parameter list (stored once, as one value)."""
-    blob = _pickle(list(parameters))
-    return Identity(func_name, func_digest, len(parameters),
-                    hashlib.sha256(blob).hexdigest()), blob
+def _meta(conn: sqlite3.Connection, *keys: str) -> dict[str, Any]:
+    marks = ", ".join("?" * len(keys))
+    return dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys))
+
+
+_FUNCTION_META = ("format_version", "scheme", "func_name", "func_digest", "by_hand")
+
+
+def _reset(conn: sqlite3.Connection, func_name: str, func_digest: str, by_hand: bool) -> None:
+    """Forget everything: the file now belongs to this function (inside a transaction)."""
+    conn.execute("DROP TABLE IF EXISTS results")
+    conn.execute(_RESULTS)
+    conn.execute("DELETE FROM meta")
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("format_version", FORMAT_VERSION), ("scheme", SCHEME), ("func_name", func_name),
+        ("func_digest", func_digest), ("by_hand", int(by_hand)), ("created", time.time())])
+
+
+def _split(blob: bytes) -> list[bytes]:
+    return [blob[i:i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)]
+
+
+def _unpicklable(row: int, value: object) -> str:
+    return f"<row {row}: not recorded, {type(value).__name__} cannot be pickled>"
+
+
+def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int]) -> bytes:
+    """The parameter list, pickled once. Rows that cannot be pickled (and undigestable rows,
+    which may hold Ray references) are replaced by a description."""
+    listed = list(rows)
+    for i in undigestable:
+        listed[i] = _unpicklable(i, listed[i])
+    try:
+        return _pickle(listed)
+    except Exception:
+        kept: list[Any] = []
+        for i, row in enumerate(listed):
+            try:
+                _pickle(row)
+                kept.append(row)
+            except Exception:
+                kept.append(_unpicklable(i, row))
+        return _pickle(kept)
+
+
+def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: Sequence[bytes],
+               undigestable: Sequence[int], reused: int) -> None:
+    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go."""
+    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+        ("parameters", _pickle_rows(rows, undigestable)), ("keys", b"".join(keys)),
+        ("count", len(keys)), ("reused", reused), ("run_started", time.time())])
+
+
+def _known(conn: sqlite3.Connection, keys: Sequence[bytes]) -> dict[int, bytes]:
+    """Row -> pickled result, for every row whose key is recorded as a success.
+
+    When the file holds not many more results than the list has rows, one scan of the table
+    is cheapest; otherwise the list's keys go into a temporary table joined with it (the work
+    follows the list, not the file).
+    """
+    stored = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    if stored <= 4 * len(keys):
+        get = dict(conn.execute("SELECT key, value FROM results WHERE ok = 1")).get
+        return {row: blob for row, key in enumerate(keys) if (blob := get(key)) is not None}
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (row INTEGER PRIMARY KEY, key BLOB)")
+    try:
+        conn.executemany("INSERT INTO temp.wanted VALUES (?, ?)", enumerate(keys))
+        return dict(conn.execute(
+            "SELECT w.row, r.value FROM temp.wanted AS w JOIN results AS r ON r.key = w.key "
+            "WHERE r.ok = 1 ORDER BY w.row"))
+    finally:
+        conn.execute("DELETE FROM temp.wanted")
+
+
+def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
+    """Re-key the rows of a checkpoint written by ``Checkpoint(...)`` (which knew no
+    signature) to this function's row identity (inside a transaction)."""
+    meta = _meta(conn, "parameters", "keys")
+    if "parameters" not in meta or "keys" not in meta:
+        return
+    parameters = list(_unpickle(meta["parameters"]))
+    old = _split(meta["keys"])
+    rows = [normalised for normalised in map(_as_call, parameters)]
+    new, _ = row_keys(binder, rows)
+    conn.executemany("UPDATE OR REPLACE results SET key = ? WHERE key = ?",
+                     [(n, o) for n, o in zip(new, old, strict=True) if n != o])
+    conn.execute("UPDATE meta SET value = 0 WHERE key = 'by_hand'")
+
+
+def _as_call(row: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(row, dict):
+        return (), dict(row)
+    if isinstance(row, (list, tuple)):
+        return tuple(row), {}
+    return (row,), {}  # not a valid row: keyed as given, never matches a real call
+
+
+def _hand_keys(count: int) -> list[bytes]:
+    """The keys of rows written by ``Checkpoint(...)``: by position, until a run adopts them."""
+    return [position_key(b"by hand", i) for i in range(count)]
 
 
 class Store:
-    """An open checkpoint for one run: records results as they arrive."""
+    """An open checkpoint for one run: records results as they arrive, by row identity."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, keys: list[bytes]) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
+        self._keys = keys
         self._warned = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], func_name: str, func_digest: str,
-             parameters: Sequence[Any]) -> tuple[Store, dict[int, Any]]:
-        """Open or create the checkpoint at ``path`` for this run.
+    def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
+             items: Sequence[Item], rows: Sequence[Any]) -> tuple[Store, dict[int, bytes]]:
+        """Open or create the checkpoint at ``path`` for a run of ``func`` over ``items``
+        (``rows`` are the same, as the user gave them: the 1.0.5 view shows them).
 
-        Returns the store and the results already recorded (index -> value). A checkpoint of
-        another run is replaced, with a :class:`CheckpointRestartWarning` saying why.
+        Returns the store and the rows already known: row -> pickled result (see
+        :func:`load_result`). A checkpoint of another function, or whose function's body
+        changed, is emptied first, with a :class:`CheckpointRestartWarning` saying why.
         """
         path = os.fspath(path)
         ours = _is_ours(path)
-        identity, blob = _identity(func_name, func_digest, parameters)
+        func_name = getattr(func, "__name__", name) if func is not None else name
+        func_digest = function_digest(func) if func is not None else ""
+        binder = Binder(func)
+        keys, undigestable = row_keys(binder, [(item.args, item.kwargs) for item in items])
         conn = _connect(path, create=not ours)
-        store = cls(path, conn)
+        store = cls(path, conn, keys)
         try:
-            old = _read_identity(conn)
-            reason = "" if old is None else identity.mismatch(old)
-            if old is None or reason:
-                if reason:
-                    warnings.warn(
-                        f"checkpoint {path!r} is from another run ({reason}); starting afresh "
-                        "and replacing it", CheckpointRestartWarning, stacklevel=4)
-                _write_fresh(conn, identity, blob)
-                return store, {}
-            done = {idx: _unpickle(blob) for idx, blob in
-                    conn.execute("SELECT idx, value FROM results WHERE ok = 1")}
+            with _transaction(conn):
+                old = _meta(conn, *_FUNCTION_META)
+                reason = _mismatch(old, func_name, func_digest)
+                if reason is not None:
+                    if reason:
+                        warnings.warn(
+                            f"checkpoint {path!r} holds results of another function "
+                            f"({reason}); starting afresh and replacing them",
+                            CheckpointRestartWarning, stacklevel=4)
+                    _reset(conn, func_name, func_digest, by_hand=False)
+                else:
+                    if old.get("by_hand"):
+                        _adopt(conn, binder)
+                    if func_digest and not old.get("func_digest"):
+                        conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
+                                     (func_digest,))
+                known = _known(conn, keys)
+                _write_run(conn, rows, keys, undigestable, len(known))
+                stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
         except BaseException:
             store.close()
             raise
-        return store, done
+        log.info("checkpoint %s: reused %d of %d rows (%d results stored)", path, len(known),
+                 len(keys), stored)
+        if undigestable:
+            log.info("checkpoint %s: %d rows hold arguments that cannot be digested (first: "
+                     "row %d); they are recorded by position, reused only for the same list",
+                     path, len(undigestable), undigestable[0])
+        return store, known
 
     def record(self, records: list[Outcome], actor: str) -> None:
         """Save finished calls in one transaction. A failure warns once and stops saving."""
         if self._conn is None:
             return
+        keys = self._keys
         try:
             now = time.time()
             try:  # the fast path: the C pickler on every value at once
                 dumps = pickle.dumps
-                rows = [(r.row, int(r.ok), dumps(r.value, 5), r.started, r.ended, actor, now)
-                        for r in records]
+                rows = [(keys[r.row], int(r.ok), dumps(r.value, 5), r.started, r.ended, actor,
+                         now) for r in records]
             except Exception:
-                rows = [(r.row, int(r.ok), _pickle(r.value), r.started, r.ended, actor,
-                         now)
-                        for r in records]
+                rows = [(keys[r.row], int(r.ok), _pickle(r.value), r.started, r.ended, actor,
+                         now) for r in records]
             with _transaction(self._conn):
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
@@ -292,17 +341,41 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
         pass
 
 
+def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | None:
+    """None when the results in the file belong to this function; else why not ("" for a
+    new, empty file: nothing to warn about)."""
+    if "func_name" not in old:
+        return ""
+    if old.get("format_version") != FORMAT_VERSION or old.get("scheme") != SCHEME:
+        return "written by another version of thread-chunks"
+    if old["func_name"] != func_name:
+        return f"the function changed from {old['func_name']!r} to {func_name!r}"
+    digest = old.get("func_digest") or ""
+    if digest and func_digest and digest != func_digest:
+        return f"the body of {func_name!r} changed"
+    return None
+
+
+def load_result(blob: bytes) -> Any:
+    """A result as :meth:`Store.open` returned it, unpickled."""
+    return pickle.loads(blob)
+
+
 # -- the 1.0.5 view --------------------------------------------------------------------------
 
 
 class Checkpoint:
     """The state of a run as thread-chunks 1.0.5 described it.
 
-    ``Checkpoint.load(path)`` reads a checkpoint; ``Checkpoint(...)`` with a ``path`` writes
-    one. ``output[i]`` is the result of row ``i`` (None where not done) and ``completed[i]``
-    says whether it is done. Beyond 1.0.5: ``failed`` (the exception of a row whose last try
-    raised), ``started``/``ended`` (epoch seconds, None where not done) and ``actor`` (which
-    actor ran it).
+    ``Checkpoint.load(path)`` reads a checkpoint: the latest run's list. ``Checkpoint(...)``
+    with a ``path`` writes one. ``output[i]`` is the result of row ``i`` (None where not done)
+    and ``completed[i]`` says whether it is done; ``index`` and ``done`` are what was saved by
+    ``Checkpoint(...)`` (1.0.5 stores them as given) until a run records into the file, then
+    they are computed (``done``: rows completed; ``index``: one past the last completed row).
+    Beyond 1.0.5: ``failed`` (the exception of a row whose last try raised),
+    ``started``/``ended`` (epoch seconds, None where not done), ``actor`` (which actor ran it),
+    ``stored`` (successful results in the file, for any list) and ``reused`` (rows of the latest
+    run that were already known).
     """
 
     func_name: str
@@ -328,25 +401,32 @@ class Checkpoint:
         self.started: list[float | None] = [None] * n
         self.ended: list[float | None] = [None] * n
         self.actor: list[str | None] = [None] * n
+        self.stored = 0
+        self.reused = 0
+        self.run_started: float | None = None
         if self.path is not None:
             self.save()
 
     def save(self, path: str | os.PathLike[str] | None = None) -> None:
-        """Write this checkpoint (to ``path`` or to ``self.path``), replacing only our own file."""
+        """Write this checkpoint (to ``path`` or to ``self.path``), replacing only our own file
+        and everything in it. A run of a function named ``func_name`` reuses its completed rows
+        (matched by their arguments, once the run knows the function's signature)."""
         target = os.fspath(path) if path is not None else self.path
         if target is None:
             raise ValueError("path: no path given and this Checkpoint has none")
         if not (len(self.output) == len(self.completed) == len(self.parameters)):
             raise ValueError("parameters, output and completed must have the same length")
         ours = _is_ours(target)
-        identity, blob = _identity(self.func_name, "", self.parameters)
-        with closing(_connect(target, create=not ours)) as conn:
-            _write_fresh(conn, identity, blob)
+        keys = _hand_keys(len(self.parameters))
+        with closing(_connect(target, create=not ours)) as conn, _transaction(conn):
+            _reset(conn, self.func_name, "", by_hand=True)
+            _write_run(conn, self.parameters, keys, (), 0)
+            conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                             [("index", int(self.index)), ("done", int(self.done))])
             now = time.time()
-            rows = [(i, 1, _pickle(self.output[i]), self.started[i], self.ended[i],
-                     self.actor[i], now) for i, done in enumerate(self.completed) if done]
-            with _transaction(conn):
-                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                (keys[i], 1, _pickle(self.output[i]), self.started[i], self.ended[i],
+                 self.actor[i], now) for i, done in enumerate(self.completed) if done])
         self.path = target
 
     @classmethod
@@ -358,43 +438,66 @@ class Checkpoint:
         if not _is_ours(path):
             raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            identity = _read_identity(conn)
-            if identity is None:
+            meta = dict(conn.execute("SELECT key, value FROM meta"))
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"checkpoint {path!r} was written by another version of thread-chunks "
+                    f"(format {meta.get('format_version')}, this version reads "
+                    f"{FORMAT_VERSION})")
+            if "parameters" not in meta:
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
-            parameters = list(_unpickle(conn.execute(
-                "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
-            results = conn.execute(
-                "SELECT idx, ok, value, started, ended, actor FROM results").fetchall()
+            keys = _split(meta["keys"])
+            wanted = set(keys)
+            results = {row[0]: row[1:] for row in conn.execute(
+                "SELECT key, ok, value, started, ended, actor FROM results") if row[0] in wanted}
+            stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+        parameters = list(_unpickle(meta["parameters"]))
         n = len(parameters)
         output: list[Any] = [None] * n
         completed = [False] * n
-        view = cls(identity.func_name, parameters, output, completed, 0, 0)
-        for idx, ok, blob, started, ended, actor in results:
+        view = cls(str(meta["func_name"]), parameters, output, completed, 0, 0)
+        for i, key in enumerate(keys):
+            found = results.get(key)
+            if found is None:
+                continue
+            ok, blob, started, ended, actor = found
             value = _unpickle(blob)
-            view.started[idx], view.ended[idx], view.actor[idx] = started, ended, actor
+            view.started[i], view.ended[i], view.actor[i] = started, ended, actor
             if ok:
-                output[idx], completed[idx] = value, True
+                output[i], completed[i] = value, True
             else:
-                view.failed[idx] = value
-        view.done = sum(completed)
-        view.index = max((i + 1 for i, c in enumerate(completed) if c), default=0)
+                view.failed[i] = value
+        view.done = int(meta["done"]) if "done" in meta else sum(completed)
+        view.index = int(meta["index"]) if "index" in meta else max(
+            (i + 1 for i, c in enumerate(completed) if c), default=0)
+        view.stored = int(stored)
+        view.reused = int(meta.get("reused", 0))
+        view.run_started = meta.get("run_started")
         view.path = path
         return view
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``thread-chunks inspect`` shows: progress, failures, timing, rate and ETA."""
+    """What ``thread-chunks inspect`` shows: progress, failures, reuse, timing, rate and ETA.
+
+    The rate counts only calls that finished in the latest run (reused rows ran earlier).
+    """
     view = Checkpoint.load(path)
     total = len(view.parameters)
     failed = sum(1 for i, e in enumerate(view.failed) if e is not None and not view.completed[i])
     starts = [t for t in view.started if t is not None]
     ends = [t for t in view.ended if t is not None]
     first, last = (min(starts), max(ends)) if starts and ends else (None, None)
-    rate = view.done / (last - first) if first is not None and last and last > first else None
-    eta = (total - view.done) / rate if rate else None
+    since = view.run_started or 0.0
+    fresh = [(s, e) for s, e in zip(view.started, view.ended, strict=True)
+             if s is not None and e is not None and e >= since]
+    span = (max(e for _, e in fresh) - min(s for s, _ in fresh)) if fresh else 0.0
+    rate = len(fresh) / span if span > 0 else None
+    eta = (total - view.done) / rate if rate else (0.0 if view.done >= total else None)
     return {"path": view.path, "function": view.func_name, "done": view.done, "total": total,
             "failed": failed, "first_update": first, "last_update": last,
-            "rate_per_second": rate, "eta_seconds": eta}
+            "rate_per_second": rate, "eta_seconds": eta, "rows_stored": view.stored,
+            "rows_latest_run": total, "reused_latest_run": view.reused}
 
 
 def iter_timeline(view: Checkpoint) -> Iterator[tuple[str, float, float, int]]:
@@ -403,5 +506,3 @@ def iter_timeline(view: Checkpoint) -> Iterator[tuple[str, float, float, int]]:
                                                 strict=True)):
         if start is not None and end is not None:
             yield actor or "?", start, end, i
-
-

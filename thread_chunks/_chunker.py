@@ -15,7 +15,7 @@ from typing_extensions import Unpack
 
 from . import config
 from ._actor import Item, Outcome
-from ._checkpoint import Store, body_digest
+from ._checkpoint import Store, load_result
 from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool, function_name
 from ._progress import Progress
@@ -28,11 +28,13 @@ PathLike = str | os.PathLike[str]
 
 @dataclass
 class _Plan:
-    """One prepared run: its rows (validated where possible), checkpoint and results so far."""
+    """One prepared run: every row is either already known (reused from the checkpoint) or in
+    ``source``, the rows sent to ``run``."""
 
     source: Iterator[Item]
     total: int | None
-    done: dict[int, Any]
+    known: dict[int, bytes]
+    """Row -> its pickled result, reused from the checkpoint (ascending rows)."""
     store: Store | None
     name: str
 
@@ -178,11 +180,10 @@ class Chunker:
             return _Plan(iter(listed), len(listed), {}, None, name)
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
-            name = function_name(held)
-        store, done = Store.open(path, getattr(held, "__name__", name), body_digest(held),
-                                 materialised)
-        source = iter([item for item in listed if item.row not in done])
-        return _Plan(source, len(listed), done, store, name)
+            name = function_name(held) if held is not None else name
+        store, known = Store.open(path, held, name, listed, materialised)
+        source = iter([item for item in listed if item.row not in known])
+        return _Plan(source, len(listed), known, store, name)
 
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
                  ) -> Iterator[Any]:
@@ -194,26 +195,13 @@ class Chunker:
             stack.enter_context(self._pool.lease(self._func))
             desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
             progress = stack.enter_context(
-                Progress(show, plan.total, initial=len(plan.done), desc=desc))
+                Progress(show, plan.total, initial=len(plan.known), desc=desc))
             records = stack.enter_context(closing(run(
                 self._pool, plan.source, ordered=ordered, batch_size=self._settings.batch_size,
                 progress=progress, store=plan.store, policy=self._policy, stats=stats,
                 name=plan.name)))
-            if not plan.done:
-                for record in records:
-                    yield _value(record, on_error)
-            elif ordered:
-                assert plan.total is not None
-                for index in range(plan.total):
-                    if index in plan.done:
-                        yield plan.done.pop(index)
-                    else:
-                        yield _value(next(records), on_error)
-            else:
-                while plan.done:  # what is recorded is ready first, in input order
-                    yield plan.done.pop(next(iter(plan.done)))
-                for record in records:
-                    yield _value(record, on_error)
+            for outcome in _merge(plan.known, records, ordered):
+                yield _value(outcome, on_error)
 
     def close(self) -> None:
         """Stop the actors this Chunker created (new ones are made on next use), and shut
@@ -237,6 +225,33 @@ class Chunker:
 
     def __del__(self) -> None:
         self._release_ray()
+
+
+def _merge(known: dict[int, bytes], records: Iterator[Outcome], ordered: bool
+           ) -> Iterator[Outcome]:
+    """The one way reused rows and computed rows come together.
+
+    Ordered: ``run`` yields the computed rows in ascending row order, so each known row is
+    handed out just before the first computed row that follows it. Unordered: known rows are
+    ready at once, so they come first. Reused results are unpickled only when handed out.
+    """
+    pending = iter(known.items()) if known else iter(())
+    if ordered:
+        row, blob = next(pending, (None, b""))
+        for record in records:
+            while row is not None and row < record.row:
+                yield _reused(row, blob)
+                row, blob = next(pending, (None, b""))
+            yield record
+        if row is not None:
+            yield _reused(row, blob)
+    yield from (_reused(row, blob) for row, blob in pending)
+    if not ordered:
+        yield from records
+
+
+def _reused(row: int, blob: bytes) -> Outcome:
+    return Outcome(row, True, load_result(blob), 0.0, 0.0, "")
 
 
 def _value(outcome: Outcome, on_error: OnError) -> Any:

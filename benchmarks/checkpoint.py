@@ -1,0 +1,129 @@
+"""Row-keyed checkpoints, measured in one run (ratios and rates, not absolute claims).
+
+    python benchmarks/checkpoint.py            # make bench runs it
+    python benchmarks/checkpoint.py --quick
+
+1. checkpoint / no checkpoint: the same 8000 tiny calls with and without ``path=`` (median
+   of 3; goal <= 1.5);
+2. opening a checkpoint of 100,000 finished rows and matching a 100,000-row list of small
+   arguments built anew (keys, open, match: what a rerun pays before its first call; goal
+   well under 2 s), and the same with 10 new rows appended;
+3. digests of 1,000 rows each holding a distinct 1 MB float64 array: our digest (SHA-256 of
+   the buffer) against pickle.dumps alone and pickle + SHA-256 (joblib's way), in MB/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import workloads  # noqa: E402
+
+import thread_chunks  # noqa: E402
+from thread_chunks._actor import Item, Outcome  # noqa: E402
+from thread_chunks._checkpoint import Store  # noqa: E402
+from thread_chunks._digest import Binder, row_keys  # noqa: E402
+
+
+def simulate(x: int, y: float) -> float:
+    return x * y
+
+
+def overhead(count: int, repeats: int) -> None:
+    rows = [[i] for i in range(count)]
+    f = thread_chunks.chunked(chunk_size=2, progress_bar=False)(workloads.double)
+    f.map(rows[:200])  # warm the actors
+    plain, saved = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for r in range(repeats):
+            start = time.perf_counter()
+            f.map(rows)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            f.map(rows, path=Path(folder, f"run{r}.ckpt"))
+            saved.append(time.perf_counter() - start)
+    a, b = statistics.median(plain), statistics.median(saved)
+    print(f"1. {count} tiny calls: no checkpoint {a:.3f} s, checkpoint {b:.3f} s, "
+          f"ratio {b / a:.2f} (goal <= 1.5)")
+
+
+def _items(n: int, extra: int = 0) -> tuple[list[list[object]], list[Item]]:
+    rows: list[list[object]] = [[i, float(i) / 7] for i in range(n + extra)]
+    return rows, [Item(i, tuple(r), {}) for i, r in enumerate(rows)]
+
+
+def open_and_match(n: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "big.ckpt")
+        rows, items = _items(n)
+        store, _ = Store.open(path, simulate, "simulate", items, rows)
+        now = time.time()
+        for start in range(0, n, 1000):  # as a run records them, in batches
+            store.record([Outcome(i, True, simulate(i, float(i) / 7), now, now, "")
+                          for i in range(start, min(n, start + 1000))], "actor-0")
+        store.close()
+        time.sleep(0.5)  # let the background close fold the WAL
+        for extra, label in ((0, "the same list"), (10, "10 rows appended")):
+            rows, items = _items(n, extra)  # built anew, as a rerun would
+            start, cpu = time.perf_counter(), time.process_time()
+            store, known = Store.open(path, simulate, "simulate", items, rows)
+            took, used = time.perf_counter() - start, time.process_time() - cpu
+            store.close()
+            start = time.perf_counter()
+            row_keys(Binder(simulate), [(it.args, it.kwargs) for it in items])
+            keyed = time.perf_counter() - start
+            assert len(known) == n, len(known)
+            print(f"2. open {n} stored rows + match {len(items)} ({label}): {took:.3f} s "
+                  f"wall, {used:.3f} s CPU (of which row keys {keyed:.3f} s); "
+                  f"{len(known)} reused (goal well under 2 s)")
+
+
+def digest_rate(rows: int, megabytes: int) -> None:
+    arrays = [np.full(megabytes * 2**17, float(i)) for i in range(rows)]  # 8 B per float
+    size = sum(a.nbytes for a in arrays) / 2**20
+    calls = [((a, i), {}) for i, a in enumerate(arrays)]
+
+    def rate(fn: object) -> float:
+        start = time.perf_counter()
+        fn()  # type: ignore[operator]
+        return size / (time.perf_counter() - start)
+
+    # best of 2 each: the first pass of a pickle also pays page faults for its output
+    ours = max(rate(lambda: row_keys(Binder(lambda values, i: None), calls)) for _ in "ab")
+    dumps = max(rate(lambda: [pickle.dumps(a, 5) for a in arrays]) for _ in "ab")
+    hashed = max(rate(lambda: [hashlib.sha256(pickle.dumps(a, 5)).digest() for a in arrays])
+                 for _ in "ab")
+    print(f"3. {rows} rows x {megabytes} MB arrays: digest {ours:.0f} MB/s, pickle.dumps "
+          f"{dumps:.0f} MB/s, pickle+sha256 {hashed:.0f} MB/s; digest / (pickle+sha256) "
+          f"{ours / hashed:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        overhead(1000 if args.quick else 8000, 1 if args.quick else 3)
+    finally:
+        ray.shutdown()
+    open_and_match(10_000 if args.quick else 100_000)
+    digest_rate(100 if args.quick else 1000, 1)
+
+
+if __name__ == "__main__":
+    main()
