@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def ray_running() -> Iterator[None]:
     """Ray with 2 CPUs, started once for every test that needs it."""
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
 
@@ -37,11 +37,16 @@ def _quiet() -> Iterator[None]:
     thread_chunks.config.progress_bar = old
 
 
+def local_env() -> dict[str, str]:
+    """The environment of a subprocess that starts a Ray of its own (never attaching to the
+    suite's or another program's Ray) and imports this checkout."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "local"}
+
+
 def run_script(code: str, *, timeout: float = 120, env: dict[str, str] | None = None,
                check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh Python (its own Ray, if it starts one)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    full_env.pop("RAY_ADDRESS", None)
+    full_env = {**local_env(), **(env or {})}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, timeout=timeout, env=full_env, cwd=str(ROOT))
     if check and proc.returncode != 0:

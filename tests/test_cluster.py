@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, local_env
 
 pytestmark = pytest.mark.timeout(600)  # the fixture starts a 5-node cluster on 2 cores
 
 
 @pytest.fixture(scope="module")
 def scenarios() -> dict[str, Any]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = local_env()
     proc = subprocess.run([sys.executable, "-m", "tests.cluster_scenarios"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=480)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests import workloads as w
-from tests.conftest import ROOT, wait_until_recorded
+from tests.conftest import ROOT, local_env, wait_until_recorded
 from thread_chunks import Checkpoint, Chunker, WorkerDiedError, chunk, chunked
 
 pytestmark = pytest.mark.usefixtures("ray_running")
@@ -143,8 +143,7 @@ except KeyboardInterrupt:
 def test_ctrl_c_stops_quickly_keeps_the_checkpoint_and_leaves_no_orphans(
         tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env["PYTHONPATH"] = str(ROOT)
+    env = local_env()
     driver = subprocess.Popen([sys.executable, "-c", SIGINT_DRIVER, str(ckpt)], env=env,
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
@@ -187,8 +186,8 @@ def test_memory_kills_reduce_concurrency_and_lose_nothing() -> None:
     memory = psutil.virtual_memory()
     used = memory.total - memory.available
     threshold = (used + 1.6 * block_mb * 2**20) / memory.total  # one call: fits; two: do not
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PYTHONPATH=str(ROOT), RAY_memory_usage_threshold=f"{threshold:.4f}",
+    env = local_env()
+    env.update(RAY_memory_usage_threshold=f"{threshold:.4f}",
                RAY_memory_monitor_refresh_ms="100")
     proc = subprocess.run([sys.executable, "-c", MEMORY_DRIVER, str(block_mb)], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -20,16 +20,18 @@ def ensure_ray() -> bool:
     A Ray the user started is used as it is. ``RAY_ADDRESS`` in the environment means a cluster
     the user chose: we connect to it without ``config.ray_config`` (Ray refuses resource
     options when connecting to an existing cluster) and never disconnect or shut it down.
+    Otherwise (``RAY_ADDRESS`` unset or ``local``) a new local Ray is started, even when another
+    program's Ray runs on this machine: Ray alone would attach to the newest one.
     """
     if ray.is_initialized():
         return False
-    if os.environ.get("RAY_ADDRESS"):
-        log.info("connecting to the Ray cluster at RAY_ADDRESS=%s", os.environ["RAY_ADDRESS"])
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and address != "local":
+        log.info("connecting to the Ray cluster at RAY_ADDRESS=%s", address)
         ray.init()
         return False
-    else:
-        log.info("starting Ray with %s", config.ray_config)
-        ray.init(**config.ray_config)
+    log.info("starting Ray with %s", config.ray_config)
+    ray.init(**{"address": "local", **config.ray_config})  # never a stray local cluster
     return True
 
 
