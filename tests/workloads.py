@@ -208,3 +208,43 @@ def gate_then_sleep(x: int, path: str, seconds: float) -> tuple[int, int]:
     wait_for(x, path)
     time.sleep(seconds)
     return x, os.getpid()
+
+
+def checksum(block: Any, i: int) -> tuple[float, bool, int]:
+    """Read a large argument: its sum plus i, whether it can be written, this process."""
+    import numpy as np
+
+    return float(np.asarray(block).sum()) + i, bool(getattr(block, "flags", None) and
+                                                    block.flags.writeable), os.getpid()
+
+
+def pick(values: Any, i: int) -> Any:
+    return values[i]
+
+
+def kind(value: Any) -> str:
+    """The type the function received, and inside a list, the type of its first item."""
+    if isinstance(value, list):
+        return f"list[{type(value[0]).__name__}]"
+    return type(value).__name__
+
+
+def head_waits(x: int, gate: str, directory: str) -> int:
+    """Row 0 waits for ``gate``; every other row leaves a marker file and returns at once."""
+    if x == 0:
+        wait_for(x, gate, timeout=120)
+    else:
+        Path(directory, f"{x}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    return x
+
+
+class FirstFastOthersSlow(LabelledActor):
+    """The first actor to start (per ``marker`` directory, set by a subclass) starts at once;
+    the others take 3 s (one actor started late)."""
+
+    marker = ""
+
+    def __init__(self, func: Any) -> None:
+        super().__init__(func)
+        if not self.marker or not first_time(self.marker, "start"):
+            time.sleep(3.0)

@@ -35,8 +35,8 @@ class RunOptions(TypedDict, total=False):
     """Seconds a run may go on with no actor able to run (none placed by Ray) before it fails
     with ActorPlacementError; None waits without limit."""
     max_buffered: int | None
-    """Rows read from the input but not yet handed out, at most (ordered ``imap``/``map``);
-    None: 4 x chunk_size x the batch size."""
+    """Rows read from the input but not yet handed out, at most (reading pauses there, also
+    while a slow row holds up the order); None: 4 x chunk_size x the batch size."""
 
 
 def check_positive(name: str, value: object, allow_none: bool = False) -> None:

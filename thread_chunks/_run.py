@@ -168,6 +168,8 @@ class _Run:
         self.early: dict[int, Outcome] = {}
         self.exhausted = False
         self.pipelining = False
+        self.pulled = 0  # rows read from the input
+        self.handed = 0  # outcomes handed out (yielded)
         for slot in range(pool.size):
             self.enlist(slot)
 
@@ -241,18 +243,17 @@ class _Run:
     # -- sending -----------------------------------------------------------------------------
 
     def bound(self) -> int:
-        """Rows read from the input and not yet handed out, at most (ordered mode)."""
+        """Rows read from the input and not yet handed out, at most."""
         return self.policy.max_buffered or 4 * self.pool.size * self.batcher.size
 
     def take(self, n: int) -> list[Item]:
         batch: list[Item] = []
         while self.again and len(batch) < n:
             batch.append(self.again.popleft())
-        want = n - len(batch)
-        if self.ordered:
-            want = min(want, self.bound() - len(self.order))
+        want = min(n - len(batch), self.bound() - (self.pulled - self.handed))
         if want > 0 and not self.exhausted:
             fresh = list(islice(self.source, want))
+            self.pulled += len(fresh)
             if len(fresh) < want:
                 self.exhausted = True
             if self.ordered:
@@ -544,10 +545,10 @@ def run(
 
     Blocks on ``ray.wait`` (never polls). Calls go only to actors that have started, so an
     actor Ray cannot place holds no rows. Yields one outcome per item, in input order when
-    ``ordered`` (holding back only what arrived early, and reading no further ahead than
-    ``policy.max_buffered`` rows), else as they finish. Items are pulled from ``source`` only
-    when an actor can take them. Closing the generator early kills the calls in flight
-    (actors we own are replaced lazily).
+    ``ordered`` (holding back only what arrived early), else as they finish. Items are pulled
+    from ``source`` only when an actor can take them, and never more than ``state.bound()``
+    (``policy.max_buffered``) ahead of the outcomes handed out. Closing the generator early
+    kills the calls in flight (actors we own are replaced lazily).
     """
     state = _Run(pool, source, ordered, batch_size, policy, stats, name, progress)
     started = time.perf_counter()
@@ -586,7 +587,9 @@ def run(
                         r.ended - r.started for r in records)
             out = deliver(final, slot)
             state.fill()
-            yield from out
+            for outcome in out:
+                yield outcome
+                state.handed += 1
     finally:
         stats.wall_time = time.perf_counter() - started
         stats.final_concurrency = pool.size - len(state.retired)

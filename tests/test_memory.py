@@ -1,0 +1,153 @@
+"""The memory promise: large arguments sent once, ObjectRef arguments resolved, read-ahead
+bounded. Counted (puts, references held, rows pulled), never timed."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import ray
+
+from tests import workloads as w
+from thread_chunks import chunked
+
+pytestmark = pytest.mark.usefixtures("ray_running")
+
+
+def _references() -> int:
+    """Objects this driver owns or references in Ray (puts included)."""
+    worker: Any = ray._private.worker.global_worker  # type: ignore[attr-defined]
+    return len(worker.core_worker.get_all_reference_counts())
+
+
+def _settled(baseline: int, timeout: float = 60) -> int:
+    """The driver's reference count once it is back to ``baseline`` (or the deadline)."""
+    deadline = time.time() + timeout
+    while (now := _references()) > baseline and time.time() < deadline:
+        time.sleep(0.1)
+    return now
+
+
+def test_a_large_argument_in_every_row_is_put_once_per_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    big = np.ones(4 * 2**20 // 8)  # 4 MiB, in every row
+    other = np.full(2**20, 2.0)  # 8 MiB, in some rows, by keyword
+    puts: list[int] = []
+    put = ray.put
+
+    def counting(value: Any, **kwargs: Any) -> Any:
+        if isinstance(value, np.ndarray):
+            puts.append(id(value))
+        return put(value, **kwargs)
+
+    monkeypatch.setattr(ray, "put", counting)  # the very module _wire calls
+    f = chunked(chunk_size=2)(w.checksum)
+    rows: list[Any] = [[big, i] for i in range(20)] + [{"block": other, "i": i} for i in range(4)]
+    out = f.map(rows)
+    assert [s for s, _, _ in out] == [big.sum() + i for i in range(20)] + [
+        other.sum() + i for i in range(4)]
+    assert sorted(puts) == sorted([id(big), id(other)])  # once each, not once per call
+    assert not any(writable for _, writable, _ in out)  # arrives read-only, as in Ray
+    big[:] = 3.0  # the user changes the array: the next run sees it (no stale copy)
+    assert f.map([[big, 0]])[0][0] == 3.0 * big.size
+    assert len(puts) == 3
+    small = np.ones(10)
+    assert f.map([[small, 1]])[0][0] == 11.0 and len(puts) == 3  # small ones travel inline
+    f.close()
+
+
+def test_what_a_run_puts_is_released_when_it_ends() -> None:
+    f = chunked(chunk_size=2)(w.checksum)
+    f.map([[np.ones(10), 0]])  # actors started, function put
+    baseline = _settled(_references(), timeout=5)
+    for run in range(10):
+        block = np.full(2**20, float(run))  # 8 MiB, a new array every run
+        assert f.map([[block, i] for i in range(6)])[5][0] == run * block.size + 5
+    assert _settled(baseline) <= baseline  # ten runs leave nothing behind
+    payload = bytes(3 * 2**20)  # bytes are shared too
+    assert f.replace(w.pick).map([[payload, i] for i in range(4)]) == [0, 0, 0, 0]
+    assert _settled(baseline) <= baseline
+    f.close()
+
+
+def test_object_refs_that_are_whole_arguments_arrive_as_their_values() -> None:
+    values = ray.put(list(range(10, 20)))
+    f = chunked(chunk_size=2)(w.pick)
+    assert f.map([[values, 1], {"values": values, "i": 2}, [[5, 6, 7], 0]]) == [11, 12, 5]
+    # nested inside another value a ref stays a ref, as with Ray's own task arguments
+    g = f.replace(w.kind)
+    assert g.map([[values], [[values]], {"value": values}]) == [
+        "list[int]", "list[ObjectRef]", "list[int]"]
+    # a ref whose task failed fails only its own row
+    @ray.remote
+    def broken() -> int:
+        raise KeyError("lost")
+
+    out = f.map([[values, 0], [broken.remote(), 0], [values, 3]], on_error="return")
+    assert out[0] == 10 and out[2] == 13
+    assert isinstance(out[1], KeyError) or "lost" in str(out[1])
+    f.close()
+
+
+def _tracked(n: int, counts: dict[str, int], make: Any) -> Iterator[Any]:
+    """Rows from a generator that records the most rows pulled but not yet received."""
+    for i in range(n):
+        counts["pulled"] += 1
+        counts["ahead"] = max(counts["ahead"], counts["pulled"] - counts["received"])
+        yield make(i)
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_read_ahead_is_bounded_while_the_head_row_is_slow(tmp_path: Path, ordered: bool
+                                                          ) -> None:
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    bound = 40
+    f = chunked(chunk_size=2, batch_size=1, max_buffered=bound)(w.head_waits)
+    counts = {"pulled": 0, "received": 0, "ahead": 0}
+    rows = _tracked(2000, counts, lambda i: [i, str(gate), str(marks)])
+    results: list[int] = []
+    it = f.imap(rows, ordered=ordered)
+    # row 0 waits on the gate; the other actor races through the rest until the bound stops
+    # the reading: then bound - 1 rows were read besides row 0, all run but the one that may
+    # be queued behind row 0, and the gate opens
+
+    def open_gate() -> None:
+        deadline = time.time() + 120
+        while len(list(marks.iterdir())) < bound - 2 and time.time() < deadline:
+            if not ordered and results:
+                break  # unordered: results flow without the head row
+            time.sleep(0.02)
+        gate.touch()
+
+    opener = threading.Thread(target=open_gate)
+    opener.start()
+    for value in it:
+        counts["received"] += 1
+        results.append(value)
+    opener.join()
+    assert sorted(results) == list(range(2000))
+    if ordered:
+        assert results == list(range(2000))
+    assert counts["ahead"] <= bound, counts
+
+
+def test_read_ahead_is_bounded_when_one_actor_starts_late(tmp_path: Path) -> None:
+    class Late(w.FirstFastOthersSlow):
+        marker = str(tmp_path)
+
+    bound = 16
+    f = chunked(chunk_size=2, actor_cls=Late, max_buffered=bound)(w.square)
+    counts = {"pulled": 0, "received": 0, "ahead": 0}
+    out = []
+    for value in f.imap(_tracked(20_000, counts, lambda i: [i])):
+        counts["received"] += 1
+        out.append(value)
+    assert out == [i * i for i in range(20_000)]
+    assert counts["ahead"] <= bound, counts
+    f.close()
