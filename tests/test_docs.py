@@ -41,7 +41,7 @@ def test_every_python_block_in_the_docs_runs(page: Path) -> None:
 def test_pages_with_code_have_python_blocks() -> None:
     with_code = [p.stem for p in PAGES if BLOCK.search(p.read_text())]
     assert {"getting-started", "chunking", "decorator", "checkpointing", "actors", "failures",
-            "scaling-out", "typing", "migrating"} <= set(with_code)
+            "scaling-out", "typing", "migrating", "memory"} <= set(with_code)
 
 
 @pytest.mark.usefixtures("ray_running")
