@@ -314,11 +314,12 @@ class _Run:
     def busy(self) -> bool:
         """Whether anything is left to wait for: calls in flight, or rows and actors to
         become ready for them."""
+        self.fill()  # outcomes were handed out since the last fill: the bound has room
         if self.inflight:
             return True
         if not self.has_work():
             return False
-        if not self.probes:  # rows left and nothing asked for: ask again
+        if not self.probes:  # rows left and no actor asked for: ask again
             for slot in range(self.pool.size):
                 if slot not in self.ready and slot not in self.retired:
                     self.enlist(slot)
@@ -563,7 +564,6 @@ def run(
         return state.releasable(final)
 
     try:
-        state.fill()
         while state.busy():
             ref = state.wait()
             slot: int | None = None
