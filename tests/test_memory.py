@@ -33,10 +33,8 @@ def _settled(baseline: int, timeout: float = 60) -> int:
     return now
 
 
-def test_a_large_argument_in_every_row_is_put_once_per_run(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    big = np.ones(4 * 2**20 // 8)  # 4 MiB, in every row
-    other = np.full(2**20, 2.0)  # 8 MiB, in some rows, by keyword
+def _count_puts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The ids of the numpy arrays put into Ray from now on."""
     puts: list[int] = []
     put = ray.put
 
@@ -46,6 +44,14 @@ def test_a_large_argument_in_every_row_is_put_once_per_run(
         return put(value, **kwargs)
 
     monkeypatch.setattr(ray, "put", counting)  # the very module _wire calls
+    return puts
+
+
+def test_a_large_argument_in_every_row_is_put_once_per_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    big = np.ones(4 * 2**20 // 8)  # 4 MiB, in every row
+    other = np.full(2**20, 2.0)  # 8 MiB, in some rows, by keyword
+    puts = _count_puts(monkeypatch)
     f = chunked(chunk_size=2)(w.checksum)
     rows: list[Any] = [[big, i] for i in range(20)] + [{"block": other, "i": i} for i in range(4)]
     out = f.map(rows)
@@ -58,6 +64,24 @@ def test_a_large_argument_in_every_row_is_put_once_per_run(
     assert len(puts) == 3
     small = np.ones(10)
     assert f.map([[small, 1]])[0][0] == 11.0 and len(puts) == 3  # small ones travel inline
+
+
+def test_a_shared_argument_is_put_once_even_with_one_call_in_flight_at_a_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One actor, one row per call: no call holds ``big`` between two calls (as when only one
+    actor has started on a loaded machine). Its put must survive that gap; a stream of new
+    large objects must not pile up meanwhile."""
+    big = np.ones(2**20 // 4)  # 2 MiB
+    puts = _count_puts(monkeypatch)
+    f = chunked(chunk_size=1, batch_size=1)(w.checksum)
+    assert [s for s, _, _ in f.map([[big, i] for i in range(8)])] == [
+        big.sum() + i for i in range(8)]
+    assert puts == [id(big)]
+    fresh = [np.full(2**18, float(i)) for i in range(6)]  # 2 MiB each, each in one row
+    out = f.map([[block, i] for i, block in enumerate(fresh)] + [[big, 0]])
+    assert [s for s, _, _ in out] == [block.sum() + i for i, block in enumerate(fresh)] + [
+        big.sum()]
+    assert len(puts) == 1 + 6 + 1  # each once; big again (a new run)
     f.close()
 
 

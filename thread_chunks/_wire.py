@@ -9,8 +9,9 @@ Large means ``bytes``/``bytearray`` of at least :data:`SHARE_AT_BYTES`, or an ob
 type has an ``nbytes`` attribute (numpy arrays, memoryviews, tensors) that says so: an O(1)
 check per argument, nothing is pickled to learn a size. Objects are recognised by identity
 within one run, so a later run sees the user's changes. A put is kept while calls holding it
-are in flight (retries included) and dropped when the last one ends or the run ends, so what
-a run put into the object store is freed with it.
+are in flight (retries included); once none does, it stays among the :data:`IDLE_KEEP` most
+recently idle puts, for the rows still to come, until newer objects push it out. Every put
+is dropped when the run ends, so what a run put into the object store is freed with it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from ._actor import Item
 
 SHARE_AT_BYTES = 1 << 20
 """Arguments of at least this many bytes are put into the object store once per run."""
+
+IDLE_KEEP = 2
+"""Puts that no call in flight holds, kept for later rows. An object shared by every row is
+idle only between its calls (one actor, or one call in flight), so it stays; a stream of new
+large objects each used once holds no more than this many beyond the calls in flight."""
 
 
 def is_large(value: object) -> bool:
@@ -41,10 +47,11 @@ def is_large(value: object) -> bool:
 
 
 class Wire:
-    """The large arguments of one run's calls in flight: object -> (put, calls holding it)."""
+    """The large arguments of one run: object -> (put, calls in flight holding it)."""
 
     def __init__(self) -> None:
         self._puts: dict[int, tuple[object, ray.ObjectRef[Any], int]] = {}
+        self._idle: dict[int, None] = {}  # puts no call holds, oldest first
 
     def send(self, batch: list[Item]) -> list[Item]:
         """``batch`` as it goes to an actor: large arguments replaced by references."""
@@ -65,24 +72,28 @@ class Wire:
         key = id(value)
         held = self._puts.get(key)
         if held is None:
+            while len(self._idle) > IDLE_KEEP:  # a new object: the oldest idle puts go
+                oldest = next(iter(self._idle))
+                del self._idle[oldest], self._puts[oldest]
             ref = ray.put(value)
             self._puts[key] = (value, ref, 1)
             return ref
+        self._idle.pop(key, None)
         self._puts[key] = (value, held[1], held[2] + 1)
         return held[1]
 
     def done(self, batch: Iterable[Item]) -> None:
-        """The calls of ``batch`` ended: drop puts no call in flight holds any more."""
+        """The calls of ``batch`` ended: puts no call in flight holds become idle."""
         if not self._puts:
             return
         for item in batch:
             for value in (*item.args, *item.kwargs.values()):
-                held = self._puts.get(id(value))
-                if held is not None and held[0] is value:
-                    if held[2] <= 1:
-                        del self._puts[id(value)]
-                    else:
-                        self._puts[id(value)] = (value, held[1], held[2] - 1)
+                key = id(value)
+                held = self._puts.get(key)
+                if held is not None and held[0] is value and held[2] > 0:
+                    self._puts[key] = (value, held[1], held[2] - 1)
+                    if held[2] == 1:
+                        self._idle[key] = None
 
     @property
     def held(self) -> int:
@@ -92,3 +103,4 @@ class Wire:
     def close(self) -> None:
         """Drop every put (the run ended)."""
         self._puts.clear()
+        self._idle.clear()
