@@ -248,3 +248,18 @@ class FirstFastOthersSlow(LabelledActor):
         super().__init__(func)
         if not self.marker or not first_time(self.marker, "start"):
             time.sleep(3.0)
+
+
+def behind_gate(x: int, gate: str, timeout: float = 60.0) -> tuple[int, bool]:
+    """Wait until ``gate`` exists; return x and whether it opened (False after ``timeout``)."""
+    deadline = time.time() + timeout
+    while not os.path.exists(gate):
+        if time.time() >= deadline:
+            return x, False
+        time.sleep(0.01)
+    return x, True
+
+
+def scaled(x: float, n: int = 1, *, offset: float = 0.0) -> float:
+    """A function with positional, defaulted and keyword-only parameters (typed rows)."""
+    return x * n + offset

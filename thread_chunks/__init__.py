@@ -16,6 +16,7 @@ from ._errors import (
     WorkerDiedError,
 )
 from ._options import Options, RunOptions
+from ._rows import TypedRow
 from ._run import RunStats
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "RunOptions",
     "RunStats",
     "ThreadChunksError",
+    "TypedRow",
     "WorkerDiedError",
     "chunk",
     "chunked",

@@ -34,6 +34,7 @@ import cloudpickle
 from ._actor import Item, Outcome
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
+from ._rows import TypedRow
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
 FORMAT_VERSION = 3
@@ -225,6 +226,8 @@ def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
 
 
 def _as_call(row: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(row, TypedRow):
+        return row.args, row.kwargs
     if isinstance(row, dict):
         return (), dict(row)
     if isinstance(row, (list, tuple)):

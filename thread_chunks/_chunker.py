@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack, closing
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,7 @@ from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool, function_name
 from ._progress import Progress
 from ._rows import items, iterate
-from ._run import RunStats, run
+from ._run import RunStats, Scheduler, arun, run
 from ._session import ray_session
 from ._types import ChunkSize, OnError
 
@@ -185,23 +186,69 @@ class Chunker:
         source = iter([item for item in listed if item.row not in known])
         return _Plan(source, len(listed), known, store, name)
 
+    def aimap(
+        self,
+        parameters: Iterable[Any],
+        func: Callable[..., Any] | None = None,
+        *,
+        ordered: bool = True,
+        progress_bar: bool | None = None,
+        path: PathLike | None = None,
+        on_error: OnError = "raise",
+    ) -> AsyncGenerator[Any, None]:
+        """:meth:`imap` for asyncio: ``async for`` over the results, the event loop free
+        while calls run. Cancelling the task iterating it (or closing it) stops the calls
+        still running."""
+        check_on_error(on_error)
+        iterate(parameters)  # a bad argument fails here, not at the first result
+        show = self.progress_bar if progress_bar is None else progress_bar
+        return self._aexecute(parameters, func, path, ordered, show, on_error)
+
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
                  ) -> Iterator[Any]:
+        with ExitStack() as stack:
+            state = self._open(plan, ordered, show, stack)
+            merge = _Merge(plan.known, ordered)
+            for outcome in merge.head():
+                yield _value(outcome, on_error)
+            for record in stack.enter_context(closing(run(state))):
+                for outcome in merge.push(record):
+                    yield _value(outcome, on_error)
+            for outcome in merge.tail():
+                yield _value(outcome, on_error)
+
+    async def _aexecute(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
+                        path: PathLike | None, ordered: bool, show: bool, on_error: OnError
+                        ) -> AsyncGenerator[Any, None]:
+        # Ray starts here if it must (on this thread: Ray must be started by the thread that
+        # uses it); reading, digesting and matching rows runs in a worker thread.
+        self._pool.start()
+        plan = await asyncio.to_thread(self._prepare, parameters, func, path)
+        with ExitStack() as stack:
+            state = self._open(plan, ordered, show, stack)
+            merge = _Merge(plan.known, ordered)
+            for outcome in merge.head():
+                yield _value(outcome, on_error)
+            async with aclosing(arun(state)) as records:
+                async for record in records:
+                    for outcome in merge.push(record):
+                        yield _value(outcome, on_error)
+            for outcome in merge.tail():
+                yield _value(outcome, on_error)
+
+    def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Scheduler:
+        """Everything one run holds until it ends (entered on ``stack``), and its scheduler."""
         stats = RunStats()
         self.stats = stats
-        with ExitStack() as stack:
-            if plan.store is not None:
-                stack.callback(plan.store.close)
-            stack.enter_context(self._pool.lease(self._func))
-            desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
-            progress = stack.enter_context(
-                Progress(show, plan.total, initial=len(plan.known), desc=desc))
-            records = stack.enter_context(closing(run(
-                self._pool, plan.source, ordered=ordered, batch_size=self._settings.batch_size,
-                progress=progress, store=plan.store, policy=self._policy, stats=stats,
-                name=plan.name)))
-            for outcome in _merge(plan.known, records, ordered):
-                yield _value(outcome, on_error)
+        if plan.store is not None:
+            stack.callback(plan.store.close)
+        stack.enter_context(self._pool.lease(self._func))
+        desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
+        progress = stack.enter_context(
+            Progress(show, plan.total, initial=len(plan.known), desc=desc))
+        return Scheduler(self._pool, plan.source, ordered=ordered,
+                         batch_size=self._settings.batch_size, progress=progress,
+                         store=plan.store, policy=self._policy, stats=stats, name=plan.name)
 
     def close(self) -> None:
         """Stop the actors this Chunker created (new ones are made on next use), and shut
@@ -227,27 +274,48 @@ class Chunker:
         self._release_ray()
 
 
-def _merge(known: dict[int, bytes], records: Iterator[Outcome], ordered: bool
-           ) -> Iterator[Outcome]:
+class _Merge:
     """The one way reused rows and computed rows come together.
 
-    Ordered: ``run`` yields the computed rows in ascending row order, so each known row is
-    handed out just before the first computed row that follows it. Unordered: known rows are
-    ready at once, so they come first. Reused results are unpickled only when handed out.
+    Reused rows (``known``, ascending) need no call. Ordered, each is handed out just before
+    the first computed row that follows it, and those before the first row to compute at
+    once (:meth:`head`); unordered, all of them at once. ``run`` yields computed rows in
+    ascending order when ordered. Reused results are unpickled only when handed out.
     """
-    pending = iter(known.items()) if known else iter(())
-    if ordered:
-        row, blob = next(pending, (None, b""))
-        for record in records:
-            while row is not None and row < record.row:
-                yield _reused(row, blob)
-                row, blob = next(pending, (None, b""))
-            yield record
-        if row is not None:
-            yield _reused(row, blob)
-    yield from (_reused(row, blob) for row, blob in pending)
-    if not ordered:
-        yield from records
+
+    def __init__(self, known: dict[int, bytes], ordered: bool) -> None:
+        self.known = iter(known.items())
+        self.ordered = ordered
+        self.next: tuple[int, bytes] | None = next(self.known, None)
+
+    def upto(self, stop: int | None) -> list[Outcome]:
+        """The reused rows below ``stop`` (all that are left when None)."""
+        out: list[Outcome] = []
+        while self.next is not None and (stop is None or self.next[0] < stop):
+            out.append(_reused(*self.next))
+            self.next = next(self.known, None)
+        return out
+
+    def head(self) -> list[Outcome]:
+        """What can be handed out before any call finishes: ordered, the reused rows
+        0, 1, 2, ... up to the first row to compute; unordered, every reused row."""
+        if not self.ordered:
+            return self.upto(None)
+        out: list[Outcome] = []
+        while self.next is not None and self.next[0] == len(out):
+            out.append(_reused(*self.next))
+            self.next = next(self.known, None)
+        return out
+
+    def push(self, record: Outcome) -> list[Outcome]:
+        """A computed row arrived: what to hand out now, in order."""
+        if not self.ordered:
+            return [record]
+        return [*self.upto(record.row), record]
+
+    def tail(self) -> list[Outcome]:
+        """The computed rows are done: the reused rows left."""
+        return self.upto(None)
 
 
 def _reused(row: int, blob: bytes) -> Outcome:

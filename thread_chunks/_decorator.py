@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from contextlib import aclosing
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeAlias, overload
 
 from ray.actor import ActorHandle
 from typing_extensions import Self, Unpack
@@ -15,6 +16,7 @@ from . import config
 from ._chunker import Chunker, PathLike, pool_for
 from ._options import Options, RunOptions
 from ._pool import Pool
+from ._rows import RowMaker, TypedRow
 from ._run import RunStats
 from ._types import C, C_co, ChunkSize, G, P, R, Row
 
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 
 else:
     from wrapt import ObjectProxy as _Proxy
+
+
+Rows: TypeAlias = "Iterable[TypedRow[P] | Row]"
+"""What ``.map`` and friends take: rows of this function (typed, from ``f.row``) or plain ones."""
 
 
 class _Shared:
@@ -52,8 +58,9 @@ class Chunked(_Proxy, Generic[C_co]):
 
     Calling it runs the function locally, unchanged. ``.map(rows)`` runs it once per row on
     at most ``chunk_size`` actors at once and returns the results in input order;
-    ``.imap(rows)`` yields them as they come. The actors are created on first use and kept
-    for later calls; ``.close()`` (or leaving ``with f:``) stops them.
+    ``.imap(rows)`` yields them as they come; ``.amap``/``.aimap`` do the same for asyncio,
+    and ``.row(...)`` makes a row typed by the function's signature. The actors are created
+    on first use and kept for later calls; ``.close()`` (or leaving ``with f:``) stops them.
 
     Example::
 
@@ -79,6 +86,7 @@ class Chunked(_Proxy, Generic[C_co]):
         self._self_shared = shared if shared is not None else _Shared(options)
         self._self_lock = threading.Lock()
         self._self_chunker: Chunker | None = None
+        self._self_rows: RowMaker | None = None
 
     # -- behaving as the function ----------------------------------------------------------
 
@@ -147,37 +155,53 @@ class Chunked(_Proxy, Generic[C_co]):
         """What the last ``.map``/``.imap`` did (calls, retries, failures, timing)."""
         return self.chunker.stats
 
+    def row(self: Chunked[Callable[P, Any]], *args: P.args, **kwargs: P.kwargs) -> TypedRow[P]:
+        """One row for ``.map``/``.imap``/``.amap``/``.aimap``, typed by this function's
+        signature: mypy and pyright check its arguments as they check a call, and a row of
+        another function is a type error there. It is bound to the signature now: a wrong
+        call is a TypeError here, before anything runs.
+
+        Example::
+
+            simulate.map(simulate.row(x, y=y) for x, y in grid)
+        """
+        with self._self_lock:
+            if self._self_rows is None:
+                self._self_rows = RowMaker(self.__wrapped__, self.__qualname__)
+        return self._self_rows(args, kwargs)
+
     @overload
-    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def map(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
             path: PathLike | None = None, progress_bar: bool | None = None,
             on_error: Literal["raise"] = "raise") -> list[R]: ...
     @overload
-    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def map(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
             path: PathLike | None = None, progress_bar: bool | None = None,
             on_error: Literal["return"]) -> list[R | Exception]: ...
-    def map(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def map(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
             path: PathLike | None = None, progress_bar: bool | None = None,
             on_error: Literal["raise", "return"] = "raise") -> list[R] | list[R | Exception]:
         """Run the function once per row on the actors; results in input order.
 
-        A row is a list or tuple of positional arguments or a dict of keyword arguments.
-        ``path`` keeps a checkpoint there and resumes from it. With ``on_error="return"`` a
-        failing row's exception takes its place in the list instead of being raised.
+        A row is a list or tuple of positional arguments, a dict of keyword arguments, or a
+        typed row from :meth:`row`. ``path`` keeps a checkpoint there and resumes from it.
+        With ``on_error="return"`` a failing row's exception takes its place in the list
+        instead of being raised.
         """
         return self.chunker(parameters, progress_bar=progress_bar, path=path,
                             on_error=on_error)
 
     @overload
-    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def imap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
              ordered: bool = True, path: PathLike | None = None,
              progress_bar: bool | None = None,
              on_error: Literal["raise"] = "raise") -> Iterator[R]: ...
     @overload
-    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def imap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
              ordered: bool = True, path: PathLike | None = None,
              progress_bar: bool | None = None,
              on_error: Literal["return"]) -> Iterator[R | Exception]: ...
-    def imap(self: Chunked[Callable[..., R]], parameters: Iterable[Row], *,
+    def imap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
              ordered: bool = True, path: PathLike | None = None,
              progress_bar: bool | None = None,
              on_error: Literal["raise", "return"] = "raise"
@@ -187,6 +211,51 @@ class Chunked(_Proxy, Generic[C_co]):
         stopping early (``break``, dropping the iterator) stops the calls still running."""
         return self.chunker.imap(parameters, ordered=ordered, progress_bar=progress_bar,
                                  path=path, on_error=on_error)
+
+    @overload
+    async def amap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+                   path: PathLike | None = None, progress_bar: bool | None = None,
+                   on_error: Literal["raise"] = "raise") -> list[R]: ...
+    @overload
+    async def amap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+                   path: PathLike | None = None, progress_bar: bool | None = None,
+                   on_error: Literal["return"]) -> list[R | Exception]: ...
+    async def amap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+                   path: PathLike | None = None, progress_bar: bool | None = None,
+                   on_error: Literal["raise", "return"] = "raise"
+                   ) -> list[R] | list[R | Exception]:
+        """``await``-able :meth:`map`: the event loop keeps running while the calls do.
+
+        Same rows, options and results as :meth:`map`, on the same actors and scheduler.
+        Cancelling the awaiting task stops the calls in flight; the actors are replaced on
+        next use. Ray, when not running yet, is started first (that start blocks).
+        """
+        results = self.chunker.aimap(parameters, progress_bar=progress_bar, path=path,
+                                     on_error=on_error)
+        async with aclosing(results):
+            return [value async for value in results]
+
+    @overload
+    def aimap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+              ordered: bool = True, path: PathLike | None = None,
+              progress_bar: bool | None = None,
+              on_error: Literal["raise"] = "raise") -> AsyncGenerator[R, None]: ...
+    @overload
+    def aimap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+              ordered: bool = True, path: PathLike | None = None,
+              progress_bar: bool | None = None,
+              on_error: Literal["return"]) -> AsyncGenerator[R | Exception, None]: ...
+    def aimap(self: Chunked[Callable[P, R]], parameters: Rows[P], *,
+              ordered: bool = True, path: PathLike | None = None,
+              progress_bar: bool | None = None,
+              on_error: Literal["raise", "return"] = "raise"
+              ) -> AsyncGenerator[R, None] | AsyncGenerator[R | Exception, None]:
+        """``async for`` over the results, as :meth:`imap` yields them; the event loop keeps
+        running while the calls do. Leaving early stops the calls still running: cancelling
+        the task, ``aclose()``, or ``break`` inside ``async with contextlib.aclosing(...)``
+        (a plain ``break`` stops them when the generator is collected)."""
+        return self.chunker.aimap(parameters, ordered=ordered, progress_bar=progress_bar,
+                                  path=path, on_error=on_error)
 
     def replace(self, func: G) -> Chunked[G]:
         """A new object for ``func`` with the same options, sharing these actors.
@@ -254,6 +323,11 @@ def chunked(
             and replaced) and its row gets a TimeoutError.
         memory_per_call: bytes one call needs; each actor reserves it through Ray's
             ``memory`` resource, so Ray never places more calls on a node than fit.
+        placement_timeout: seconds a run may go on with no actor able to run (Ray cannot
+            place any) before it fails with :class:`ActorPlacementError`; default 600,
+            None waits without limit. Actors still unplaced after 10 s are reported.
+        max_buffered: rows read from the input and not yet handed out, at most; default
+            4 x chunk_size x batch size. Reading pauses when it is reached.
     """
     settings = Options.of("chunked", chunk_size, progress_bar, options)
     if func is not None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import reprlib
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, Generic
 
 from ._actor import Item
-from ._types import Args, Kwargs
+from ._types import Args, Kwargs, P
 
-_EXPECTED = "a list or tuple of positional arguments, or a dict of keyword arguments"
+_EXPECTED = ("a list or tuple of positional arguments, a dict of keyword arguments, or a "
+             "row made by f.row(...)")
 
 
 def describe(value: object, limit: int = 80) -> str:
@@ -18,6 +20,65 @@ def describe(value: object, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return f"{type(value).__name__} {text}"
+
+
+class TypedRow(Generic[P]):
+    """One row made by ``f.row(...)``: its arguments are checked against ``f``'s signature by
+    type checkers (``P`` is that signature) and were bound to it when the row was made.
+
+    It runs exactly as the equivalent plain row (a list of positional arguments or a dict of
+    keyword arguments), and has the same identity in a checkpoint.
+    """
+
+    __slots__ = ("args", "kwargs")
+
+    def __init__(self, args: Args, kwargs: Kwargs) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def __repr__(self) -> str:
+        parts = [repr(a) for a in self.args] + [f"{k}={v!r}" for k, v in self.kwargs.items()]
+        return f"row({', '.join(parts)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TypedRow):
+            return NotImplemented
+        return (self.args, self.kwargs) == (other.args, other.kwargs)
+
+    __hash__ = None  # type: ignore[assignment]  # arguments may be unhashable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TypedRow, (self.args, self.kwargs))
+
+
+class RowMaker:
+    """Makes the typed rows of one function: binds each call to its signature at once, so a
+    wrong call is a TypeError where the row is made, not on a worker minutes later.
+
+    Positional rows within the arity of a plain signature (no ``*args``, ``**kwargs`` or
+    keyword-only parameters) need only a length check; anything else is bound in full.
+    """
+
+    def __init__(self, func: Callable[..., Any], name: str) -> None:
+        self.name = name
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):  # some builtins have none: nothing to check
+            self.signature = None
+            return
+        params = list(self.signature.parameters.values())
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        plain = all(p.kind in positional for p in params)
+        self.most = len(params) if plain else -1  # -1: every row is bound in full
+        self.least = sum(1 for p in params if p.default is p.empty)
+
+    def __call__(self, args: Args, kwargs: Kwargs) -> TypedRow[Any]:
+        if self.signature is not None and (kwargs or not self.least <= len(args) <= self.most):
+            try:
+                self.signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise TypeError(f"{self.name}.row(...): {exc}") from None
+        return TypedRow(args, kwargs)
 
 
 def iterate(parameters: object) -> Iterator[Any]:
@@ -43,6 +104,8 @@ def normalise(row: object, index: int) -> tuple[Args, Kwargs]:
                 f"parameters row {index}: keyword names must be str, got {describe(bad[0])}"
             )
         return (), dict(row)
+    if isinstance(row, TypedRow):
+        return row.args, row.kwargs
     raise TypeError(f"parameters row {index}: expected {_EXPECTED}, got {describe(row)}")
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import warnings
 from collections import deque
-from collections.abc import Generator, Iterator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
@@ -131,14 +132,16 @@ def _amounts(resources: dict[str, float]) -> str:
                      for k, v in sorted(shown.items())) or "nothing"
 
 
-class _Run:
-    """State of one run: which actors are ready, which calls are in flight where, what waits
+class Scheduler:
+    """One run: which actors are ready, which calls are in flight where, what waits
     to be run again, what was read from the input but not yet handed out."""
 
-    def __init__(self, pool: Pool, source: Iterator[Item], ordered: bool,
-                 batch_size: int | None, policy: Policy, stats: RunStats, name: str,
-                 progress: Progress) -> None:
+    def __init__(self, pool: Pool, source: Iterator[Item], *, ordered: bool,
+                 batch_size: int | None, progress: Progress, store: Store | None,
+                 policy: Policy, stats: RunStats, name: str) -> None:
         self.pool = pool
+        self.store = store
+        self.clock = time.perf_counter()
         self.source = source
         self.ordered = ordered
         self.policy = policy
@@ -339,12 +342,58 @@ class _Run:
             times.append(self.stalled_since + self.policy.placement_timeout)
         return min(times) if times else None
 
-    def wait(self) -> ray.ObjectRef[Any] | None:
-        """The next finished call or probe, or None when a deadline has come."""
+    def pending(self) -> list[ray.ObjectRef[Any]]:
+        """What a turn waits on: the calls in flight and the probes of actors not ready."""
+        return [*self.inflight, *self.probes]
+
+    def time_left(self) -> float | None:
+        """Seconds until the next deadline (None: none, wait for a call or probe)."""
         deadline = self.deadline()
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready, _ = ray.wait([*self.inflight, *self.probes], num_returns=1, timeout=timeout)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def wait(self) -> ray.ObjectRef[Any] | None:
+        """The next finished call or probe, or None when a deadline has come (blocks)."""
+        ready, _ = ray.wait(self.pending(), num_returns=1, timeout=self.time_left())
         return ready[0] if ready else None
+
+    def turn(self, ref: ray.ObjectRef[Any] | None) -> list[Outcome]:
+        """Act on what :meth:`wait` returned; the outcomes that can be handed out now.
+
+        Every driver (blocking or asyncio) is ``while busy(): for o in turn(wait()): ...``
+        with ``handed`` counted as each outcome is handed out.
+        """
+        slot: int | None = None
+        if ref is None:  # a deadline came
+            final = self.on_time()
+        elif ref in self.probes:  # an actor is ready (or could not start)
+            self.started(ref)
+            final = []
+        else:
+            slot = self.inflight[ref].slot
+            try:
+                records: list[Outcome] = ray.get(ref)
+            except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
+                final = self.died(ref, exc)
+            else:
+                call = self.release(ref)
+                self.batcher.observe(records)
+                final = self.settle(records, call.batch)
+                label = actor_label(call.slot)
+                busy = self.stats.busy_time
+                busy[label] = busy.get(label, 0.0) + sum(r.ended - r.started for r in records)
+        out = self.deliver(final, slot)
+        self.fill()
+        return out
+
+    def deliver(self, final: list[Outcome], slot: int | None) -> list[Outcome]:
+        """Record final outcomes (checkpoint, progress, stats); those to hand out now."""
+        if not final:
+            return []
+        if self.store is not None:
+            self.store.record(final, actor_label(slot) if slot is not None else "")
+        self.progress.update(len(final))
+        self.stats.calls += len(final)
+        return self.releasable(final)
 
     def on_time(self) -> list[Outcome]:
         """A deadline came: calls past their timeout fail; actors Ray has not placed are
@@ -521,6 +570,13 @@ class _Run:
             out.append(early.pop(order.popleft()))
         return out
 
+    def finish(self) -> None:
+        """The run is over (done, failed, closed early or cancelled): final statistics, and
+        every call still in flight stopped."""
+        self.stats.wall_time = time.perf_counter() - self.clock
+        self.stats.final_concurrency = self.pool.size - len(self.retired)
+        self.abort()
+
     def abort(self) -> None:
         """Stop every call in flight: kill our busy actors, cancel on the user's."""
         for ref, call in list(self.inflight.items()):
@@ -530,19 +586,9 @@ class _Run:
         self.wire.close()
 
 
-def run(
-    pool: Pool,
-    source: Iterator[Item],
-    *,
-    ordered: bool,
-    batch_size: int | None,
-    progress: Progress,
-    store: Store | None,
-    policy: Policy,
-    stats: RunStats,
-    name: str,
-) -> Generator[Outcome, None, None]:
-    """Run every item on ``pool``, at most ``pool.size`` calls running at once.
+def run(state: Scheduler) -> Generator[Outcome, None, None]:
+    """Run every item of ``state.source`` on ``state.pool``, at most ``pool.size`` calls
+    running at once.
 
     Blocks on ``ray.wait`` (never polls). Calls go only to actors that have started, so an
     actor Ray cannot place holds no rows. Yields one outcome per item, in input order when
@@ -551,46 +597,60 @@ def run(
     (``policy.max_buffered``) ahead of the outcomes handed out. Closing the generator early
     kills the calls in flight (actors we own are replaced lazily).
     """
-    state = _Run(pool, source, ordered, batch_size, policy, stats, name, progress)
-    started = time.perf_counter()
-
-    def deliver(final: list[Outcome], slot: int | None) -> list[Outcome]:
-        if not final:
-            return []
-        if store is not None:
-            store.record(final, actor_label(slot) if slot is not None else "")
-        progress.update(len(final))
-        stats.calls += len(final)
-        return state.releasable(final)
-
     try:
         while state.busy():
-            ref = state.wait()
-            slot: int | None = None
-            if ref is None:  # a deadline came
-                final = state.on_time()
-            elif ref in state.probes:  # an actor is ready (or could not start)
-                state.started(ref)
-                final = []
-            else:
-                slot = state.inflight[ref].slot
-                try:
-                    records: list[Outcome] = ray.get(ref)
-                except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
-                    final = state.died(ref, exc)
-                else:
-                    call = state.release(ref)
-                    state.batcher.observe(records)
-                    final = state.settle(records, call.batch)
-                    label = actor_label(call.slot)
-                    stats.busy_time[label] = stats.busy_time.get(label, 0.0) + sum(
-                        r.ended - r.started for r in records)
-            out = deliver(final, slot)
-            state.fill()
-            for outcome in out:
+            for outcome in state.turn(state.wait()):
                 yield outcome
                 state.handed += 1
     finally:
-        stats.wall_time = time.perf_counter() - started
-        stats.final_concurrency = pool.size - len(state.retired)
-        state.abort()
+        state.finish()
+
+
+async def arun(state: Scheduler) -> AsyncGenerator[Outcome, None]:
+    """:func:`run` for asyncio: the same scheduler, waiting on the event loop instead of in
+    ``ray.wait``, so the loop keeps running other tasks. Cancelling the task that iterates
+    (or closing the generator) kills the calls in flight, as closing :func:`run` does."""
+    waiter = _Waiter()
+    try:
+        while state.busy():
+            for outcome in state.turn(await waiter.next(state)):
+                yield outcome
+                state.handed += 1
+    finally:
+        waiter.close()
+        state.finish()
+
+
+class _Waiter:
+    """Waits on the event loop for the first of a run's calls and probes to finish: one
+    asyncio future per Ray reference, made once when the reference is first waited on."""
+
+    def __init__(self) -> None:
+        self.futures: dict[ray.ObjectRef[Any], asyncio.Future[Any]] = {}
+
+    async def next(self, state: Scheduler) -> ray.ObjectRef[Any] | None:
+        """The next finished call or probe, or None when a deadline has come."""
+        refs = state.pending()
+        futures = self.futures
+        for ref in refs:
+            if ref not in futures:
+                futures[ref] = asyncio.wrap_future(ref.future())
+        if len(futures) > len(refs):  # settled without finishing (a timeout, a death)
+            for gone in futures.keys() - set(refs):
+                futures.pop(gone).cancel()
+        done, _ = await asyncio.wait([futures[ref] for ref in refs],
+                                     timeout=state.time_left(),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for ref in refs:
+            future = futures[ref]
+            if future in done:
+                del futures[ref]
+                if not future.cancelled():
+                    future.exception()  # read by ray.get in turn(); not "never retrieved"
+                return ref
+        return None
+
+    def close(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.futures.clear()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing
 from typing import Any
 
 from typing_extensions import assert_type
@@ -56,3 +57,25 @@ def check() -> None:
     assert_type(chunk(negate, [[1]]), list[Any])
     assert_type(Chunker(negate)([[1]]), list[Any])
     assert_type(Checkpoint.load("run.ckpt").output, list[Any])
+
+
+async def check_rows_and_async() -> None:
+    # typed rows: checked against the signature like calls, in any iterable, mixed with plain
+    assert_type(simulate.map([simulate.row(1.0, 2.0), simulate.row(x=1.0, y=2.0)]), list[float])
+    assert_type(simulate.map(simulate.row(x, 2.0) for x in (1.0, 2.0)), list[float])
+    assert_type(simulate.map([simulate.row(1.0, 2.0), [3.0, 4.0]]), list[float])
+    assert_type(simulate.imap([simulate.row(1.0, y=2.0)], ordered=False), Iterator[float])
+    assert_type(label.map([label.row("a", upper=True), label.row("b")]), list[str])
+    assert_type(chunked(negate).map([chunked(negate).row(1)]), list[int])
+    # async maps: the same results, awaited
+    assert_type(await simulate.amap([simulate.row(1.0, 2.0)]), list[float])
+    assert_type(await simulate.amap([[1.0, 2.0]], path="run.ckpt"), list[float])
+    assert_type(await simulate.amap([[1.0, 2.0]], on_error="return"), list[float | Exception])
+    assert_type(simulate.aimap([simulate.row(1.0, 2.0)]), AsyncGenerator[float, None])
+    assert_type(simulate.aimap([[1.0, 2.0]], on_error="return"),
+                AsyncGenerator[float | Exception, None])
+    async for value in simulate.aimap([simulate.row(1.0, 2.0)], ordered=False):
+        assert_type(value, float)
+    async with aclosing(simulate.aimap([[1.0, 2.0]])) as results:
+        async for value in results:
+            assert_type(value, float)

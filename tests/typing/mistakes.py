@@ -33,4 +33,17 @@ def mistakes() -> None:
     simulate.replace(negate)("a")  # E: arg-type
     chunked(chunksize=3)  # E: call-overload
     chunked(chunk_size="4")  # E: call-overload
+    simulate.row("a", 2.0)  # E: arg-type
+    simulate.row(1.0)  # E: call-arg
+    simulate.map([simulate.row(1.0, 2.0), negate_rows.row(1)])  # E: list-item
     print(text, results)
+
+
+negate_rows = chunked(negate)
+
+
+async def async_mistakes() -> None:
+    await simulate.amap([negate_rows.row(1)])  # E: list-item
+    floats: list[str] = await simulate.amap([[1.0, 2.0]])  # E: assignment
+    simulate.aimap([[1.0]], ordered="yes")  # E: call-overload
+    print(floats)

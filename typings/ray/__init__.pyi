@@ -1,4 +1,5 @@
 # Stubs for the part of Ray that thread-chunks and its tests call (not shipped).
+import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar, overload
 
@@ -12,6 +13,7 @@ _T_co = TypeVar("_T_co", covariant=True)
 class ObjectRef(Generic[_T_co]):
     def hex(self) -> str: ...
     def task_id(self) -> Any: ...
+    def future(self) -> concurrent.futures.Future[_T_co]: ...
 
 class RemoteFunction:
     def remote(self, *args: Any, **kwargs: Any) -> ObjectRef[Any]: ...

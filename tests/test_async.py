@@ -1,0 +1,146 @@
+"""Async maps: ``await f.amap(...)`` and ``async for ... in f.aimap(...)`` drive the same
+scheduler as ``.map`` without blocking the event loop; cancelling stops the calls in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+import ray
+from ray.exceptions import RayActorError
+
+from tests import workloads as w
+from thread_chunks import chunked
+
+pytestmark = pytest.mark.usefixtures("ray_running")
+
+
+async def _until(condition: object, what: str, limit: float = 60.0) -> None:
+    """Let the loop run until ``condition()`` holds (a bounded wait for the actors)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not condition():  # type: ignore[operator]
+        assert loop.time() < deadline, f"not seen within {limit} s: {what}"
+        await asyncio.sleep(0.02)
+
+
+def test_amap_and_aimap_give_what_map_and_imap_give() -> None:
+    f = chunked(chunk_size=2)(w.square)
+
+    async def main() -> tuple[list[int], list[int], list[int]]:
+        mapped = await f.amap([[i] for i in range(30)])
+        ordered = [v async for v in f.aimap([i] for i in range(30))]
+        unordered = [v async for v in f.aimap([[i] for i in range(30)], ordered=False)]
+        return mapped, ordered, unordered
+
+    mapped, ordered, unordered = asyncio.run(main())
+    squares = [i * i for i in range(30)]
+    assert mapped == ordered == squares == f.map([[i] for i in range(30)])
+    assert sorted(unordered) == squares
+    assert f.stats.calls == 30
+
+
+def test_amap_on_error_return_and_raise() -> None:
+    f = chunked(chunk_size=2)(w.fail_on)
+    got = asyncio.run(f.amap([[i] for i in range(5)], on_error="return"))
+    assert got[:3] == [0, 1, 2] and got[4] == 4
+    assert isinstance(got[3], ValueError)
+    with pytest.raises(ValueError, match="row 3"):
+        asyncio.run(f.amap([[i] for i in range(5)]))
+
+
+def test_the_event_loop_keeps_running_while_the_calls_do(tmp_path: Path) -> None:
+    """The rows wait for a gate that only a coroutine on the same loop opens, after it has
+    ticked while the sweep was already running: a blocked loop would keep it shut."""
+    f = chunked(chunk_size=2, batch_size=1)(w.behind_gate)
+    gate = tmp_path / "gate"
+
+    async def main() -> tuple[list[tuple[int, bool]], int]:
+        ticks = 0
+        sweep = asyncio.create_task(f.amap([[i, str(gate), 60.0] for i in range(6)]))
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not sweep.done():
+                await asyncio.sleep(0.01)
+                ticks += 1
+                if ticks == 5:
+                    gate.touch()
+
+        await asyncio.gather(sweep, ticker())
+        return sweep.result(), ticks
+
+    results, ticks = asyncio.run(main())
+    assert results == [(i, True) for i in range(6)]  # every row saw the gate open
+    assert ticks >= 5
+
+
+def test_cancelling_the_task_stops_the_calls_in_flight_and_the_pool_stays_usable(
+        tmp_path: Path) -> None:
+    f = chunked(chunk_size=2, batch_size=1)(w.announce_and_sleep)
+    before = f.actors
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            f.amap([[i, str(tmp_path), 300.0] for i in range(6)]))
+        await _until(lambda: len(list(tmp_path.glob("running-*"))) == 2, "two calls running")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    with pytest.raises(RayActorError):  # the busy actors were killed, not left running
+        ray.get([a._tc_identity.remote() for a in before], timeout=30)
+    assert len(list(tmp_path.glob("running-*"))) == 2  # nothing else started
+    assert asyncio.run(f.amap([[7, str(tmp_path), 0.0]])) == [7]  # new actors, same object
+    assert f.actors != before
+
+
+def test_leaving_aimap_early_stops_the_calls_in_flight(tmp_path: Path) -> None:
+    f = chunked(chunk_size=1, batch_size=1)(w.wait_for)
+    never = str(tmp_path / "never")
+    [before] = f.actors
+
+    async def main() -> list[int]:
+        seen: list[int] = []
+        async with aclosing(f.aimap([[0, str(tmp_path)], [1, never]])) as results:
+            async for value in results:
+                seen.append(value)
+                break
+        return seen
+
+    assert asyncio.run(main()) == [0]
+    with pytest.raises(RayActorError):
+        ray.get(before._tc_identity.remote(), timeout=30)
+
+
+def test_amap_resumes_from_a_checkpoint_and_reuses_rows(tmp_path: Path) -> None:
+    f = chunked(chunk_size=2)(w.count_and_square)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    path = tmp_path / "run.ckpt"
+    first = asyncio.run(f.amap([[i, str(marks)] for i in range(4)], path=path))
+    again = asyncio.run(f.amap([[i, str(marks)] for i in range(6)], path=path))
+    assert first == [0, 1, 4, 9] and again == [i * i for i in range(6)]
+    assert w.executions(marks) == dict.fromkeys(range(6), 1)  # rows 0-3 reused, not rerun
+
+
+def test_two_sweeps_at_once_on_one_loop_share_the_actors() -> None:
+    f = chunked(chunk_size=2)(w.square)
+
+    async def main() -> list[list[int]]:
+        return list(await asyncio.gather(f.amap([[i] for i in range(10)]),
+                                         f.amap([[i] for i in range(10, 20)])))
+
+    low, high = asyncio.run(main())
+    assert low == [i * i for i in range(10)] and high == [i * i for i in range(10, 20)]
+
+
+def test_a_bad_argument_fails_at_the_call_not_at_the_first_result() -> None:
+    f = chunked(chunk_size=2)(w.square)
+    with pytest.raises(TypeError, match="parameters: expected an iterable"):
+        f.aimap(5)  # type: ignore[call-overload]
+    with pytest.raises(ValueError, match="on_error"):
+        f.aimap([[1]], on_error="ignore")  # type: ignore[call-overload]
