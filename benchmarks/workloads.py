@@ -52,3 +52,9 @@ def touch(block: object, i: int, seconds: float = 0.1) -> float:
     time.sleep(seconds)
     return total + i
 
+
+def head_sleeps(i: int, payload: bytes, seconds: float) -> int:
+    """Row 0 sleeps ``seconds``; every other row returns at once."""
+    if i == 0:
+        time.sleep(seconds)
+    return i + len(payload)
