@@ -2,8 +2,11 @@
 
 psutil's RSS is read every ``interval`` seconds; ``shared`` is the resident part mapped from
 files and shared memory (Ray's object store, memmaps), the rest is the process's own (anon)
-memory. The kernel's own high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``
-where Linux allows it) is kept as a cross-check of the sampled peak.
+memory. ``shm`` is the machine's shared memory (``Shmem`` in /proc/meminfo: tmpfs files
+such as joblib's memmaps in /dev/shm, and Ray's object store), which holds a copy a driver
+may write without mapping it. The kernel's own high-water mark (``VmHWM``, reset through
+``/proc/self/clear_refs`` where Linux allows it) is kept as a cross-check of the sampled
+peak, which a short spike between two samples can escape.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ def _kernel_peak() -> float | None:
     return None
 
 
+def _machine_shm() -> float:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) * 1024 / MB
+    except OSError:
+        pass
+    return 0.0
+
+
 def _reset_kernel_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as clear:
@@ -42,17 +56,18 @@ class PeakRSS:
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
-        self.rss = self.anon = self.shared = 0.0
+        self.rss = self.anon = self.shared = self.shm = 0.0
         self.kernel: float | None = None
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._base = (0.0, 0.0, 0.0)
+        self._base = (0.0, 0.0, 0.0, 0.0)
         self._kernel_base: float | None = None
 
-    def _read(self) -> tuple[float, float, float]:
+    def _read(self) -> tuple[float, float, float, float]:
         info = self._process.memory_info()
-        return info.rss / MB, (info.rss - info.shared) / MB, info.shared / MB
+        return (info.rss / MB, (info.rss - info.shared) / MB, info.shared / MB,
+                _machine_shm())
 
     def _sample(self) -> None:
         while True:
@@ -77,7 +92,8 @@ class PeakRSS:
             self.kernel = peak - self._kernel_base
 
     def _sample_once(self) -> None:
-        rss, anon, shared = self._read()
+        rss, anon, shared, shm = self._read()
         self.rss = max(self.rss, rss - self._base[0])
         self.anon = max(self.anon, anon - self._base[1])
         self.shared = max(self.shared, shared - self._base[2])
+        self.shm = max(self.shm, shm - self._base[3])

@@ -131,7 +131,7 @@ def measure(work: Callable[[], list[float]], want: list[float], ray_case: bool
         wall = time.perf_counter() - start
     assert [float(x) for x in out] == want, "wrong results"
     return {"wall": wall, "rss": peak.rss, "anon": peak.anon, "shared": peak.shared,
-            "kernel": peak.kernel, "store": None if store is None else store.peak}
+            "shm": peak.shm, "kernel": peak.kernel, "store": None if store is None else store.peak}
 
 
 def run_case(case: str, mb: int, rows: int) -> dict[str, Any]:
@@ -203,16 +203,18 @@ def report(results: dict[str, dict[str, Any]], mb: int, rows: int) -> None:
     print("each case in a fresh driver process, workers started and warmed up first "
           "(start-up not measured), one measured run")
     print("driver RSS: peak above the RSS just before the run (sampled every 10 ms); "
-          "anon / shared: the process's own memory / mapped shared memory and files")
+          "anon / shared: the process's own memory / mapped shared memory and files;")
+    print("VmHWM: the kernel's peak RSS (exact); machine shm: growth of the machine's shared "
+          "memory (tmpfs: /dev/shm, Ray's store); store: Ray's object store in use")
     print(f"\n{'case':34} {'wall s':>7} {'x ref':>6} {'RSS MB':>7} {'x ref':>6} "
-          f"{'anon':>6} {'shared':>7} {'VmHWM':>6} {'store MB':>9}")
+          f"{'anon':>6} {'shared':>7} {'VmHWM':>6} {'machine shm':>12} {'store MB':>9}")
     for case, label in CASES.items():
         r = results[case]
         kernel = "-" if r["kernel"] is None else f"{r['kernel']:.0f}"
         store = "-" if r["store"] is None else f"{r['store']:.0f}"
         print(f"{label:34} {r['wall']:7.2f} {r['wall'] / ref['wall']:6.2f} {r['rss']:7.0f} "
               f"{r['rss'] / max(ref['rss'], 1.0):6.2f} {r['anon']:6.0f} {r['shared']:7.0f} "
-              f"{kernel:>6} {store:>9}")
+              f"{kernel:>6} {r['shm']:12.0f} {store:>9}")
     ours = results["thread-chunks"]
     wall, rss = ours["wall"] / ref["wall"], ours["rss"] / max(ref["rss"], 1.0)
     print(f"\ngoal: thread-chunks wall <= {GOAL_WALL} x put-once -> {wall:.2f} x "
