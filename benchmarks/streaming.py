@@ -12,13 +12,20 @@
    (sampled every 10 ms) and the most rows read from the generator but not yet received.
 3. Late actor: the same rows, but one of the two actors takes 3 s to start (a cold worker):
    the rows must not pile up for it. Same two numbers.
+
+2 and 3 run each in a fresh driver process (a process keeps the heap and object-store pages it
+once touched, which would hide the second case's growth), and split the RSS growth into the
+driver's own (anon) memory and shared pages mapped from Ray's object store: call arguments
+over 100 KB (a batch of ~1 KB rows) go through the store, written by the driver.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -81,24 +88,79 @@ class LateSecond(LabelledActor):
             time.sleep(self.delay)
 
 
-def held_back(f: Any, calls: int, head_seconds: float) -> tuple[float, int, float]:
+def held_back(f: Any, calls: int, head_seconds: float) -> dict[str, Any]:
     """Stream ``calls`` rows through ordered ``f.imap``; row 0 sleeps ``head_seconds``.
-    Returns the driver's peak RSS growth (MB), the most rows read ahead and the wall time."""
+    The driver's peak RSS growth (MB: all, anon, shared; also until the first result), the
+    most rows read ahead and the wall time."""
     tracked = Tracked()
+    first: tuple[float, float, float] | None = None
     start = time.perf_counter()
     with PeakRSS() as peak:
         for i, value in enumerate(f.imap(tracked.rows(calls, head_seconds))):
+            if first is None:  # the peak while nothing could be handed out
+                first = (peak.rss, peak.anon, peak.shared)
             tracked.received += 1
             assert value == i + 1024, (i, value)
     assert tracked.received == calls
-    return peak.rss, tracked.ahead, time.perf_counter() - start
+    return {"rss": peak.rss, "anon": peak.anon, "shared": peak.shared, "kernel": peak.kernel,
+            "first": first, "ahead": tracked.ahead, "wall": time.perf_counter() - start}
+
+
+def run_case(case: str, calls: int, head_seconds: float) -> dict[str, Any]:
+    ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
+    if case == "slow-head":
+        f = chunked(chunk_size=CHUNK_SIZE, progress_bar=False)(workloads.head_sleeps)
+        list(f.imap(Tracked().rows(1000, 0.0)))  # warm up both actors
+        result = held_back(f, calls, head_seconds)
+        f.close()
+        return result
+    with tempfile.TemporaryDirectory() as folder:
+        class Late(LateSecond):
+            marker = folder
+
+        f = chunked(chunk_size=CHUNK_SIZE, progress_bar=False, actor_cls=Late)(
+            workloads.head_sleeps)
+        result = held_back(f, calls, 0.0)  # the actors start inside the measurement
+        f.close()
+        return result
+
+
+def in_child(case: str, calls: int, head_seconds: float) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, "--case", case, "--calls", str(calls),
+                           "--head-seconds", str(head_seconds)], capture_output=True, text=True,
+                          timeout=1800, env={**os.environ, "RAY_ADDRESS": "local"})
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            data: dict[str, Any] = json.loads(line[7:])
+            return data
+    raise RuntimeError(f"case {case} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+
+
+def show(title: str, r: dict[str, Any], first: str) -> None:
+    print(f"\n{title} ({r['wall']:.1f} s in all):")
+    goal = "met" if r["rss"] < 50 else "MISSED"
+    print(f"  driver RSS growth:  {r['rss']:6.1f} MB (goal < 50 MB: {goal}); VmHWM "
+          f"{r['kernel'] or 0:.1f} MB")
+    print(f"    anon (the driver's own memory) {r['anon']:.1f} MB, shared (mapped object-store "
+          f"pages) {r['shared']:.1f} MB")
+    print(f"    {first}: {r['first'][0]:.1f} MB (anon {r['first'][1]:.1f}, shared "
+          f"{r['first'][2]:.1f})")
+    verdict = "PASS" if r["ahead"] <= DEFAULT_BOUND else "FAIL"
+    print(f"  rows read but not yet received, at most: {r['ahead']} (bound: max_buffered's "
+          f"default 4 x chunk_size {CHUNK_SIZE} x batch <= {_MAX_BATCH} = {DEFAULT_BOUND}) "
+          f"-> {verdict}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--head-seconds", type=float, default=3.0)
+    parser.add_argument("--case", choices=["slow-head", "late-actor"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.case:
+        print("RESULT " + json.dumps(run_case(args.case, args.calls, args.head_seconds)),
+              flush=True)
+        return
     ray.init(num_cpus=2, address="local", include_dashboard=False, log_to_driver=False)
 
     double = chunked(chunk_size=CHUNK_SIZE, progress_bar=False)(workloads.double)
@@ -125,35 +187,18 @@ def main() -> None:
     print(f"{args.calls} calls streamed from a generator, driver RSS growth:")
     print(f"  thread-chunks .imap:      {ours:8.1f} MB   (goal < 50 MB)")
     print(f"  ray.util.ActorPool.map:   {theirs:8.1f} MB")
-    for actor in actors:
-        ray.kill(actor)
     double.close()
-
-    head = chunked(chunk_size=CHUNK_SIZE, progress_bar=False)(workloads.head_sleeps)
-    list(head.imap(Tracked().rows(1000, 0.0)))  # warm up both actors
-    grown, ahead, wall = held_back(head, args.calls, args.head_seconds)
-    head.close()
-    print(f"\nslow head: {args.calls} rows of ~1 KB through ordered .imap, row 0 sleeps "
-          f"{args.head_seconds:g} s ({wall:.1f} s in all):")
-    print(f"  driver RSS growth:                        {grown:8.1f} MB   (goal < 50 MB)")
-    print(f"  rows read but not yet received, at most:  {ahead:8d}      (bound: max_buffered "
-          f"= 4 x chunk_size {CHUNK_SIZE} x batch <= {_MAX_BATCH} = {DEFAULT_BOUND}) "
-          f"-> {'PASS' if ahead <= DEFAULT_BOUND else 'FAIL'}")
-
-    with tempfile.TemporaryDirectory() as folder:
-        class Late(LateSecond):
-            marker = folder
-
-        late = chunked(chunk_size=CHUNK_SIZE, progress_bar=False,
-                       actor_cls=Late)(workloads.head_sleeps)
-        grown, ahead, wall = held_back(late, args.calls, 0.0)  # actors start inside
-        late.close()
-    print(f"\nlate actor: the same rows, no slow row, one of the 2 actors takes "
-          f"{LateSecond.delay:g} s to start, measured from the first row ({wall:.1f} s in all):")
-    print(f"  driver RSS growth:                        {grown:8.1f} MB   (goal < 50 MB)")
-    print(f"  rows read but not yet received, at most:  {ahead:8d}      (same bound "
-          f"{DEFAULT_BOUND}) -> {'PASS' if ahead <= DEFAULT_BOUND else 'FAIL'}")
     ray.shutdown()
+
+    print("\neach case below in a fresh driver process; RSS growth: peak above the RSS just "
+          "before, sampled every 10 ms")
+    show(f"slow head: {args.calls} rows of ~1 KB through ordered .imap, row 0 sleeps "
+         f"{args.head_seconds:g} s, actors warmed up",
+         in_child("slow-head", args.calls, args.head_seconds),
+         f"until row 0's result (while it ran, {args.head_seconds:g} s)")
+    show(f"late actor: the same rows, no slow row, one of the 2 actors takes "
+         f"{LateSecond.delay:g} s to start (inside the measurement)",
+         in_child("late-actor", args.calls, args.head_seconds), "until the first result")
 
 
 if __name__ == "__main__":
