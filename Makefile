@@ -39,6 +39,7 @@ test: $(STAMP)-test
 bench: $(STAMP)-bench
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/shared.py
 	$(PY) benchmarks/checkpoint.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)

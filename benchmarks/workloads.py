@@ -35,3 +35,26 @@ class Worker:
     def run(self, func_and_args: tuple[object, tuple[object, ...]]) -> object:
         func, args = func_and_args
         return func(*args)  # type: ignore[operator]
+
+
+class Caller:
+    """An actor for ray.util.ActorPool whose arguments stay top-level, so Ray resolves an
+    ObjectRef passed among them (``Worker.run`` nests them in a tuple, where Ray would not)."""
+
+    def call(self, func: object, *args: object) -> object:
+        return func(*args)  # type: ignore[operator]
+
+
+def touch(block: object, i: int, seconds: float = 0.1) -> float:
+    """Read one float64 of every 4 KiB page of ``block`` (so each page is mapped), then sleep:
+    a call that uses a large shared array without copying it."""
+    total = float(block[::512].sum())  # type: ignore[index]
+    time.sleep(seconds)
+    return total + i
+
+
+def head_sleeps(i: int, payload: bytes, seconds: float) -> int:
+    """Row 0 sleeps ``seconds``; every other row returns at once."""
+    if i == 0:
+        time.sleep(seconds)
+    return i + len(payload)
