@@ -4,6 +4,8 @@ scheduler as ``.map`` without blocking the event loop; cancelling stops the call
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Iterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from ray.exceptions import RayActorError
 
 from tests import workloads as w
 from thread_chunks import chunked
+from thread_chunks._checkpoint import Store
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -144,3 +147,84 @@ def test_a_bad_argument_fails_at_the_call_not_at_the_first_result() -> None:
         f.aimap(5)  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="on_error"):
         f.aimap([[1]], on_error="ignore")  # type: ignore[call-overload]
+
+
+def test_another_functions_sweep_on_the_same_actors_is_refused_at_once_not_deadlocked(
+        tmp_path: Path) -> None:
+    f = chunked(chunk_size=1, batch_size=1)(w.wait_for)
+    g = f.replace(w.square)  # shares f's actors
+    never = str(tmp_path / "never")
+
+    async def main() -> None:
+        results = f.aimap([[0, str(tmp_path)], [1, never]])
+        async with aclosing(results):
+            assert await anext(results) == 0  # f's sweep is open on this loop
+            with pytest.raises(RuntimeError, match="cannot switch these actors to 'square'"):
+                await g.amap([[3]])
+        assert await g.amap([[3]]) == [9]  # once f's sweep is closed
+
+    asyncio.run(main())
+
+
+def test_cancelled_while_the_rows_are_read_the_checkpoint_is_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are read and matched in a worker thread that a cancel cannot stop: the checkpoint
+    that thread opens for a sweep that no longer exists must be closed, not leaked."""
+    closed: list[str] = []
+    close = Store.close
+
+    def counting_close(self: Store) -> None:
+        closed.append(self.path)
+        close(self)
+
+    monkeypatch.setattr(Store, "close", counting_close)
+    reading, release = threading.Event(), threading.Event()
+
+    def rows() -> Iterator[list[int]]:
+        reading.set()
+        release.wait(60)  # the worker thread holds here while the task is cancelled
+        yield from ([i] for i in range(3))
+
+    f = chunked(chunk_size=2)(w.square)
+    path = tmp_path / "run.ckpt"
+
+    async def main() -> None:
+        task = asyncio.create_task(f.amap(rows(), path=path))
+        await _until(reading.is_set, "the rows being read")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await _until(lambda: closed == [str(path)], "the checkpoint closed")
+
+    asyncio.run(main())
+    assert f.map([[i] for i in range(3)], path=path) == [0, 1, 4]  # file and pool still fine
+
+
+def test_handing_out_many_reused_rows_gives_the_loop_turns(tmp_path: Path) -> None:
+    f = chunked(chunk_size=2)(w.square)
+    path = tmp_path / "run.ckpt"
+    f.map([[i] for i in range(200)], path=path)
+
+    async def main() -> tuple[list[int], int]:
+        turns = 0
+        done = False
+
+        async def other_task() -> None:  # one step each time the loop runs it
+            nonlocal turns
+            while not done:
+                await asyncio.sleep(0)
+                turns += 1
+
+        other = asyncio.create_task(other_task())
+        await asyncio.sleep(0)
+        before = turns
+        got = [v async for v in f.aimap([[i] for i in range(200)], path=path)]
+        done = True
+        await other
+        return got, turns - before
+
+    got, turns = asyncio.run(main())
+    assert got == [i * i for i in range(200)]
+    assert f.stats.calls == 0  # every row reused
+    assert turns >= 200 // 16 - 1  # the loop ran other tasks while they were handed out

@@ -82,6 +82,12 @@ def test_a_shared_argument_is_put_once_even_with_one_call_in_flight_at_a_time(
     assert [s for s, _, _ in out] == [block.sum() + i for i, block in enumerate(fresh)] + [
         big.sum()]
     assert len(puts) == 1 + 6 + 1  # each once; big again (a new run)
+    shared = [np.full(2**18, float(k)) for k in range(3)]  # more shared ones than IDLE_KEEP
+    puts.clear()
+    g = chunked(chunk_size=1, batch_size=1)(w.total)
+    out2 = g.map([[block, *shared] for block in fresh])
+    assert out2 == [block.sum() + sum(s.sum() for s in shared) for block in fresh]
+    assert sorted(puts) == sorted([id(b) for b in fresh] + [id(s) for s in shared])
     f.close()
 
 

@@ -3,6 +3,7 @@ signature when made; it runs and is checkpointed exactly as the equivalent plain
 
 from __future__ import annotations
 
+import functools
 import pickle
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,26 @@ def test_a_row_that_is_none_of_the_kinds_names_the_typed_kind() -> None:
     f = chunked(chunk_size=2)(w.add)
     with pytest.raises(TypeError, match=r"parameters row 1: expected .* made by f\.row"):
         f.map([[1], 5])  # type: ignore[list-item]
+
+
+class Scale:
+    """A callable instance (no __qualname__ of its own)."""
+
+    def __call__(self, x: float, n: int = 1) -> float:
+        return x * n
+
+
+def uses_self(self: int, other: int) -> int:
+    return self - other
+
+
+def test_rows_of_callable_instances_partials_and_a_parameter_named_self() -> None:
+    scale = chunked(chunk_size=2)(Scale())
+    assert scale.map([scale.row(2.0, 3), scale.row(x=1.0)]) == [6.0, 1.0]
+    with pytest.raises(TypeError, match=r"^Scale\.row\(\.\.\.\): too many positional"):
+        scale.row(1.0, 2, 3)  # type: ignore[call-arg]
+    add_ten = chunked(chunk_size=2)(functools.partial(w.add, y=10))
+    assert add_ten.map([add_ten.row(1)]) == [11]
+    named = chunked(chunk_size=2)(uses_self)
+    assert named.map([named.row(self=5, other=2), {"self": 4, "other": 4}]) == [3, 0]
+    assert named(self=5, other=1) == 4

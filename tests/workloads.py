@@ -263,3 +263,8 @@ def behind_gate(x: int, gate: str, timeout: float = 60.0) -> tuple[int, bool]:
 def scaled(x: float, n: int = 1, *, offset: float = 0.0) -> float:
     """A function with positional, defaulted and keyword-only parameters (typed rows)."""
     return x * n + offset
+
+
+def total(*blocks: Any) -> float:
+    """The sum of every array given."""
+    return float(sum(block.sum() for block in blocks))

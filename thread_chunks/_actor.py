@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 import traceback
@@ -56,7 +57,7 @@ class LabelledActor:
     def __init__(self, func: Callable[..., Any] | None) -> None:
         self._func = func
 
-    def run(self, label: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    def run(self, label: Any, /, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         """Call the stored function and return ``(label, result)``."""
         if self._func is None:
             raise RuntimeError("this actor holds no function yet: call set_func first")
@@ -80,12 +81,13 @@ class LabelledActor:
         """
         values = _resolve(items)
         outcomes: list[Outcome] = []
+        call = self._tc_call()
         for index, args, kwargs in items:
             start = time.time()
             try:
                 if values:
                     args, kwargs = _substitute(args, kwargs, values)
-                _, value = self.run(index, *args, **kwargs)
+                value = call(index, args, kwargs)
             except Exception as exc:  # the user's error travels back as a value
                 outcomes.append(Outcome(index, False, _portable(exc), start, time.time(),
                                         traceback.format_exc()))
@@ -93,9 +95,23 @@ class LabelledActor:
                 outcomes.append(Outcome(index, True, value, start, time.time(), ""))
         return outcomes
 
+    def _tc_call(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
+        """How one row is run: through ``run`` when a subclass overrides it (the 1.0.5 hook),
+        else the stored function directly. Ray wraps actor methods in a wrapper whose own
+        parameters (``self``, ``_ray_trace_ctx``) would swallow keyword arguments of the
+        same name, so the default path must not go through ``run``."""
+        func = self._func
+        if func is None or inspect.unwrap(type(self).run) is not _DEFAULT_RUN:
+            return lambda label, args, kwargs: self.run(label, *args, **kwargs)[1]
+        return lambda _label, args, kwargs: func(*args, **kwargs)
+
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+_DEFAULT_RUN = LabelledActor.run
+"""``LabelledActor.run`` as defined here, before Ray wraps the methods of an actor class."""
 
 
 def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
 from types import TracebackType
@@ -163,12 +163,21 @@ class Chunker:
 
     def _prepare(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                  path: PathLike | None) -> _Plan:
-        rows = iterate(parameters)
+        self._hold(func)
+        return self._plan(parameters, path)
+
+    def _hold(self, func: Callable[..., Any] | None) -> None:
+        """Make ``func`` (when given) the function the actors run (Ray starts if needed)."""
         if func is not None:
             if not callable(func):
                 raise TypeError(f"func: expected a callable, got {func!r}")
             self._func = func
         self._pool.use(self._func)
+
+    def _plan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
+        """Read (and, for a list or a checkpoint, validate) the rows; open the checkpoint
+        and find the rows it already holds."""
+        rows = iterate(parameters)
         held = self._func
         path = self.path if path is None else path
         name = function_name(held) if held is not None else "function"
@@ -207,34 +216,37 @@ class Chunker:
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
                  ) -> Iterator[Any]:
         with ExitStack() as stack:
+            stack.enter_context(self._pool.lease(self._func))
             state = self._open(plan, ordered, show, stack)
-            merge = _Merge(plan.known, ordered)
-            for outcome in merge.head():
-                yield _value(outcome, on_error)
-            for record in stack.enter_context(closing(run(state))):
-                for outcome in merge.push(record):
-                    yield _value(outcome, on_error)
-            for outcome in merge.tail():
+            records = stack.enter_context(closing(run(state)))
+            for outcome in _Merge(plan.known, ordered).all(records):
                 yield _value(outcome, on_error)
 
     async def _aexecute(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                         path: PathLike | None, ordered: bool, show: bool, on_error: OnError
                         ) -> AsyncGenerator[Any, None]:
-        # Ray starts here if it must (on this thread: Ray must be started by the thread that
-        # uses it); reading, digesting and matching rows runs in a worker thread.
-        self._pool.start()
-        plan = await asyncio.to_thread(self._prepare, parameters, func, path)
+        # On the loop's thread: Ray starts here if it must (Ray must be started by the thread
+        # that uses it), and the lease is this thread's, so another function's sweep open on
+        # this loop is a RuntimeError at once, as in one thread. Reading, digesting and
+        # matching the rows runs in a worker thread.
+        self._hold(func)
         with ExitStack() as stack:
+            stack.enter_context(self._pool.lease(self._func))
+            plan = await self._aplan(parameters, path)
             state = self._open(plan, ordered, show, stack)
-            merge = _Merge(plan.known, ordered)
-            for outcome in merge.head():
-                yield _value(outcome, on_error)
             async with aclosing(arun(state)) as records:
-                async for record in records:
-                    for outcome in merge.push(record):
-                        yield _value(outcome, on_error)
-            for outcome in merge.tail():
-                yield _value(outcome, on_error)
+                async for outcome in _Merge(plan.known, ordered).aall(records):
+                    yield _value(outcome, on_error)
+
+    async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
+        """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
+        the checkpoint it opened is then closed."""
+        task = asyncio.ensure_future(asyncio.to_thread(self._plan, parameters, path))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_close_unused)
+            raise
 
     def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Scheduler:
         """Everything one run holds until it ends (entered on ``stack``), and its scheduler."""
@@ -242,7 +254,6 @@ class Chunker:
         self.stats = stats
         if plan.store is not None:
             stack.callback(plan.store.close)
-        stack.enter_context(self._pool.lease(self._func))
         desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
         progress = stack.enter_context(
             Progress(show, plan.total, initial=len(plan.known), desc=desc))
@@ -279,8 +290,8 @@ class _Merge:
 
     Reused rows (``known``, ascending) need no call. Ordered, each is handed out just before
     the first computed row that follows it, and those before the first row to compute at
-    once (:meth:`head`); unordered, all of them at once. ``run`` yields computed rows in
-    ascending order when ordered. Reused results are unpickled only when handed out.
+    once; unordered, all of them at once. ``run`` yields computed rows in ascending order
+    when ordered. Reused results are unpickled one by one, as they are handed out.
     """
 
     def __init__(self, known: dict[int, bytes], ordered: bool) -> None:
@@ -288,34 +299,65 @@ class _Merge:
         self.ordered = ordered
         self.next: tuple[int, bytes] | None = next(self.known, None)
 
-    def upto(self, stop: int | None) -> list[Outcome]:
-        """The reused rows below ``stop`` (all that are left when None)."""
-        out: list[Outcome] = []
-        while self.next is not None and (stop is None or self.next[0] < stop):
-            out.append(_reused(*self.next))
-            self.next = next(self.known, None)
-        return out
+    def all(self, records: Iterator[Outcome]) -> Iterator[Outcome]:
+        """Every outcome, reused and computed, in the order they are handed out."""
+        yield from self.head()
+        for record in records:
+            yield from self.push(record)
+        yield from self.upto(None)
 
-    def head(self) -> list[Outcome]:
+    async def aall(self, records: AsyncIterator[Outcome]) -> AsyncIterator[Outcome]:
+        """:meth:`all` for asyncio. Reused rows cost only unpickling, so many in a row would
+        hold the loop: it gets a turn every :data:`_LOOP_TURN_EVERY` of them."""
+        for count, outcome in enumerate(self.head(), 1):
+            yield outcome
+            if count % _LOOP_TURN_EVERY == 0:
+                await asyncio.sleep(0)
+        async for record in records:
+            for outcome in self.push(record):
+                yield outcome
+        for count, outcome in enumerate(self.upto(None), 1):
+            yield outcome
+            if count % _LOOP_TURN_EVERY == 0:
+                await asyncio.sleep(0)
+
+    def upto(self, stop: int | None) -> Iterator[Outcome]:
+        """The reused rows below ``stop`` (all that are left when None)."""
+        while self.next is not None and (stop is None or self.next[0] < stop):
+            row, blob = self.next
+            self.next = next(self.known, None)
+            yield _reused(row, blob)
+
+    def head(self) -> Iterator[Outcome]:
         """What can be handed out before any call finishes: ordered, the reused rows
         0, 1, 2, ... up to the first row to compute; unordered, every reused row."""
         if not self.ordered:
-            return self.upto(None)
-        out: list[Outcome] = []
-        while self.next is not None and self.next[0] == len(out):
-            out.append(_reused(*self.next))
+            yield from self.upto(None)
+            return
+        first = 0
+        while self.next is not None and self.next[0] == first:
+            row, blob = self.next
             self.next = next(self.known, None)
-        return out
+            first += 1
+            yield _reused(row, blob)
 
-    def push(self, record: Outcome) -> list[Outcome]:
+    def push(self, record: Outcome) -> Iterator[Outcome]:
         """A computed row arrived: what to hand out now, in order."""
-        if not self.ordered:
-            return [record]
-        return [*self.upto(record.row), record]
+        if self.ordered:
+            yield from self.upto(record.row)
+        yield record
 
-    def tail(self) -> list[Outcome]:
-        """The computed rows are done: the reused rows left."""
-        return self.upto(None)
+
+_LOOP_TURN_EVERY = 16
+"""An async sweep handing out reused rows lets the event loop run after this many."""
+
+
+def _close_unused(task: asyncio.Future[_Plan]) -> None:
+    """A plan made for a sweep cancelled meanwhile: close the checkpoint it opened."""
+    if not task.cancelled() and task.exception() is None:
+        store = task.result().store
+        if store is not None:
+            store.close()
 
 
 def _reused(row: int, blob: bytes) -> Outcome:

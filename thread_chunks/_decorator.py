@@ -15,7 +15,7 @@ from typing_extensions import Self, Unpack
 from . import config
 from ._chunker import Chunker, PathLike, pool_for
 from ._options import Options, RunOptions
-from ._pool import Pool
+from ._pool import Pool, function_name
 from ._rows import RowMaker, TypedRow
 from ._run import RunStats
 from ._types import C, C_co, ChunkSize, G, P, R, Row
@@ -90,7 +90,7 @@ class Chunked(_Proxy, Generic[C_co]):
 
     # -- behaving as the function ----------------------------------------------------------
 
-    def __call__(self: Chunked[Callable[P, R]], *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self: Chunked[Callable[P, R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.__wrapped__(*args, **kwargs)
 
     @overload
@@ -155,7 +155,8 @@ class Chunked(_Proxy, Generic[C_co]):
         """What the last ``.map``/``.imap`` did (calls, retries, failures, timing)."""
         return self.chunker.stats
 
-    def row(self: Chunked[Callable[P, Any]], *args: P.args, **kwargs: P.kwargs) -> TypedRow[P]:
+    def row(self: Chunked[Callable[P, Any]], /, *args: P.args, **kwargs: P.kwargs
+            ) -> TypedRow[P]:
         """One row for ``.map``/``.imap``/``.amap``/``.aimap``, typed by this function's
         signature: mypy and pyright check its arguments as they check a call, and a row of
         another function is a type error there. It is bound to the signature now: a wrong
@@ -167,7 +168,7 @@ class Chunked(_Proxy, Generic[C_co]):
         """
         with self._self_lock:
             if self._self_rows is None:
-                self._self_rows = RowMaker(self.__wrapped__, self.__qualname__)
+                self._self_rows = RowMaker(self.__wrapped__, function_name(self.__wrapped__))
         return self._self_rows(args, kwargs)
 
     @overload

@@ -10,7 +10,7 @@ type has an ``nbytes`` attribute (numpy arrays, memoryviews, tensors) that says 
 check per argument, nothing is pickled to learn a size. Objects are recognised by identity
 within one run, so a later run sees the user's changes. A put is kept while calls holding it
 are in flight (retries included); once none does, it stays among the :data:`IDLE_KEEP` most
-recently idle puts, for the rows still to come, until newer objects push it out. Every put
+recently idle puts, for the rows still to come, until newer ones push it out. Every put
 is dropped when the run ends, so what a run put into the object store is freed with it.
 """
 
@@ -66,15 +66,15 @@ class Wire:
                 if out is None:
                     out = list(batch)
                 out[position] = Item(item.row, args, kwargs)
+        while len(self._idle) > IDLE_KEEP:  # after the batch took back what it shares
+            oldest = next(iter(self._idle))
+            del self._idle[oldest], self._puts[oldest]
         return batch if out is None else out
 
     def _pin(self, value: object) -> ray.ObjectRef[Any]:
         key = id(value)
         held = self._puts.get(key)
         if held is None:
-            while len(self._idle) > IDLE_KEEP:  # a new object: the oldest idle puts go
-                oldest = next(iter(self._idle))
-                del self._idle[oldest], self._puts[oldest]
             ref = ray.put(value)
             self._puts[key] = (value, ref, 1)
             return ref
