@@ -153,16 +153,20 @@ def test_imap_ordered_and_unordered(tmp_path: Path) -> None:
     g = f.replace(w.touch_then)
     flag = str(tmp_path / "flag")
     assert list(f.imap([[1, flag, 0.0], [2, flag, 0.0]])) == [1, 2]
-    # row 0 waits for a file that row 1 makes: row 1 necessarily finishes first
-    gate = str(tmp_path / "gate")
-    rows: list[Any] = [{"x": 0, "path": gate}, {"x": 1, "path": gate}]
+    # row 0 waits for a file the test makes only once it has a result: row 1 comes first.
+    # (Not "row 1 makes it": both could finish before the driver looks, and Ray then reports
+    # them in the order they were asked for.)
+    release = tmp_path / "release"
+    rows: list[Any] = [{"x": 0, "path": str(release)}, {"x": 1, "path": str(tmp_path / "y")}]
 
     def mixed(x: int, path: str) -> int:
         return w.wait_for(x, path) if x == 0 else w.touch_then(x, path)
 
     h = f.replace(mixed)
-    assert list(h.imap(rows, ordered=False)) == [1, 0]
-    Path(gate).unlink()
+    unordered = h.imap(rows, ordered=False)
+    assert next(unordered) == 1
+    release.touch()
+    assert list(unordered) == [0]
     assert list(h.imap(rows, ordered=True)) == [0, 1]
     assert g.map([[5, str(tmp_path / "x")]]) == [5]
 
