@@ -102,6 +102,8 @@ def uses_self(self: int, other: int) -> int:
 
 def test_rows_of_callable_instances_partials_and_a_parameter_named_self() -> None:
     scale = chunked(chunk_size=2)(Scale())
+    assert repr(scale) == "<Chunked Scale chunk_size=2>"
+    assert pickle.loads(pickle.dumps(scale))(2.0, 2) == 4.0  # a fresh object, same callable
     assert scale.map([scale.row(2.0, 3), scale.row(x=1.0)]) == [6.0, 1.0]
     with pytest.raises(TypeError, match=r"^Scale\.row\(\.\.\.\): too many positional"):
         scale.row(1.0, 2, 3)  # type: ignore[call-arg]

@@ -101,23 +101,24 @@ class Chunked(_Proxy, Generic[C_co]):
         if instance is None:
             return self
         raise TypeError(
-            f"@chunked does not support instance methods ({self.__qualname__}): the actors "
-            "would need a copy of the instance. Decorate a module-level function or a "
-            "staticmethod and pass the data it needs as arguments.")
+            f"@chunked does not support instance methods ({function_name(self.__wrapped__)}): "
+            "the actors would need a copy of the instance. Decorate a module-level function "
+            "or a staticmethod and pass the data it needs as arguments.")
 
     def __reduce_ex__(self, protocol: Any) -> str | tuple[Any, ...]:
         # A module-level object is pickled by reference: the worker imports the module and
         # finds it. Any other becomes a fresh object for the same function (no actors).
-        module = sys.modules.get(self.__module__)
-        found: object = module
-        for part in self.__qualname__.split("."):
-            found = getattr(found, part, None)
-        if found is self:
-            return self.__qualname__
+        qualname = getattr(self.__wrapped__, "__qualname__", None)  # None: a callable object
+        if isinstance(qualname, str):
+            found: object = sys.modules.get(self.__module__)
+            for part in qualname.split("."):
+                found = getattr(found, part, None)
+            if found is self:
+                return qualname
         return (Chunked, (self.__wrapped__, self._self_options))
 
     def __repr__(self) -> str:
-        return f"<Chunked {self.__qualname__} chunk_size={self.chunk_size}>"
+        return f"<Chunked {function_name(self.__wrapped__)} chunk_size={self.chunk_size}>"
 
     # -- running on actors -------------------------------------------------------------------
 
