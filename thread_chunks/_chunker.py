@@ -307,19 +307,22 @@ class _Merge:
         yield from self.upto(None)
 
     async def aall(self, records: AsyncIterator[Outcome]) -> AsyncIterator[Outcome]:
-        """:meth:`all` for asyncio. Reused rows cost only unpickling, so many in a row would
-        hold the loop: it gets a turn every :data:`_LOOP_TURN_EVERY` of them."""
-        for count, outcome in enumerate(self.head(), 1):
-            yield outcome
-            if count % _LOOP_TURN_EVERY == 0:
-                await asyncio.sleep(0)
-        async for record in records:
-            for outcome in self.push(record):
+        """:meth:`all` for asyncio. Reused rows cost only unpickling, so many in a row (before,
+        between or after computed ones) would hold the loop: it gets a turn every
+        :data:`_LOOP_TURN_EVERY` outcomes."""
+        count = 0
+        async for outcomes in self._parts(records):
+            for outcome in outcomes:
                 yield outcome
-        for count, outcome in enumerate(self.upto(None), 1):
-            yield outcome
-            if count % _LOOP_TURN_EVERY == 0:
-                await asyncio.sleep(0)
+                count += 1
+                if count % _LOOP_TURN_EVERY == 0:
+                    await asyncio.sleep(0)
+
+    async def _parts(self, records: AsyncIterator[Outcome]) -> AsyncIterator[Iterator[Outcome]]:
+        yield self.head()
+        async for record in records:
+            yield self.push(record)
+        yield self.upto(None)
 
     def upto(self, stop: int | None) -> Iterator[Outcome]:
         """The reused rows below ``stop`` (all that are left when None)."""
@@ -349,7 +352,7 @@ class _Merge:
 
 
 _LOOP_TURN_EVERY = 16
-"""An async sweep handing out reused rows lets the event loop run after this many."""
+"""An async sweep lets the event loop run after handing out this many outcomes."""
 
 
 def _close_unused(task: asyncio.Future[_Plan]) -> None:
