@@ -637,20 +637,27 @@ class _Waiter:
                 futures[ref] = asyncio.wrap_future(ref.future())
         if len(futures) > len(refs):  # settled without finishing (a timeout, a death)
             for gone in futures.keys() - set(refs):
-                futures.pop(gone).cancel()
+                _drop(futures.pop(gone))
         done, _ = await asyncio.wait([futures[ref] for ref in refs],
                                      timeout=state.time_left(),
                                      return_when=asyncio.FIRST_COMPLETED)
         for ref in refs:
             future = futures[ref]
             if future in done:
-                del futures[ref]
-                if not future.cancelled():
-                    future.exception()  # read by ray.get in turn(); not "never retrieved"
+                _drop(futures.pop(ref))  # its value is read by ray.get in turn()
                 return ref
         return None
 
     def close(self) -> None:
         for future in self.futures.values():
-            future.cancel()
+            _drop(future)
         self.futures.clear()
+
+
+def _drop(future: asyncio.Future[Any]) -> None:
+    """Let go of a future: cancel it if pending; if it failed, mark its exception as seen
+    (Ray's own error is read through ray.get), so asyncio does not log it as lost."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
