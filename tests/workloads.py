@@ -268,3 +268,18 @@ def scaled(x: float, n: int = 1, *, offset: float = 0.0) -> float:
 def total(*blocks: Any) -> float:
     """The sum of every array given."""
     return float(sum(block.sum() for block in blocks))
+
+
+def returns_lock(x: int, bad: int, directory: str) -> Any:
+    """Row ``bad`` returns a lock (which cannot be pickled); each call leaves a file."""
+    Path(directory, f"{x}-{os.getpid()}-{time.monotonic_ns()}").touch()
+    if x == bad:
+        import threading
+
+        return threading.Lock()
+    return x
+
+
+def sized(x: int, big: int, nbytes: int) -> bytes:
+    """``nbytes`` zero bytes for row ``big``, a short value for the others."""
+    return bytes(nbytes) if x == big else x.to_bytes(4, "little")

@@ -12,6 +12,7 @@ from ._errors import (
     CheckpointFailedWarning,
     CheckpointRestartWarning,
     ConcurrencyReducedWarning,
+    ResultError,
     ThreadChunksError,
     WorkerDiedError,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "LabelledActor",
     "Options",
     "RemoteLabelledActor",
+    "ResultError",
     "RunOptions",
     "RunStats",
     "ThreadChunksError",

@@ -8,7 +8,7 @@ import sys
 from datetime import datetime
 from typing import Any
 
-from ._checkpoint import Checkpoint, iter_timeline, summary
+from ._checkpoint import summary, timeline
 from ._errors import CheckpointError
 
 
@@ -50,7 +50,7 @@ def plot_timeline(path: str, out: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise SystemExit("--plot needs matplotlib: pip install 'thread-chunks[plot]'") from exc
-    spans = list(iter_timeline(Checkpoint.load(path)))
+    spans = timeline(path)
     if not spans:
         raise SystemExit(f"{path}: no finished call has timing to plot")
     t0 = min(start for _, start, _, _ in spans)

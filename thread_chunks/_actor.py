@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import inspect
 import os
+import pickle
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import cloudpickle
 import ray
 
+from ._errors import ResultError
 from ._types import Args, Kwargs
 
 
@@ -29,7 +31,8 @@ class Outcome(NamedTuple):
     row: int
     ok: bool
     value: Any
-    """The result, or the exception when not ``ok``."""
+    """When ``ok``, the result *pickled* on the actor (a :data:`Payload`: its size is known,
+    and it is unpickled only when handed out, by :func:`unpack`); otherwise the exception."""
     started: float
     ended: float
     """Epoch seconds."""
@@ -73,14 +76,23 @@ class LabelledActor:
 
     # -- used by thread-chunks' scheduler; not part of the 1.0.5 surface --------------------
 
-    def _tc_run_batch(self, items: Sequence[Item]) -> list[Outcome]:
-        """Run several rows one after the other and report each one's outcome and timing.
+    def _tc_run_batch(self, items: Sequence[Item]) -> Reply:
+        """Run several rows one after the other; their outcomes as one reply (read by
+        :func:`read_reply`).
+
+        Each result is pickled here, on its own: a result that cannot be pickled fails only
+        its row (a :class:`ResultError` naming it), and the driver learns every result's size
+        (batches and the ordered buffer are bounded in bytes). The reply is one ``bytes``
+        object, so Ray serialises one object per batch, not one per row, plus the large
+        buffers of the results (numpy arrays' data) out of band: Ray writes them into its
+        object store once, and the driver reads them from there without a copy.
 
         An ``ObjectRef`` that is a whole argument (positional or keyword) is replaced by its
         value, as Ray does for task arguments; refs nested inside other values stay refs.
         """
         values = _resolve(items)
-        outcomes: list[Outcome] = []
+        outcomes: list[tuple[int, bool, Any, float, float, str]] = []
+        buffers: list[pickle.PickleBuffer] = []
         call = self._tc_call()
         for index, args, kwargs in items:
             start = time.time()
@@ -89,11 +101,23 @@ class LabelledActor:
                     args, kwargs = _substitute(args, kwargs, values)
                 value = call(index, args, kwargs)
             except Exception as exc:  # the user's error travels back as a value
-                outcomes.append(Outcome(index, False, _portable(exc), start, time.time(),
-                                        traceback.format_exc()))
+                outcomes.append((index, False, _pack_error(exc), start, time.time(),
+                                 traceback.format_exc()))
+                continue
+            ended = time.time()
+            try:
+                payload = _pack_out_of_band(value, buffers)
+            except Exception as exc:
+                error = ResultError(
+                    f"row {index} of {function_name(self._func)} returned a "
+                    f"{_type_name(value)}, which cannot be pickled to travel back: "
+                    f"{type(exc).__name__}: {exc}")
+                outcomes.append((index, False, _pack_error(error), start, ended, ""))
             else:
-                outcomes.append(Outcome(index, True, value, start, time.time(), ""))
-        return outcomes
+                outcomes.append((index, True, payload, start, ended, ""))
+            del value
+        listed = pickle.dumps(outcomes, protocol=5)
+        return (listed, buffers) if buffers else listed
 
     def _tc_call(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
         """How one row is run: through ``run`` when a subclass overrides it (the 1.0.5 hook),
@@ -154,14 +178,115 @@ def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any],
     return tuple(value(a) for a in args), {k: value(v) for k, v in kwargs.items()}
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """``exc`` itself when it survives pickling, else a RuntimeError that describes it."""
+def function_name(func: object) -> str:
+    """The name shown in messages and recorded in checkpoints."""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
+    return str(name) if name else type(func).__name__
+
+
+def _type_name(value: object) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+
+
+Payload: TypeAlias = "bytes | Packed"
+"""A pickled result: ``bytes``, or a :class:`Packed` pickle whose large buffers stayed out of
+band."""
+Reply: TypeAlias = "bytes | tuple[bytes, list[Any]]"
+"""What one call of ``_tc_run_batch`` returns: its outcomes pickled, and the out-of-band
+buffers of their results, when there are any."""
+OUT_OF_BAND_BYTES = 64 << 10
+"""Buffers of a result (a numpy array's data) of at least this size travel out of band."""
+
+
+class Packed(NamedTuple):
+    """A result pickled with its large buffers out of band: they arrive as zero-copy views
+    of Ray's object store (which holds them until the result is handed out and dropped)."""
+
+    header: bytes
+    buffers: tuple[Any, ...]
+    nbytes: int
+
+
+def weight(payload: Payload) -> int:
+    """The bytes a pickled result takes."""
+    return payload.nbytes if isinstance(payload, Packed) else len(payload)
+
+
+def in_band(payload: Payload) -> bytes:
+    """A pickled result as one standalone pickle (what a checkpoint stores)."""
+    return pack(unpack(payload)) if isinstance(payload, Packed) else payload
+
+
+def _pack_out_of_band(value: object, buffers: list[pickle.PickleBuffer]
+                      ) -> bytes | tuple[bytes, int, int]:
+    """``value`` pickled, its buffers of :data:`OUT_OF_BAND_BYTES` or more appended to
+    ``buffers``: the pickle alone, or (pickle, first buffer, count)."""
+    first = len(buffers)
+
+    def aside(buffer: pickle.PickleBuffer) -> bool:
+        if buffer.raw().nbytes < OUT_OF_BAND_BYTES:
+            return True  # in band
+        buffers.append(buffer)
+        return False
+
     try:
-        cloudpickle.loads(cloudpickle.dumps(exc))
+        header = pickle.dumps(value, protocol=5, buffer_callback=aside)
     except Exception:
-        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc} "
-                            "(the original exception could not be pickled)")
-    return exc
+        del buffers[first:]
+        return pack(value)
+    return header if len(buffers) == first else (header, first, len(buffers) - first)
+
+
+def pack(value: object) -> bytes:
+    """``value`` pickled: the standard pickler (fast, C) first; cloudpickle for what it cannot
+    do (lambdas, local classes). What neither can pickle raises."""
+    try:
+        return pickle.dumps(value, protocol=5)
+    except Exception:
+        return cloudpickle.dumps(value, protocol=5)
+
+
+def unpack(payload: Payload) -> Any:
+    """A value :func:`pack` pickled, or a :class:`Packed` result (its arrays are then
+    read-only views of Ray's object store, as Ray's own results are)."""
+    if isinstance(payload, Packed):
+        return pickle.loads(payload.header, buffers=payload.buffers)
+    return pickle.loads(payload)
+
+
+def _pack_error(exc: BaseException) -> bytes:
+    """``exc`` pickled when it survives the round trip, else a RuntimeError describing it."""
+    try:
+        payload = pack(exc)
+        unpack(payload)
+    except Exception:
+        return pack(RuntimeError(f"{_type_name(exc)}: {exc} (the original exception could "
+                                 "not be pickled)"))
+    return payload
+
+
+def read_reply(reply: Reply) -> list[Outcome]:
+    """The outcomes of one :meth:`LabelledActor._tc_run_batch` reply: successes keep their
+    pickled result (unpickled when handed out), failures carry their exception."""
+    listed, buffers = (reply, []) if isinstance(reply, bytes) else reply
+    outcomes = [Outcome._make(fields) for fields in pickle.loads(listed)]
+    for position, outcome in enumerate(outcomes):
+        if outcome.ok:
+            if type(outcome.value) is tuple:
+                header, first, count = outcome.value
+                views = tuple(buffers[first:first + count])
+                size = len(header) + sum(memoryview(v).nbytes for v in views)
+                outcomes[position] = outcome._replace(value=Packed(header, views, size))
+        else:
+            try:
+                error = unpack(outcome.value)
+            except Exception as exc:
+                error = RuntimeError(f"the exception raised by row {outcome.row} could not "
+                                     f"be unpickled here: {type(exc).__name__}: {exc}")
+            outcomes[position] = outcome._replace(value=error)
+    return outcomes
 
 
 RemoteLabelledActor = ray.remote(LabelledActor)

@@ -4,42 +4,55 @@ call was, not where it stood in the list.
 The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA application_id``:
 
 - ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
-  finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``).
+  finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
+  ``value`` the pickled result (as the actor pickled it) or exception.
+- ``run(row, key)``: the latest run's list, one key per row.
 - ``meta``: the format, the digest scheme, the function (name and body digest) the results
-  belong to, and the latest run: its parameter list (pickled once), its keys (16 bytes per row,
-  concatenated), how many rows it reused. ``index``/``done`` only while the file is as
-  ``Checkpoint.save`` wrote it (1.0.5 stores them as given).
+  belong to, and the latest run: its parameter list (pickled once, large arguments replaced by
+  a :class:`NotStored` description), how many rows it reused. ``index``/``done`` only while
+  the file is as ``Checkpoint.save`` wrote it (1.0.5 stores them as given).
 
-A run opens the file, computes every row's key, reuses each row whose key is recorded as a
-success and sends only the others. Each batch of results is one small transaction (O(1) work per
-result), so a kill -9 at any instant leaves a consistent file that lost at most the calls that
-were in flight. Results are pickled: load checkpoints only from a trusted source.
+A run opens the file, computes every row's key, and finds in SQL (``run`` joined with
+``results``) the rows recorded as a success; it sends only the others, and reads the reused
+results back in row order, a few MB at a time, as they are handed out (:meth:`Store.reused`).
+Each batch of results is one small transaction (O(1) work per result), so a kill -9 at any
+instant leaves a consistent file that lost at most the calls that were in flight. The summary
+(``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
+are pickled: load checkpoints only from a trusted source.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import closing
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from typing import Any
 
-import cloudpickle
-
-from ._actor import Item, Outcome
+from ._actor import Item, Outcome, in_band, pack, unpack, weight
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
+from ._wire import is_large
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+"""4: the latest run's keys in the ``run`` table (3 kept them in one ``meta`` blob; a file
+of format 3 is upgraded when a run opens it, and read as it is)."""
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
+MAX_RECORD_BYTES = 1_000_000_000
+"""The largest pickled result recorded (SQLite's own limit on a value and a row, 1 GB by
+default): a larger one is returned but not recorded, with a warning."""
+_REUSED_CHUNK_BYTES = 8 << 20
+_REUSED_CHUNK_ROWS = 500
+"""Reused results are read back this many bytes (or rows) at a time, at most (one larger
+result is read alone)."""
 
 log = logging.getLogger("thread_chunks")
 
@@ -54,20 +67,70 @@ CREATE TABLE IF NOT EXISTS results (
     recorded REAL NOT NULL
 );
 """
-_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;" + _RESULTS
-
-
-def _pickle(value: object) -> bytes:
-    """The standard pickler (fast, C) first; cloudpickle for what it cannot do (lambdas,
-    local classes)."""
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        return cloudpickle.dumps(value, protocol=5)
+_RUN = "CREATE TABLE IF NOT EXISTS run (row INTEGER PRIMARY KEY, key BLOB NOT NULL);"
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+           + _RESULTS + _RUN)
 
 
 def _unpickle(blob: bytes | None) -> Any:
-    return None if blob is None else pickle.loads(blob)
+    return None if blob is None else unpack(blob)
+
+
+class NotStored:
+    """Stands in ``Checkpoint.load(path).parameters`` for a large argument (an array or a
+    buffer of 1 MiB or more) that the checkpoint did not copy: the row's identity is its
+    digest, and ``description`` says what it was (type, shape, dtype, size)."""
+
+    __slots__ = ("description",)
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def __repr__(self) -> str:
+        return f"<not stored: {self.description}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NotStored) and other.description == self.description
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NotStored, (self.description,))
+
+
+def _not_stored(value: object) -> NotStored:
+    kind = type(value)
+    parts = [f"{kind.__module__}.{kind.__qualname__}".removeprefix("builtins.")]
+    for attr in ("shape", "dtype"):
+        shown = getattr(value, attr, None)
+        if shown is not None:
+            parts.append(f"{attr} {shown}")
+    size = getattr(value, "nbytes", None)
+    size = len(value) if size is None and isinstance(value, (bytes, bytearray)) else size
+    parts.append(f"{size / 2**20:.1f} MiB" if isinstance(size, int) else "size unknown")
+    return NotStored(", ".join(parts))
+
+
+def _without_large(row: Any) -> Any:
+    """``row`` as the checkpoint keeps it: large arguments replaced by a description."""
+    def light(values: Sequence[Any]) -> Sequence[Any] | None:
+        if not any(is_large(v) for v in values):
+            return None
+        return [_not_stored(v) if is_large(v) else v for v in values]
+
+    if type(row) in (list, tuple):
+        kept = light(row)
+        return row if kept is None else type(row)(kept)
+    if isinstance(row, TypedRow):
+        args = light(row.args)
+        kwargs = {k: _not_stored(v) if is_large(v) else v for k, v in row.kwargs.items()}
+        return TypedRow(row.args if args is None else tuple(args), kwargs)
+    if isinstance(row, Mapping):
+        return {k: _not_stored(v) if is_large(v) else v for k, v in row.items()}
+    if isinstance(row, (list, tuple)):  # a subclass (a NamedTuple): its positions, as a list
+        kept = light(row)
+        return row if kept is None else kept
+    return row
 
 
 # -- opening a file --------------------------------------------------------------------------
@@ -114,6 +177,8 @@ def _connect(path: str, create: bool) -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
+        if hasattr(conn, "setlimit"):  # Python 3.11+: never more than MAX_RECORD_BYTES
+            conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_RECORD_BYTES)
         conn.execute("BEGIN IMMEDIATE")  # proves we can write, before any call starts
         if create:
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
@@ -147,6 +212,7 @@ def _reset(conn: sqlite3.Connection, func_name: str, func_digest: str, by_hand: 
     """Forget everything: the file now belongs to this function (inside a transaction)."""
     conn.execute("DROP TABLE IF EXISTS results")
     conn.execute(_RESULTS)
+    conn.execute("DELETE FROM run")
     conn.execute("DELETE FROM meta")
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("format_version", FORMAT_VERSION), ("scheme", SCHEME), ("func_name", func_name),
@@ -157,67 +223,76 @@ def _split(blob: bytes) -> list[bytes]:
     return [blob[i:i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)]
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """A file of format 3 (the latest run's keys in one ``meta`` blob) becomes format 4 (in
+    a transaction): nothing recorded is lost."""
+    meta = _meta(conn, "format_version", "keys")
+    if meta.get("format_version") != 3:
+        return
+    conn.execute("DELETE FROM run")
+    conn.executemany("INSERT INTO run VALUES (?, ?)", enumerate(_split(meta.get("keys", b""))))
+    conn.execute("DELETE FROM meta WHERE key = 'keys'")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (FORMAT_VERSION,))
+
+
 def _unpicklable(row: int, value: object) -> str:
     return f"<row {row}: not recorded, {type(value).__name__} cannot be pickled>"
 
 
-def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int]) -> bytes:
+def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool) -> bytes:
     """The parameter list, pickled once. Rows that cannot be pickled (and undigestable rows,
-    which may hold Ray references) are replaced by a description."""
-    listed = list(rows)
+    which may hold Ray references) are replaced by a description; so are large arguments
+    when ``light`` (the rows' identity is their digest: the file needs no copy of them)."""
+    listed = [_without_large(row) for row in rows] if light else list(rows)
     for i in undigestable:
         listed[i] = _unpicklable(i, listed[i])
     try:
-        return _pickle(listed)
+        return pack(listed)
     except Exception:
         kept: list[Any] = []
         for i, row in enumerate(listed):
             try:
-                _pickle(row)
+                pack(row)
                 kept.append(row)
             except Exception:
                 kept.append(_unpicklable(i, row))
-        return _pickle(kept)
+        return pack(kept)
 
 
-def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: Sequence[bytes],
-               undigestable: Sequence[int], reused: int) -> None:
+def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
+               undigestable: Sequence[int], *, light: bool = True) -> None:
     """Record the latest run's list (inside a transaction); the 1.0.5 index/done go."""
+    count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-        ("parameters", _pickle_rows(rows, undigestable)), ("keys", b"".join(keys)),
-        ("count", len(keys)), ("reused", reused), ("run_started", time.time())])
+        ("parameters", _pickle_rows(rows, undigestable, light)), ("count", count),
+        ("reused", 0), ("run_started", time.time())])
+    conn.execute("DELETE FROM run")
+    conn.executemany("INSERT INTO run VALUES (?, ?)",
+                     ((row, keys[row * KEY_BYTES:(row + 1) * KEY_BYTES])
+                      for row in range(count)))
 
 
-def _known(conn: sqlite3.Connection, keys: Sequence[bytes]) -> dict[int, bytes]:
-    """Row -> pickled result, for every row whose key is recorded as a success.
-
-    When the file holds not many more results than the list has rows, one scan of the table
-    is cheapest; otherwise the list's keys go into a temporary table joined with it (the work
-    follows the list, not the file).
-    """
-    stored = conn.execute("SELECT count(*) FROM results").fetchone()[0]
-    if stored <= 4 * len(keys):
-        get = dict(conn.execute("SELECT key, value FROM results WHERE ok = 1")).get
-        return {row: blob for row, key in enumerate(keys) if (blob := get(key)) is not None}
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (row INTEGER PRIMARY KEY, key BLOB)")
-    try:
-        conn.executemany("INSERT INTO temp.wanted VALUES (?, ?)", enumerate(keys))
-        return dict(conn.execute(
-            "SELECT w.row, r.value FROM temp.wanted AS w JOIN results AS r ON r.key = w.key "
-            "WHERE r.ok = 1 ORDER BY w.row"))
-    finally:
-        conn.execute("DELETE FROM temp.wanted")
+def _find_reused(conn: sqlite3.Connection) -> tuple[array[int], array[int]]:
+    """The rows of the latest run whose key is recorded as a success, ascending, and the
+    size of each one's pickled result (no result is read)."""
+    rows, sizes = array("q"), array("q")
+    for row, size in conn.execute(
+            "SELECT r.row, length(s.value) FROM run AS r JOIN results AS s ON s.key = r.key "
+            "WHERE s.ok = 1 ORDER BY r.row"):
+        rows.append(row)
+        sizes.append(size or 0)
+    return rows, sizes
 
 
 def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
     """Re-key the rows of a checkpoint written by ``Checkpoint(...)`` (which knew no
     signature) to this function's row identity (inside a transaction)."""
-    meta = _meta(conn, "parameters", "keys")
-    if "parameters" not in meta or "keys" not in meta:
+    meta = _meta(conn, "parameters")
+    if "parameters" not in meta:
         return
     parameters = list(_unpickle(meta["parameters"]))
-    old = _split(meta["keys"])
+    old = [key for (key,) in conn.execute("SELECT key FROM run ORDER BY row")]
     rows = [normalised for normalised in map(_as_call, parameters)]
     new, _ = row_keys(binder, rows)
     conn.executemany("UPDATE OR REPLACE results SET key = ? WHERE key = ?",
@@ -241,23 +316,31 @@ def _hand_keys(count: int) -> list[bytes]:
 
 
 class Store:
-    """An open checkpoint for one run: records results as they arrive, by row identity."""
+    """An open checkpoint for one run: records results as they arrive, by row identity, and
+    reads back the results it reuses as they are handed out."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, keys: list[bytes]) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, keys: bytes) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
-        self._keys = keys
+        self._reader: sqlite3.Connection | None = None
+        self._keys = keys  # row r's key: keys[r * KEY_BYTES:(r + 1) * KEY_BYTES]
+        self._limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) if hasattr(
+            conn, "getlimit") else MAX_RECORD_BYTES
         self._warned = False
+        self.reused: array[int] = array("q")
+        """The rows of this run already recorded as a success (ascending): not run again."""
+        self._sizes: array[int] = array("q")
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
-             items: Sequence[Item], rows: Sequence[Any]) -> tuple[Store, dict[int, bytes]]:
+             items: Sequence[Item], rows: Sequence[Any]) -> Store:
         """Open or create the checkpoint at ``path`` for a run of ``func`` over ``items``
         (``rows`` are the same, as the user gave them: the 1.0.5 view shows them).
 
-        Returns the store and the rows already known: row -> pickled result (see
-        :func:`load_result`). A checkpoint of another function, or whose function's body
-        changed, is emptied first, with a :class:`CheckpointRestartWarning` saying why.
+        ``store.reused`` lists the rows already known, read back by :meth:`read_reused`. A
+        checkpoint of another function, or whose function's body changed, is emptied first,
+        with a :class:`CheckpointRestartWarning` saying why. Every failure of the file is a
+        :class:`CheckpointError` naming it.
         """
         path = os.fspath(path)
         ours = _is_ours(path)
@@ -266,9 +349,11 @@ class Store:
         binder = Binder(func)
         keys, undigestable = row_keys(binder, [(item.args, item.kwargs) for item in items])
         conn = _connect(path, create=not ours)
-        store = cls(path, conn, keys)
+        store = cls(path, conn, b"".join(keys))
+        del keys
         try:
             with _transaction(conn):
+                _upgrade(conn)
                 old = _meta(conn, *_FUNCTION_META)
                 reason = _mismatch(old, func_name, func_digest)
                 if reason is not None:
@@ -284,57 +369,131 @@ class Store:
                     if func_digest and not old.get("func_digest"):
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
                                      (func_digest,))
-                known = _known(conn, keys)
-                _write_run(conn, rows, keys, undigestable, len(known))
+                _write_run(conn, rows, store._keys, undigestable)
+                store.reused, store._sizes = _find_reused(conn)
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
+                             (len(store.reused),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+        except sqlite3.Error as exc:
+            store.close()
+            raise CheckpointError(f"cannot use checkpoint {path!r}: {exc}") from exc
         except BaseException:
             store.close()
             raise
-        log.info("checkpoint %s: reused %d of %d rows (%d results stored)", path, len(known),
-                 len(keys), stored)
+        log.info("checkpoint %s: reused %d of %d rows (%d results stored)", path,
+                 len(store.reused), len(items), stored)
         if undigestable:
             log.info("checkpoint %s: %d rows hold arguments that cannot be digested (first: "
                      "row %d); they are recorded by position, reused only for the same list",
                      path, len(undigestable), undigestable[0])
-        return store, known
+        return store
+
+    def _key(self, row: int) -> bytes:
+        return self._keys[row * KEY_BYTES:(row + 1) * KEY_BYTES]
+
+    def read_reused(self) -> Iterator[tuple[int, bytes]]:
+        """``(row, pickled result)`` for every reused row, ascending, read from the file a
+        few MB at a time (:data:`_REUSED_CHUNK_BYTES`), never all at once.
+
+        Read by key (the identity), through a connection of its own: each read is a short
+        transaction, so the file's write-ahead log is not held back between reads.
+        """
+        rows, sizes, n = self.reused, self._sizes, len(self.reused)
+        start = 0
+        while start < n:
+            end, weight = start + 1, sizes[start]
+            while end < n and end - start < _REUSED_CHUNK_ROWS and \
+                    weight + sizes[end] <= _REUSED_CHUNK_BYTES:
+                weight += sizes[end]
+                end += 1
+            wanted = {self._key(row): row for row in rows[start:end]}
+            try:
+                reader = self._open_reader()
+                found = dict(reader.execute(
+                    "SELECT key, value FROM results WHERE ok = 1 AND key IN "
+                    f"({', '.join('?' * len(wanted))})", list(wanted)))
+            except sqlite3.Error as exc:
+                raise CheckpointError(
+                    f"cannot read the reused results of checkpoint {self.path!r}: {exc}"
+                ) from exc
+            for row in rows[start:end]:
+                blob = found.get(self._key(row))
+                if blob is None:
+                    raise CheckpointError(
+                        f"checkpoint {self.path!r} lost the result of row {row} during the "
+                        "run (another process replaced its results?); run again to compute it")
+                yield row, blob
+            del found
+            start = end
+
+    def _open_reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                           check_same_thread=False)
+        return self._reader
 
     def record(self, records: list[Outcome], actor: str) -> None:
-        """Save finished calls in one transaction. A failure warns once and stops saving."""
+        """Save finished calls in one transaction; a success's result is saved as the actor
+        pickled it. A result too large to record is skipped with a warning naming its row;
+        any other failure warns once and stops saving."""
         if self._conn is None:
             return
-        keys = self._keys
+        now, limit = time.time(), self._limit - 4096  # room for the rest of the row
+        rows: list[tuple[Any, ...]] = []
+        for r in records:
+            if r.ok and weight(r.value) > limit:
+                self._skip(r.row, weight(r.value))
+                continue
+            blob = in_band(r.value) if r.ok else _pack_failure(r.value)
+            if len(blob) > limit:
+                self._skip(r.row, len(blob))
+                continue
+            rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now))
         try:
-            now = time.time()
-            try:  # the fast path: the C pickler on every value at once
-                dumps = pickle.dumps
-                rows = [(keys[r.row], int(r.ok), dumps(r.value, 5), r.started, r.ended, actor,
-                         now) for r in records]
-            except Exception:
-                rows = [(keys[r.row], int(r.ok), _pickle(r.value), r.started, r.ended, actor,
-                         now) for r in records]
             with _transaction(self._conn):
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except Exception as exc:
             self._give_up(exc)
 
+    def _skip(self, row: int, size: int) -> None:
+        warnings.warn(
+            f"row {row}'s result ({size / 2**20:.1f} MiB pickled) is larger than a checkpoint "
+            f"can record ({self._limit / 2**20:.0f} MiB, SQLite's limit); it is returned but "
+            f"not saved to {self.path!r} (a rerun computes it again); the other rows are saved",
+            CheckpointFailedWarning, stacklevel=2)
+
     def _give_up(self, exc: Exception) -> None:
         if not self._warned:
             self._warned = True
             warnings.warn(
                 f"saving to checkpoint {self.path!r} failed ({type(exc).__name__}: {exc}); "
-                "the computation goes on and returns its results, but it is no longer saved",
+                "the computation goes on and returns its results, but it is no longer saved "
+                "(a full disk or a lock held by another process)",
                 CheckpointFailedWarning, stacklevel=2)
-        self.close()
+        self._stop_saving()
 
     def close(self) -> None:
-        """Stop saving. Everything recorded is already committed; closing folds the WAL back
-        into the file (a few ms of I/O), done in a background thread so results are not
-        held up by it (the interpreter waits for it at exit)."""
+        """Stop saving and reading. Everything recorded is already committed."""
+        if self._reader is not None:
+            _close_quietly(self._reader)
+            self._reader = None
+        self._stop_saving()
+
+    def _stop_saving(self) -> None:
+        """Closing folds the WAL back into the file (a few ms of I/O), done in a background
+        thread so results are not held up by it (the interpreter waits for it at exit)."""
         if self._conn is not None:
             threading.Thread(target=_close_quietly, args=(self._conn,),
                              name="thread-chunks checkpoint close").start()
             self._conn = None
+
+
+def _pack_failure(error: object) -> bytes:
+    try:
+        return pack(error)
+    except Exception:
+        return pack(RuntimeError(f"{type(error).__name__}: {error} (could not be pickled)"))
 
 
 def _close_quietly(conn: sqlite3.Connection) -> None:
@@ -359,9 +518,33 @@ def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | No
     return None
 
 
-def load_result(blob: bytes) -> Any:
-    """A result as :meth:`Store.open` returned it, unpickled."""
-    return pickle.loads(blob)
+@contextmanager
+def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection, dict[str, Any]]]:
+    """A read-only connection to our checkpoint at ``path`` holding a run, and its meta (the
+    parameter list left out). Every failure is a CheckpointError naming the file. A file of
+    format 3 is read through a temporary ``run`` table (the file is not changed)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"no checkpoint at {path!r}")
+    if not _is_ours(path):
+        raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
+            version = meta.get("format_version")
+            if version == 3:
+                conn.execute("CREATE TEMP TABLE run (row INTEGER PRIMARY KEY, key BLOB)")
+                conn.executemany("INSERT INTO temp.run VALUES (?, ?)",
+                                 enumerate(_split(meta.get("keys", b""))))
+            elif version != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"checkpoint {path!r} was written by another version of thread-chunks "
+                    f"(format {version}, this version reads {FORMAT_VERSION})")
+            if "count" not in meta:
+                raise CheckpointError(f"checkpoint {path!r} holds no run yet")
+            yield conn, meta
+    except sqlite3.Error as exc:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {exc}") from exc
 
 
 # -- the 1.0.5 view --------------------------------------------------------------------------
@@ -421,49 +604,39 @@ class Checkpoint:
             raise ValueError("parameters, output and completed must have the same length")
         ours = _is_ours(target)
         keys = _hand_keys(len(self.parameters))
-        with closing(_connect(target, create=not ours)) as conn, _transaction(conn):
-            _reset(conn, self.func_name, "", by_hand=True)
-            _write_run(conn, self.parameters, keys, (), 0)
-            conn.executemany("INSERT INTO meta VALUES (?, ?)",
-                             [("index", int(self.index)), ("done", int(self.done))])
-            now = time.time()
-            conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", [
-                (keys[i], 1, _pickle(self.output[i]), self.started[i], self.ended[i],
-                 self.actor[i], now) for i, done in enumerate(self.completed) if done])
+        try:
+            with closing(_connect(target, create=not ours)) as conn, _transaction(conn):
+                _reset(conn, self.func_name, "", by_hand=True)
+                _write_run(conn, self.parameters, b"".join(keys), (), light=False)
+                conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                                 [("index", int(self.index)), ("done", int(self.done))])
+                now = time.time()
+                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                    (keys[i], 1, pack(self.output[i]), self.started[i], self.ended[i],
+                     self.actor[i], now) for i, done in enumerate(self.completed) if done])
+        except sqlite3.Error as exc:
+            raise CheckpointError(f"cannot write checkpoint {target!r}: {exc}") from exc
         self.path = target
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours)."""
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise CheckpointError(f"no checkpoint at {path!r}")
-        if not _is_ours(path):
-            raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
-            meta = dict(conn.execute("SELECT key, value FROM meta"))
-            if meta.get("format_version") != FORMAT_VERSION:
-                raise CheckpointError(
-                    f"checkpoint {path!r} was written by another version of thread-chunks "
-                    f"(format {meta.get('format_version')}, this version reads "
-                    f"{FORMAT_VERSION})")
-            if "parameters" not in meta:
-                raise CheckpointError(f"checkpoint {path!r} holds no run yet")
-            keys = _split(meta["keys"])
-            wanted = set(keys)
-            results = {row[0]: row[1:] for row in conn.execute(
-                "SELECT key, ok, value, started, ended, actor FROM results") if row[0] in wanted}
+        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours).
+
+        This view holds every result of the latest run at once (its API is lists); what
+        thread-chunks reads itself (resume, ``inspect``) never loads them all.
+        """
+        with _reading(path) as (conn, meta):
+            parameters = list(_unpickle(conn.execute(
+                "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
+            found = conn.execute(
+                "SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor FROM run AS r "
+                "JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()
             stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
-        parameters = list(_unpickle(meta["parameters"]))
         n = len(parameters)
         output: list[Any] = [None] * n
         completed = [False] * n
         view = cls(str(meta["func_name"]), parameters, output, completed, 0, 0)
-        for i, key in enumerate(keys):
-            found = results.get(key)
-            if found is None:
-                continue
-            ok, blob, started, ended, actor = found
+        for i, ok, blob, started, ended, actor in found:
             value = _unpickle(blob)
             view.started[i], view.ended[i], view.actor[i] = started, ended, actor
             if ok:
@@ -476,36 +649,42 @@ class Checkpoint:
         view.stored = int(stored)
         view.reused = int(meta.get("reused", 0))
         view.run_started = meta.get("run_started")
-        view.path = path
+        view.path = os.fspath(path)
         return view
 
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``thread-chunks inspect`` shows: progress, failures, reuse, timing, rate and ETA.
 
-    The rate counts only calls that finished in the latest run (reused rows ran earlier).
+    SQL over the keys and timing columns, one pass over the latest run: no result is read or
+    unpickled, so it costs the same for results of bytes or of gigabytes. The rate counts only
+    calls that finished in the latest run (reused rows ran earlier).
     """
-    view = Checkpoint.load(path)
-    total = len(view.parameters)
-    failed = sum(1 for i, e in enumerate(view.failed) if e is not None and not view.completed[i])
-    starts = [t for t in view.started if t is not None]
-    ends = [t for t in view.ended if t is not None]
-    first, last = (min(starts), max(ends)) if starts and ends else (None, None)
-    since = view.run_started or 0.0
-    fresh = [(s, e) for s, e in zip(view.started, view.ended, strict=True)
-             if s is not None and e is not None and e >= since]
-    span = (max(e for _, e in fresh) - min(s for s, _ in fresh)) if fresh else 0.0
-    rate = len(fresh) / span if span > 0 else None
-    eta = (total - view.done) / rate if rate else (0.0 if view.done >= total else None)
-    return {"path": view.path, "function": view.func_name, "done": view.done, "total": total,
-            "failed": failed, "first_update": first, "last_update": last,
-            "rate_per_second": rate, "eta_seconds": eta, "rows_stored": view.stored,
-            "rows_latest_run": total, "reused_latest_run": view.reused}
+    with _reading(path) as (conn, meta):
+        since = float(meta.get("run_started") or 0.0)
+        total = int(meta["count"])
+        done, failed, first, last, fresh, fresh_first, fresh_last = conn.execute(
+            "SELECT coalesce(sum(s.ok), 0), coalesce(sum(1 - s.ok), 0), min(s.started), "
+            "max(s.ended), count(CASE WHEN s.ended >= ?1 AND s.started IS NOT NULL THEN 1 END), "
+            "min(CASE WHEN s.ended >= ?1 THEN s.started END), "
+            "max(CASE WHEN s.ended >= ?1 AND s.started IS NOT NULL THEN s.ended END) "
+            "FROM run AS r JOIN results AS s ON s.key = r.key", (since,)).fetchone()
+        stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+    done = int(meta["done"]) if "done" in meta else int(done)
+    span = (fresh_last - fresh_first) if fresh else 0.0
+    rate = fresh / span if span > 0 else None
+    eta = (total - done) / rate if rate else (0.0 if done >= total else None)
+    return {"path": os.fspath(path), "function": meta["func_name"], "done": done,
+            "total": total, "failed": int(failed), "first_update": first, "last_update": last,
+            "rate_per_second": rate, "eta_seconds": eta, "rows_stored": int(stored),
+            "rows_latest_run": total, "reused_latest_run": int(meta.get("reused", 0))}
 
 
-def iter_timeline(view: Checkpoint) -> Iterator[tuple[str, float, float, int]]:
-    """(actor, start, end, row) for every recorded call: the data of a timeline plot."""
-    for i, (start, end, actor) in enumerate(zip(view.started, view.ended, view.actor,
-                                                strict=True)):
-        if start is not None and end is not None:
-            yield actor or "?", start, end, i
+def timeline(path: str | os.PathLike[str]) -> list[tuple[str, float, float, int]]:
+    """(actor, start, end, row) for every recorded call of the latest run: the data of a
+    timeline plot (timing columns only, no result is read)."""
+    with _reading(path) as (conn, _):
+        return [(actor or "?", start, end, row) for row, start, end, actor in conn.execute(
+            "SELECT r.row, s.started, s.ended, s.actor FROM run AS r JOIN results AS s "
+            "ON s.key = r.key WHERE s.started IS NOT NULL AND s.ended IS NOT NULL "
+            "ORDER BY r.row")]

@@ -15,10 +15,11 @@ from ray.actor import ActorHandle
 from typing_extensions import Unpack
 
 from . import config
-from ._actor import Item, Outcome
-from ._checkpoint import Store, load_result
+from ._actor import Item, Outcome, function_name, unpack
+from ._checkpoint import Store
+from ._errors import ResultError
 from ._options import Options, RunOptions, check_on_error
-from ._pool import Pool, function_name
+from ._pool import Pool
 from ._progress import Progress
 from ._rows import items, iterate
 from ._run import RunStats, Scheduler, arun, run
@@ -34,10 +35,16 @@ class _Plan:
 
     source: Iterator[Item]
     total: int | None
-    known: dict[int, bytes]
-    """Row -> its pickled result, reused from the checkpoint (ascending rows)."""
     store: Store | None
     name: str
+
+    @property
+    def reused(self) -> int:
+        return 0 if self.store is None else len(self.store.reused)
+
+    def known(self) -> Iterator[tuple[int, bytes]]:
+        """``(row, pickled result)`` of the reused rows, ascending, read as they are taken."""
+        return iter(()) if self.store is None else self.store.read_reused()
 
 
 class Chunker:
@@ -183,17 +190,22 @@ class Chunker:
         name = function_name(held) if held is not None else "function"
         total = len(parameters) if isinstance(parameters, Sequence) else None
         if path is None and total is None:
-            return _Plan(items(rows), None, {}, None, name)
+            return _Plan(items(rows), None, None, name)
         materialised = list(rows)
         listed = list(items(materialised))  # validates every row before any call starts
         if path is None:
-            return _Plan(iter(listed), len(listed), {}, None, name)
+            return _Plan(iter(listed), len(listed), None, name)
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
             name = function_name(held) if held is not None else name
-        store, known = Store.open(path, held, name, listed, materialised)
-        source = iter([item for item in listed if item.row not in known])
-        return _Plan(source, len(listed), known, store, name)
+        store = Store.open(path, held, name, listed, materialised)
+        del materialised
+        if store.reused:
+            skip = bytearray(len(listed))
+            for row in store.reused:
+                skip[row] = 1
+            listed = [item for item in listed if not skip[item.row]]
+        return _Plan(iter(listed), len(listed) + len(store.reused), store, name)
 
     def aimap(
         self,
@@ -219,8 +231,8 @@ class Chunker:
             stack.enter_context(self._pool.lease(self._func))
             state = self._open(plan, ordered, show, stack)
             records = stack.enter_context(closing(run(state)))
-            for outcome in _Merge(plan.known, ordered).all(records):
-                yield _value(outcome, on_error)
+            for outcome in _Merge(plan.known(), ordered).all(records):
+                yield _value(outcome, on_error, plan.name)
 
     async def _aexecute(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                         path: PathLike | None, ordered: bool, show: bool, on_error: OnError
@@ -235,8 +247,8 @@ class Chunker:
             plan = await self._aplan(parameters, path)
             state = self._open(plan, ordered, show, stack)
             async with aclosing(arun(state)) as records:
-                async for outcome in _Merge(plan.known, ordered).aall(records):
-                    yield _value(outcome, on_error)
+                async for outcome in _Merge(plan.known(), ordered).aall(records):
+                    yield _value(outcome, on_error, plan.name)
 
     async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
         """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
@@ -256,7 +268,7 @@ class Chunker:
             stack.callback(plan.store.close)
         desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
         progress = stack.enter_context(
-            Progress(show, plan.total, initial=len(plan.known), desc=desc))
+            Progress(show, plan.total, initial=plan.reused, desc=desc))
         return Scheduler(self._pool, plan.source, ordered=ordered,
                          batch_size=self._settings.batch_size, progress=progress,
                          store=plan.store, policy=self._policy, stats=stats, name=plan.name)
@@ -291,11 +303,12 @@ class _Merge:
     Reused rows (``known``, ascending) need no call. Ordered, each is handed out just before
     the first computed row that follows it, and those before the first row to compute at
     once; unordered, all of them at once. ``run`` yields computed rows in ascending order
-    when ordered. Reused results are unpickled one by one, as they are handed out.
+    when ordered. Reused results are read from the checkpoint as they are handed out (a few
+    MB at a time), and every result is unpickled only as it is handed out.
     """
 
-    def __init__(self, known: dict[int, bytes], ordered: bool) -> None:
-        self.known = iter(known.items())
+    def __init__(self, known: Iterator[tuple[int, bytes]], ordered: bool) -> None:
+        self.known = known
         self.ordered = ordered
         self.next: tuple[int, bytes] | None = next(self.known, None)
 
@@ -364,13 +377,24 @@ def _close_unused(task: asyncio.Future[_Plan]) -> None:
 
 
 def _reused(row: int, blob: bytes) -> Outcome:
-    return Outcome(row, True, load_result(blob), 0.0, 0.0, "")
+    return Outcome(row, True, blob, 0.0, 0.0, "")
 
 
-def _value(outcome: Outcome, on_error: OnError) -> Any:
-    if not outcome.ok and on_error == "raise":
-        raise outcome.value
-    return outcome.value
+def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:
+    """What the user gets for one row: its result, unpickled now; or its exception, raised
+    or returned."""
+    if outcome.ok:
+        try:
+            return unpack(outcome.value)
+        except Exception as exc:
+            error: BaseException = ResultError(
+                f"row {outcome.row} of {name}: its result could not be unpickled here: "
+                f"{type(exc).__name__}: {exc}")
+    else:
+        error = outcome.value
+    if on_error == "raise":
+        raise error
+    return error
 
 
 def pool_for(settings: Options, actors: Sequence[ActorHandle[Any]] | None = None) -> Pool:

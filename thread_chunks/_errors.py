@@ -27,6 +27,12 @@ def _rebuild_worker_died(message: str, index: int | None, deaths: int) -> Worker
     return WorkerDiedError(message, index=index, deaths=deaths)
 
 
+class ResultError(ThreadChunksError, TypeError):
+    """A call's result could not travel back to the driver: it cannot be pickled (a lock, a
+    generator, an open file) or cannot be unpickled where the results are read. Only that
+    row fails."""
+
+
 class ActorPlacementError(ThreadChunksError):
     """No actor could run for ``placement_timeout`` seconds: Ray could not place any (the
     resources they ask for are held elsewhere, or the nodes that had them are gone)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
 
 from ._pool import remote_actor_class
-from ._run import Policy
+from ._run import DEFAULT_MAX_BUFFERED_BYTES, Policy
 from ._types import ChunkSize, RetryOn
 
 
@@ -37,6 +37,9 @@ class RunOptions(TypedDict, total=False):
     max_buffered: int | None
     """Rows read from the input but not yet handed out, at most (reading pauses there, also
     while a slow row holds up the order); None: 4 x chunk_size x the batch size."""
+    max_buffered_bytes: int | None
+    """Bytes of results held back for order, at most, the calls in flight counted at the size
+    of the results seen so far (reading pauses there); default 256 MiB; None: no byte bound."""
 
 
 def check_positive(name: str, value: object, allow_none: bool = False) -> None:
@@ -68,6 +71,7 @@ class Options:
     memory_per_call: int | None = None
     placement_timeout: float | None = 600.0
     max_buffered: int | None = None
+    max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES
 
     @classmethod
     def of(cls, where: str, chunk_size: ChunkSize | None, progress_bar: bool | None,
@@ -92,6 +96,7 @@ class Options:
             check_positive("chunk_size", self.chunk_size, allow_none=True)
         check_positive("batch_size", self.batch_size, allow_none=True)
         check_positive("max_buffered", self.max_buffered, allow_none=True)
+        check_positive("max_buffered_bytes", self.max_buffered_bytes, allow_none=True)
         remote_actor_class(self.actor_cls)
         if not isinstance(self.actor_options, Mapping):
             raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
@@ -120,7 +125,8 @@ class Options:
         return Policy(retries=retries, retry_on=kinds, max_worker_deaths=self.max_worker_deaths,
                       timeout=None if timeout is None else float(timeout),
                       placement_timeout=None if placement is None else float(placement),
-                      max_buffered=self.max_buffered)
+                      max_buffered=self.max_buffered,
+                      max_buffered_bytes=self.max_buffered_bytes)
 
     def replace(self, **changes: Any) -> Options:
         """A copy with some options changed (validated again)."""

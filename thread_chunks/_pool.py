@@ -13,7 +13,7 @@ from typing import Any
 import ray
 from ray.actor import ActorClass, ActorHandle
 
-from ._actor import LabelledActor, RemoteLabelledActor
+from ._actor import LabelledActor, RemoteLabelledActor, function_name
 from ._errors import ConcurrencyReducedWarning, ThreadChunksError
 from ._session import ensure_ray
 from ._types import ChunkSize
@@ -48,12 +48,6 @@ def explicit_demand(options: Mapping[str, Any]) -> dict[str, float]:
         if amount:
             demand[str(name)] = float(amount)
     return demand
-
-
-def function_name(func: object) -> str:
-    """The name shown in messages and recorded in checkpoints."""
-    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None)
-    return str(name) if name else type(func).__name__
 
 
 def remote_actor_class(actor_cls: object) -> ActorClass:

@@ -17,7 +17,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
-from ._actor import Item, Outcome
+from ._actor import Item, Outcome, read_reply, weight
 from ._errors import (
     ActorPlacementError,
     ConcurrencyReducedWarning,
@@ -33,7 +33,12 @@ log = logging.getLogger("thread_chunks")
 
 _TARGET_BATCH_SECONDS = 0.05
 """Automatic batching aims for actor calls of about this long."""
+_TARGET_BATCH_BYTES = 4 << 20
+"""... and for replies of at most about this many bytes of results (one larger result is
+one row a call)."""
 _MAX_BATCH = 1024
+DEFAULT_MAX_BUFFERED_BYTES = 256 << 20
+"""``max_buffered_bytes``' default: results held back for order, in bytes."""
 _PIPELINE_BELOW_SECONDS = 0.5
 """Calls shorter than this get a second call queued on their actor, hiding the round trip."""
 _PLACEMENT_NOTICE_SECONDS = 10.0
@@ -83,20 +88,27 @@ class Policy:
     timeout: float | None = None
     placement_timeout: float | None = 600.0
     max_buffered: int | None = None
+    max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES
 
 
 class Batcher:
     """How many rows go into one actor call, and whether to queue a second call per actor.
 
     Fixed when the user says so; otherwise starts at 1 and grows (doubling) while a call's
-    rows take much less than ``_TARGET_BATCH_SECONDS``, so tiny calls stop paying Ray's
-    per-call overhead one by one, and shrinks at once when rows get slower.
+    rows take much less than ``_TARGET_BATCH_SECONDS`` and its results weigh much less than
+    ``_TARGET_BATCH_BYTES``, so tiny calls stop paying Ray's per-call overhead one by one,
+    and shrinks at once when rows get slower or their results bigger.
+
+    It also keeps ``row_bytes``, the size of a result as recently seen (the larger of the
+    last batch's mean and half the previous estimate): what a call in flight is expected to
+    bring back.
     """
 
     def __init__(self, fixed: int | None, timeout: float | None) -> None:
         self.fixed = 1 if timeout is not None and fixed is None else fixed
         self.size = self.fixed or 1
         self.pipelined = False
+        self.row_bytes = 0
 
     def observe(self, records: list[Outcome]) -> None:
         if not records:
@@ -104,10 +116,13 @@ class Batcher:
         took = records[-1].ended - records[0].started
         if took < _PIPELINE_BELOW_SECONDS:
             self.pipelined = True
+        size = sum(weight(r.value) for r in records if r.ok)
+        self.row_bytes = max(size // len(records), self.row_bytes // 2)
         if self.fixed is None:
             per_row = max(took / len(records), 1e-7)
-            ideal = max(1, min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row)))
-            self.size = min(ideal, self.size * 2)
+            ideal = min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row),
+                        _TARGET_BATCH_BYTES // max(self.row_bytes, 1))
+            self.size = max(1, min(ideal, self.size * 2))
 
     def reset(self) -> None:
         if self.fixed is None:
@@ -169,6 +184,8 @@ class Scheduler:
         self.alone: set[int] = set()  # slots running a suspect, nothing queued behind it
         self.order: deque[int] = deque()  # rows read and not yet handed out (ordered mode)
         self.early: dict[int, Outcome] = {}
+        self.early_bytes = 0  # pickled results in ``early``
+        self.inflight_rows = 0
         self.exhausted = False
         self.pipelining = False
         self.pulled = 0  # rows read from the input
@@ -249,11 +266,23 @@ class Scheduler:
         """Rows read from the input and not yet handed out, at most."""
         return self.policy.max_buffered or 4 * self.pool.size * self.batcher.size
 
+    def room(self) -> int:
+        """New rows that may be read now: within ``max_buffered`` rows and, ordered, within
+        ``max_buffered_bytes`` of results held back or expected from the calls in flight
+        (at least one row when nothing is outstanding, so a run always moves)."""
+        outstanding = self.pulled - self.handed
+        rows = self.bound() - outstanding
+        limit, weight = self.policy.max_buffered_bytes, self.batcher.row_bytes
+        if not self.ordered or limit is None or weight == 0 or rows <= 0:
+            return rows
+        free = limit - self.early_bytes - self.inflight_rows * weight
+        return min(rows, max(free // weight, 0 if outstanding else 1))
+
     def take(self, n: int) -> list[Item]:
         batch: list[Item] = []
         while self.again and len(batch) < n:
             batch.append(self.again.popleft())
-        want = min(n - len(batch), self.bound() - (self.pulled - self.handed))
+        want = min(n - len(batch), self.room())
         if want > 0 and not self.exhausted:
             fresh = list(islice(self.source, want))
             self.pulled += len(fresh)
@@ -294,11 +323,13 @@ class Scheduler:
                 self.running_since[slot] = time.monotonic()
             self.lanes[slot].append(ref)
             self.inflight[ref] = _Call(slot, actor, batch)
+            self.inflight_rows += len(batch)
         running = sum(1 for lane in self.lanes if lane)
         self.stats.peak_concurrency = max(self.stats.peak_concurrency, running)
 
     def release(self, ref: ray.ObjectRef[Any]) -> _Call:
         call = self.inflight.pop(ref)
+        self.inflight_rows -= len(call.batch)
         self.wire.done(call.batch)
         lane = self.lanes[call.slot]
         was_running = bool(lane) and lane[0] == ref
@@ -371,7 +402,7 @@ class Scheduler:
         else:
             slot = self.inflight[ref].slot
             try:
-                records: list[Outcome] = ray.get(ref)
+                records = read_reply(ray.get(ref))
             except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
                 final = self.died(ref, exc)
             else:
@@ -564,10 +595,18 @@ class Scheduler:
             return final
         early, order = self.early, self.order
         for record in final:
+            replaced = early.get(record.row)
+            if replaced is not None and replaced.ok:  # a duplicate report of a row
+                self.early_bytes -= weight(replaced.value)
             early[record.row] = record
+            if record.ok:
+                self.early_bytes += weight(record.value)
         out: list[Outcome] = []
         while order and order[0] in early:
-            out.append(early.pop(order.popleft()))
+            record = early.pop(order.popleft())
+            if record.ok:
+                self.early_bytes -= weight(record.value)
+            out.append(record)
         return out
 
     def finish(self) -> None:
@@ -583,6 +622,7 @@ class Scheduler:
             if not self.pool.discard(call.slot, call.actor) and ray.is_initialized():
                 ray.cancel(ref)
         self.inflight.clear()
+        self.inflight_rows = 0
         self.wire.close()
 
 

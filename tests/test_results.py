@@ -1,0 +1,152 @@
+"""Results that cannot travel fail only their row; results that cannot be stored fail only
+their record; large arguments are described, not copied, in the checkpoint; the file's own
+failures are CheckpointErrors; inspect reads no result."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import workloads as w
+from tests.conftest import ROOT, local_env
+from thread_chunks import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointFailedWarning,
+    ResultError,
+    _checkpoint,
+    chunked,
+)
+from thread_chunks._checkpoint import NotStored
+
+pytestmark = pytest.mark.usefixtures("ray_running")
+
+
+def _lock_rows(n: int, directory: Path) -> list[list[Any]]:
+    return [[i, 3, str(directory)] for i in range(n)]
+
+
+def test_an_unpicklable_result_fails_only_its_row(tmp_path: Path) -> None:
+    runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
+    runs.mkdir()
+    f = chunked(chunk_size=2, batch_size=8)(w.returns_lock)  # rows 0-7 in one call
+    out = f.map(_lock_rows(12, runs), path=ckpt, on_error="return")
+    assert [v for i, v in enumerate(out) if i != 3] == [i for i in range(12) if i != 3]
+    error = out[3]
+    assert isinstance(error, ResultError) and isinstance(error, TypeError)
+    assert "row 3 of returns_lock returned a _thread.lock, which cannot be pickled" in str(
+        error)
+    view = Checkpoint.load(ckpt)
+    assert view.completed == [i != 3 for i in range(12)]
+    assert isinstance(view.failed[3], ResultError)
+    assert w.executions(runs) == {i: 1 for i in range(12)}
+    # raising: the same error, and the rest of its call is recorded all the same
+    (tmp_path / "again").mkdir()
+    with pytest.raises(ResultError, match="row 3 of returns_lock"):
+        f.map(_lock_rows(8, tmp_path / "again"), path=tmp_path / "raise.ckpt")
+    assert Checkpoint.load(tmp_path / "raise.ckpt").completed == [i != 3 for i in range(8)]
+    f.close()
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Python 3.11+")
+def test_a_result_too_large_to_record_fails_only_its_record(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_checkpoint, "MAX_RECORD_BYTES", 1 << 20)  # SQLite's 1 GB, scaled
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.sized)
+    rows = [[i, 2, 2 << 20] for i in range(10)]
+    with pytest.warns(CheckpointFailedWarning, match="row 2's result") as caught:
+        out = f.map(rows, path=ckpt)
+    assert out[2] == bytes(2 << 20) and out[5] == (5).to_bytes(4, "little")
+    assert len(caught) == 1 and "no longer saved" not in str(caught[0].message)
+    assert Checkpoint.load(ckpt).completed == [i != 2 for i in range(10)]
+    f.map(rows, path=ckpt)  # only the row not recorded runs again
+    assert f.stats.calls == 1
+    f.close()
+
+
+def test_large_arguments_are_described_not_copied(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    blocks = [np.full(2**18, float(i)) for i in range(6)]  # 2 MiB each
+    f = chunked(chunk_size=2)(w.checksum)
+    rows: list[Any] = [[b, i] for i, b in enumerate(blocks)] + [{"block": blocks[0], "i": 9}]
+    first = f.map(rows, path=ckpt)
+    assert ckpt.stat().st_size < 2**20  # 14 MiB of arguments, none copied
+    params = Checkpoint.load(ckpt).parameters
+    assert isinstance(params[0][0], NotStored) and params[0][1] == 0
+    assert "ndarray" in repr(params[0][0]) and "float64" in repr(params[0][0])
+    assert "2.0 MiB" in params[0][0].description
+    assert isinstance(params[6]["block"], NotStored) and params[6]["i"] == 9
+    assert f.map(rows, path=ckpt) == first and f.stats.calls == 0  # matched by digest
+    blocks[4][0] = -1.0  # an edited array is a different call
+    f.map(rows, path=ckpt)
+    assert f.stats.calls == 1
+    f.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "thread_chunks", *args], capture_output=True,
+                          text=True, cwd=ROOT, env=local_env(), timeout=60)
+
+
+def test_inspect_reads_no_result(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.fail_on)
+    f.map([[i] for i in range(10)], path=ckpt, on_error="return")
+    with sqlite3.connect(ckpt) as conn:  # results nobody could unpickle
+        conn.execute("UPDATE results SET value = x'00'")
+    info = json.loads(_cli("inspect", str(ckpt), "--json").stdout)
+    assert (info["done"], info["total"], info["failed"], info["rows_stored"]) == (9, 10, 1, 9)
+    assert info["rate_per_second"] > 0 and info["eta_seconds"] is not None
+    png = tmp_path / "t.png"
+    assert _cli("inspect", str(ckpt), "--plot", str(png)).returncode == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    f.close()
+
+
+def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.square)
+    f.map([[i] for i in range(2000)], path=ckpt)
+    with sqlite3.connect(ckpt) as conn:  # everything in the file itself, no WAL
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    size = ckpt.stat().st_size
+    with open(ckpt, "r+b") as handle:  # keep the first page (it is ours), damage the rest
+        handle.seek(4096)
+        handle.write(bytes(range(256)) * ((size - 4096) // 256))
+    with pytest.raises(CheckpointError, match="run.ckpt"):
+        f.map([[i] for i in range(2000)], path=ckpt)
+    with pytest.raises(CheckpointError, match="run.ckpt"):
+        Checkpoint.load(ckpt)
+    result = _cli("inspect", str(ckpt))
+    assert result.returncode == 2 and "run.ckpt" in result.stderr, result.stderr
+    f.close()
+
+
+def test_a_format_3_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.square)
+    rows = [[i] for i in range(50)]
+    f.map(rows, path=ckpt)
+    with sqlite3.connect(ckpt) as conn:  # as format 3 kept the latest run's keys
+        keys = b"".join(k for (k,) in conn.execute("SELECT key FROM run ORDER BY row"))
+        conn.execute("INSERT INTO meta VALUES ('keys', ?)", (keys,))
+        conn.execute("DROP TABLE run")
+        conn.execute("UPDATE meta SET value = 3 WHERE key = 'format_version'")
+    assert Checkpoint.load(ckpt).output == [i * i for i in range(50)]  # read as it is
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no restart warning: nothing is lost
+        assert f.map(rows, path=ckpt) == [i * i for i in range(50)]
+    assert f.stats.calls == 0
+    with sqlite3.connect(ckpt) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
+                            ).fetchone()[0] == _checkpoint.FORMAT_VERSION
+    f.close()
