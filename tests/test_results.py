@@ -8,6 +8,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,8 @@ def test_a_result_too_large_to_record_fails_only_its_record(
     assert out[2] == bytes(2 << 20) and out[5] == (5).to_bytes(4, "little")
     assert len(caught) == 1 and "no longer saved" not in str(caught[0].message)
     assert Checkpoint.load(ckpt).completed == [i != 2 for i in range(10)]
-    f.map(rows, path=ckpt)  # only the row not recorded runs again
+    with pytest.warns(CheckpointFailedWarning, match="row 2's result"):
+        f.map(rows, path=ckpt)  # only the row not recorded runs again
     assert f.stats.calls == 1
     f.close()
 
@@ -149,4 +152,40 @@ def test_a_format_3_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
     with sqlite3.connect(ckpt) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
                             ).fetchone()[0] == _checkpoint.FORMAT_VERSION
+    f.close()
+
+
+def test_results_held_back_for_order_are_bounded_in_bytes(tmp_path: Path) -> None:
+    """Row 0 waits for a gate while the other actor races on; with 1 MiB results and
+    max_buffered_bytes=8 MiB, reading stops about 8 rows ahead, far below the row bound."""
+    gate, marks = tmp_path / "gate", tmp_path / "marks"
+    marks.mkdir()
+    f = chunked(chunk_size=2, max_buffered=1000, max_buffered_bytes=8 << 20)(w.head_field)
+    counts = {"pulled": 0, "received": 0, "ahead": 0}
+
+    def rows() -> Any:
+        for i in range(200):
+            counts["pulled"] += 1
+            counts["ahead"] = max(counts["ahead"], counts["pulled"] - counts["received"])
+            yield [i, str(gate), str(marks)]
+
+    def open_gate() -> None:  # once the others have stopped (or after a minute)
+        seen, still = -1, 0
+        for _ in range(600):
+            now = len(list(marks.iterdir()))
+            still = still + 1 if now == seen else 0
+            if still >= 10 or now > 100:
+                break
+            seen = now
+            time.sleep(0.1)
+        gate.touch()
+
+    opener = threading.Thread(target=open_gate)
+    opener.start()
+    for i, value in enumerate(f.imap(rows())):
+        counts["received"] += 1
+        assert value[0] == i
+    opener.join()
+    assert counts["received"] == 200
+    assert counts["ahead"] <= 16, counts  # 8 MiB of results, the calls in flight, row 0
     f.close()

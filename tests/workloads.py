@@ -283,3 +283,14 @@ def returns_lock(x: int, bad: int, directory: str) -> Any:
 def sized(x: int, big: int, nbytes: int) -> bytes:
     """``nbytes`` zero bytes for row ``big``, a short value for the others."""
     return bytes(nbytes) if x == big else x.to_bytes(4, "little")
+
+
+def head_field(x: int, gate: str, directory: str) -> Any:
+    """1 MiB of float64; row 0 waits until ``gate`` exists, the others leave a mark."""
+    import numpy as np
+
+    if x == 0:
+        wait_for(0, gate)
+    else:
+        Path(directory, str(x)).touch()
+    return np.full(2**17, float(x))

@@ -3,7 +3,7 @@ at once, with results in order, a progress bar and crash-safe checkpoints."""
 
 from . import config
 from ._actor import LabelledActor, RemoteLabelledActor
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, NotStored
 from ._chunker import Chunker, chunk
 from ._decorator import Chunked, chunked
 from ._errors import (
@@ -30,6 +30,7 @@ __all__ = [
     "Chunker",
     "ConcurrencyReducedWarning",
     "LabelledActor",
+    "NotStored",
     "Options",
     "RemoteLabelledActor",
     "ResultError",
