@@ -7,7 +7,8 @@
    of 3; goal <= 1.5);
 2. opening a checkpoint of 100,000 finished rows and matching a 100,000-row list of small
    arguments built anew (keys, open, match: what a rerun pays before its first call; goal
-   well under 2 s), and the same with 10 new rows appended;
+   well under 2 s), and the same with 10 new rows appended; then ``thread-chunks inspect``
+   on a checkpoint of 1,000,000 rows (a fresh process: its wall time and peak RSS);
 3. digests of 1,000 rows each holding a distinct 1 MB float64 array: our digest (SHA-256 of
    the buffer) against pickle.dumps alone and pickle + SHA-256 (joblib's way), in MB/s.
 """
@@ -19,6 +20,7 @@ import hashlib
 import os
 import pickle
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 import workloads  # noqa: E402
 
 import thread_chunks  # noqa: E402
-from thread_chunks._actor import Item, Outcome  # noqa: E402
+from thread_chunks._actor import Item, Outcome, pack  # noqa: E402
 from thread_chunks._checkpoint import Store  # noqa: E402
 from thread_chunks._digest import Binder, row_keys  # noqa: E402
 
@@ -70,18 +72,13 @@ def open_and_match(n: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "big.ckpt")
         rows, items = _items(n)
-        store, _ = Store.open(path, simulate, "simulate", items, rows)
-        now = time.time()
-        for start in range(0, n, 1000):  # as a run records them, in batches
-            store.record([Outcome(i, True, simulate(i, float(i) / 7), now, now, "")
-                          for i in range(start, min(n, start + 1000))], "actor-0")
-        store.close()
-        time.sleep(0.5)  # let the background close fold the WAL
+        _fill(path, rows, items)
         for extra, label in ((0, "the same list"), (10, "10 rows appended")):
             rows, items = _items(n, extra)  # built anew, as a rerun would
             start, cpu = time.perf_counter(), time.process_time()
-            store, known = Store.open(path, simulate, "simulate", items, rows)
+            store = Store.open(path, simulate, "simulate", items, rows)
             took, used = time.perf_counter() - start, time.process_time() - cpu
+            known = store.reused
             store.close()
             start = time.perf_counter()
             row_keys(Binder(simulate), [(it.args, it.kwargs) for it in items])
@@ -90,6 +87,37 @@ def open_and_match(n: int) -> None:
             print(f"2. open {n} stored rows + match {len(items)} ({label}): {took:.3f} s "
                   f"wall, {used:.3f} s CPU (of which row keys {keyed:.3f} s); "
                   f"{len(known)} reused (goal well under 2 s)")
+
+
+def _fill(path: str, rows: list[list[object]], items: list[Item]) -> None:
+    """A checkpoint of ``rows``, every one finished, recorded as a run records them."""
+    store = Store.open(path, simulate, "simulate", items, rows)
+    now = time.time()
+    for start in range(0, len(items), 1000):  # in batches, as a run does
+        store.record([Outcome(i, True, pack(simulate(i, float(i) / 7)), now + i * 1e-6,
+                              now + i * 1e-6, "actor-0")
+                      for i in range(start, min(len(items), start + 1000))], "actor-0")
+    store.close()
+    time.sleep(0.5)  # let the background close fold the WAL
+
+
+def inspect_large(n: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "huge.ckpt")
+        _fill(path, *_items(n))
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the parent
+        code = ("import sys; from thread_chunks.__main__ import main; "
+                "main(['inspect', '--json', sys.argv[1]]); "
+                "print([int(l.split()[1]) / 1024 for l in open('/proc/self/status') "
+                "if l.startswith('VmHWM')][0])")
+        start = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", code, path], capture_output=True,
+                             text=True, check=True, cwd=HERE.parent).stdout
+        took = time.perf_counter() - start
+        peak = float(out.strip().splitlines()[-1])
+        assert f'"total": {n}' in out, out
+        print(f"   inspect of {n} rows: {took:.2f} s wall (process start included), peak RSS "
+              f"{peak:.0f} MB (goals ~1 s, <= 150 MB)")
 
 
 def digest_rate(rows: int, megabytes: int) -> None:
@@ -122,6 +150,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     open_and_match(10_000 if args.quick else 100_000)
+    inspect_large(100_000 if args.quick else 1_000_000)
     digest_rate(100 if args.quick else 1000, 1)
 
 
