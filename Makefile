@@ -41,6 +41,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/shared.py
 	$(PY) benchmarks/checkpoint.py
+	$(PY) benchmarks/results.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[docs]'
