@@ -166,14 +166,21 @@ def test_ctrl_c_stops_quickly_keeps_the_checkpoint_and_leaves_no_orphans(
 
 
 MEMORY_DRIVER = """
-import sys, warnings, thread_chunks
+import sys, warnings, psutil, thread_chunks
 from tests import workloads as w
 from thread_chunks import ConcurrencyReducedWarning, chunked
 thread_chunks.config.ray_config = {"num_cpus": 2, "include_dashboard": False}
 f = chunked(chunk_size=2, batch_size=1, progress_bar=False)(w.hold_memory)
+assert f.map([[0, 1, 0.0], [1, 1, 0.0]]) == [0, 1]  # Ray and both actors started
+# the block is sized from the memory in use now, with Ray running: one call leaves half a
+# block below the threshold, two go half a block above it
+memory = psutil.virtual_memory()
+limit = float(sys.argv[1]) * memory.total
+block_mb = int((limit - (memory.total - memory.available)) / 1.5 / 2**20)
+assert block_mb >= 500, block_mb  # the machine is too busy for this test
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    out = f.map([[i, int(sys.argv[1]), 2.0] for i in range(6)])
+    out = f.map([[i, block_mb, 2.0] for i in range(6)])
 shrunk = [str(c.message) for c in caught if c.category is ConcurrencyReducedWarning]
 print("RESULT", out, f.stats.worker_deaths, f.stats.final_concurrency, len(shrunk))
 print("\\n".join(shrunk), file=sys.stderr)
@@ -181,15 +188,15 @@ print("\\n".join(shrunk), file=sys.stderr)
 
 
 def test_memory_kills_reduce_concurrency_and_lose_nothing() -> None:
-    """Ray's memory monitor, with a threshold set so that one call fits and two do not."""
-    block_mb = 1500
+    """Ray's memory monitor, with a threshold about 2.4 GB above the memory in use, and calls
+    sized (once Ray runs) so that one fits and two do not."""
     memory = psutil.virtual_memory()
     used = memory.total - memory.available
-    threshold = (used + 1.6 * block_mb * 2**20) / memory.total  # one call: fits; two: do not
+    threshold = (used + 2.4 * 2**30) / memory.total
     env = local_env()
     env.update(RAY_memory_usage_threshold=f"{threshold:.4f}",
                RAY_memory_monitor_refresh_ms="100")
-    proc = subprocess.run([sys.executable, "-c", MEMORY_DRIVER, str(block_mb)], env=env,
+    proc = subprocess.run([sys.executable, "-c", MEMORY_DRIVER, f"{threshold:.4f}"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
