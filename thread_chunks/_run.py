@@ -434,6 +434,9 @@ class Dispatcher:
         self.inflight: dict[ray.ObjectRef[Any], _Call] = {}
         self.isolated_slots: set[int] = set()  # running a suspect, nothing queued behind it
         self.pipelining = False
+        self.busy_slots = 0  # actors with a call
+        self.timed = False  # an open run has a timeout: lanes are checked for deadlines
+        self.wakes: tuple[_Wake, ...] = ()  # of the open runs, read by Ray's callback thread
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -454,6 +457,7 @@ class Dispatcher:
                 self.waiting_since = dict.fromkeys(self.waiting_since, now)
                 self.stalled_since = None if self.ready else now
             self.runs.append(run)
+            self.runs_changed()
             for slot in range(self.size):
                 if slot not in self.ready and slot not in self.retired and \
                         slot not in self.waiting_since:
@@ -463,12 +467,16 @@ class Dispatcher:
     def close(self, run: Run) -> None:
         """``run`` ended (done, failed, closed early or cancelled): stop its calls only.
 
-        A call of it queued on an actor is cancelled; a running one is stopped by killing
-        its actor when every call on that actor is the run's own, else left to finish (its
-        outcome dropped). Calls of other runs are never touched."""
+        Its calls are stopped by killing their actor when every call on that actor is the
+        run's own; else they are left to finish (a queued one is short: only calls under
+        ``_PIPELINE_BELOW_SECONDS`` are queued) and their outcomes dropped. They are not
+        ``ray.cancel``-ed: cancelling a queued actor task leaves a gap in Ray's per-caller
+        order of calls to that actor, which then stalls for 30 s and fails every call queued
+        on it, another run's included. Calls of other runs are never touched."""
         with self.lock:
             if run in self.runs:
                 self.runs.remove(run)
+                self.runs_changed()
             run.stats.wall_time = time.perf_counter() - run.clock
             run.stats.final_concurrency = self.size - len(self.retired)
             mine = [call for call in self.inflight.values() if call.run is run]
@@ -482,24 +490,19 @@ class Dispatcher:
         if run.on_end is not None:
             run.on_end(run.stats)
 
+    def runs_changed(self) -> None:
+        self.wakes = tuple(run.wake for run in self.runs)  # replaced whole: safe to read
+        self.timed = any(run.policy.timeout is not None for run in self.runs)
+
     def stop_orphans(self, slot: int) -> None:
-        """Stop the calls on ``slot`` whose runs ended: all of them by killing the actor
-        (ours) when no other run has a call there; else cancel those still queued."""
+        """Stop the calls on ``slot`` whose runs ended, by killing the actor (ours) when no
+        other run has a call there."""
         lane = self.lanes[slot]
-        if not lane:
-            return
         calls = [self.inflight[ref] for ref in lane]
-        if all(call.orphaned for call in calls) and self.pool.owned:
-            actor = calls[0].actor
+        if calls and all(call.orphaned for call in calls) and self.pool.owned:
             for ref in list(lane):
                 self.release(ref)
-            self.lost(slot, actor)  # killed: a fresh actor when a run needs it
-            return
-        if not ray.is_initialized():
-            return
-        for position, (ref, call) in enumerate(zip(list(lane), calls, strict=True)):
-            if call.orphaned and (position > 0 or not self.pool.owned):
-                ray.cancel(ref)  # queued: Ray drops it; running on the user's actor: tried
+            self.lost(slot, calls[0].actor)  # killed: a fresh actor when a run needs it
 
     # -- actors ----------------------------------------------------------------------------
 
@@ -579,13 +582,14 @@ class Dispatcher:
 
     # -- sending ---------------------------------------------------------------------------
 
-    def next_run(self) -> Run | None:
+    def next_run(self, queued: bool) -> Run | None:
         """The open run whose turn it is for a free actor (round-robin among those with
-        work), moved to the back of the line."""
+        work), moved to the back of the line. ``queued``: the call would wait behind another
+        on its actor, which only runs of short calls do."""
         for _ in range(len(self.runs)):
             run = self.runs[0]
             self.runs.rotate(-1)
-            if run.has_work():
+            if run.has_work() and (not queued or run.batcher.pipelined):
                 return run
         return None
 
@@ -596,6 +600,7 @@ class Dispatcher:
             self.tokens.extend(s for s in self.ready if s not in self.retired)  # one waits
         self.pipelining = pipelined
         capacity = self.capacity()
+        deferred: list[int] = []  # tokens of a queue slot no run can use now
         while self.tokens:
             slot = self.tokens.popleft()
             actor = self.ready.get(slot)
@@ -603,8 +608,14 @@ class Dispatcher:
             if actor is None or slot in self.retired or len(lane) >= capacity or (
                     lane and slot in self.isolated_slots):
                 continue  # a token of an actor gone, not ready or busy (release gives it back)
-            run = self.next_run()
+            queued = bool(lane)
+            if queued and not all(self.inflight[r].run.batcher.pipelined for r in lane):
+                continue  # a long call runs there: nothing waits behind it (release gives
+            run = self.next_run(queued)  # the token back)
             if run is None:
+                if queued:
+                    deferred.append(slot)
+                    continue
                 self.tokens.appendleft(slot)
                 break
             if run.retry_queue and run.retry_queue[0].row in run.suspects:
@@ -618,15 +629,17 @@ class Dispatcher:
                 self.tokens.appendleft(slot)  # that run had no work after all: next run
                 continue
             self.send(run, slot, actor, batch)
-        running = sum(1 for lane in self.lanes if lane)
+        self.tokens.extend(deferred)
         for run in self.runs:
-            run.stats.peak_concurrency = max(run.stats.peak_concurrency, running)
+            if self.busy_slots > run.stats.peak_concurrency:
+                run.stats.peak_concurrency = self.busy_slots
 
     def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item]) -> None:
         ref = actor._tc_run_batch.remote(run.wire.send(batch))
         lane = self.lanes[slot]
         if not lane:
             self.running_since[slot] = time.monotonic()
+            self.busy_slots += 1
         lane.append(ref)
         self.inflight[ref] = _Call(run, slot, actor, batch)
         run.inflight_calls += 1
@@ -644,6 +657,8 @@ class Dispatcher:
         lane.remove(ref)
         if was_running and lane:
             self.running_since[call.slot] = time.monotonic()
+        if not lane:
+            self.busy_slots -= 1
         if call.slot in self.isolated_slots and not lane:
             self.isolated_slots.discard(call.slot)
             self.tokens.extend([call.slot] * self.capacity())
@@ -661,8 +676,8 @@ class Dispatcher:
 
     def _finished(self, ref: ray.ObjectRef[Any], _: object) -> None:
         self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
-        for run in tuple(self.runs):
-            run.wake.set()
+        for wake in self.wakes:
+            wake.set()
 
     def turn(self, run: Run) -> list[Outcome] | None:
         """Do what is due for every run (finished calls and probes, deadlines, free
@@ -786,14 +801,16 @@ class Dispatcher:
     def deadline(self) -> float | None:
         """When something must happen even if no call finishes (monotonic seconds)."""
         times: list[float] = []
-        for slot, lane in enumerate(self.lanes):
-            if lane:
-                timeout = self.timeout_of(slot)
-                if timeout is not None:
-                    times.append(self.running_since[slot] + timeout)
-        waiting = [t for s, t in self.waiting_since.items() if s not in self.retired]
-        if waiting and not self.noticed() and self.runs:
-            times.append(min(waiting) + self.notice_after())
+        if self.timed:
+            for slot, lane in enumerate(self.lanes):
+                if lane:
+                    timeout = self.timeout_of(slot)
+                    if timeout is not None:
+                        times.append(self.running_since[slot] + timeout)
+        if self.waiting_since and self.runs and not self.noticed():
+            waiting = [t for s, t in self.waiting_since.items() if s not in self.retired]
+            if waiting:
+                times.append(min(waiting) + self.notice_after())
         limit = self.placement_timeout()
         if self.stalled_since is not None and limit is not None and self.runs:
             times.append(self.stalled_since + limit)
