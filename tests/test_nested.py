@@ -3,6 +3,9 @@ decorated function."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import inspect
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,6 +17,7 @@ import ray
 import ray.cloudpickle
 
 from tests import nested_workloads as nw
+from tests import workloads as w
 from tests.conftest import ROOT, local_env
 from thread_chunks import Chunked, chunked
 
@@ -97,3 +101,92 @@ def test_a_module_registered_pickle_by_value_ships_its_chunked_by_value() -> Non
         registry.unregister_pickle_by_value(nw)
     assert type(shipped) is Chunked and shipped is not nw.inner
     assert shipped.options == nw.inner.options and shipped(1, 2) == 21
+
+
+# -- copies ---------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Config:
+    """A configuration object holding a decorated function."""
+
+    label: str
+    model: Chunked[Callable[[int], int]]
+    grid: list[int] = dataclasses.field(default_factory=list)
+
+
+def _square() -> Chunked[Callable[[int], int]]:
+    return chunked(chunk_size=2, retries=1)(w.square)
+
+
+def test_copy_is_a_chunked_sharing_the_pool() -> None:
+    f = _square()
+    g = copy.copy(f)
+    assert type(g) is Chunked and g is not f
+    assert g.options is f.options and g.__wrapped__ is f.__wrapped__
+    assert g._self_shared is f._self_shared
+    assert g(4) == 16 and g.__name__ == "square" and g.__doc__ == f.__doc__
+    assert inspect.signature(g) == inspect.signature(w.square)
+
+
+def test_deepcopy_is_a_chunked_with_a_pool_of_its_own() -> None:
+    f = _square()
+    d = copy.deepcopy(f)
+    assert type(d) is Chunked and d is not f
+    assert d.options == f.options and d.__wrapped__ is f.__wrapped__  # functions are atomic
+    assert d._self_shared is not f._self_shared
+    assert d(5) == 25 and d.__name__ == "square"
+    assert inspect.signature(d) == inspect.signature(w.square)
+    both = copy.deepcopy([f, f])  # the memo: one copy for one object
+    assert both[0] is both[1] and both[0] is not f
+
+
+class Scale:
+    """A callable object with state: a deep copy of the decorated object copies it too."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return self.factor * x
+
+
+def test_deepcopy_copies_a_callable_object_it_wraps() -> None:
+    scale = Scale(3)
+    f = chunked(chunk_size=1)(scale)
+    d, g = copy.deepcopy(f), copy.copy(f)
+    assert d.__wrapped__ is not scale and d(2) == 6
+    assert g.__wrapped__ is scale
+    scale.factor = 4
+    assert f(2) == g(2) == 8 and d(2) == 6
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_copies_run_on_actors_shared_or_their_own() -> None:
+    f = _square()
+    g, d = copy.copy(f), copy.deepcopy(f)
+    assert f.map([[1], [2]]) == [1, 4]
+    assert g.map([[3], [4]]) == [9, 16]
+    assert d.map([[5], [6]]) == [25, 36]
+    handles = f.actors
+    assert g.actors == handles  # the copy runs on the same actors
+    assert not set(d.actors) & set(handles)  # the deep copy on actors of its own
+    d.close()
+    assert f.actors == handles and f.map([[7]]) == [49]  # closing it left the original's
+    g.close()  # closing the copy closes the actors it shares
+    assert f.actors != handles and f.map([[8]]) == [64]
+    f.close()
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_a_config_holding_a_decorated_function_copies_and_deep_copies() -> None:
+    cfg = Config("run", _square(), [1, 2])
+    shallow, deep = copy.copy(cfg), copy.deepcopy(cfg)
+    assert shallow.model is cfg.model  # a shallow copy shares its fields, as for any object
+    assert type(deep.model) is Chunked and deep.model is not cfg.model
+    assert deep.model.options == cfg.model.options and deep.grid == [1, 2]
+    assert deep.grid is not cfg.grid
+    assert deep.model.map([[x] for x in deep.grid]) == [1, 4]
+    assert deep.model._self_shared is not cfg.model._self_shared
+    assert cfg.model._self_shared.pool is None  # the original made no actors
+    deep.model.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import sys
 import threading
@@ -291,6 +292,17 @@ class Chunked(_Proxy, Generic[C_co]):
     def with_options(self, **changes: Any) -> Chunked[C_co]:
         """A new object with some options changed (and a pool of its own)."""
         return Chunked(self.__wrapped__, self._self_options.replace(**changes))
+
+    def __copy__(self) -> Chunked[C_co]:
+        """``copy.copy(f)``: a new object for the same function and options that shares
+        these actors, as :meth:`replace` makes (closing either closes them for both)."""
+        return Chunked(self.__wrapped__, self._self_options, self._self_shared)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Chunked[C_co]:
+        """``copy.deepcopy(f)``: a new object with the same options and a pool of its own,
+        for a deep copy of the function (a function is its own copy; a callable object is
+        copied). The options are shared: they never change in place."""
+        return Chunked(copy.deepcopy(self.__wrapped__, memo), self._self_options)
 
     def close(self) -> None:
         """Stop the actors; the next ``.map`` creates new ones."""
