@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,8 @@ import cloudpickle
 import pytest
 import ray
 import ray.cloudpickle
+from ray.actor import ActorHandle
+from ray.exceptions import RayActorError
 
 from tests import nested_workloads as nw
 from tests import workloads as w
@@ -60,6 +63,34 @@ def test_a_sweep_inside_a_sweep_of_local_functions() -> None:
                                      ("Chunked", 2, [20, 21, 22, 23])]
     assert inner._self_shared.pool is None  # the actor made a pool of its own
     outer.close()
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_closing_the_outer_actors_stops_the_inner_actors_they_made() -> None:
+    @chunked(chunk_size=2, batch_size=1, progress_bar=False, actor_options={"num_cpus": 0})
+    def inner(x: int) -> int:
+        return x
+
+    @chunked(chunk_size=1, progress_bar=False)
+    def outer(x: int) -> list[ActorHandle[Any]]:
+        inner.map([[x], [x + 1]])
+        return inner.actors
+
+    [handles] = outer.map([[1]])
+    assert len(handles) == 2 and len(ray.get([h._tc_identity.remote() for h in handles])) == 2
+    outer.close()  # Ray stops the actors an actor made when it dies
+    deadline = time.monotonic() + 60
+    while any(_alive(h) for h in handles):
+        assert time.monotonic() < deadline, "the inner actors outlived the outer one"
+        time.sleep(0.2)
+
+
+def _alive(actor: ActorHandle[Any]) -> bool:
+    try:
+        ray.get(actor._tc_identity.remote(), timeout=30)
+    except RayActorError:
+        return False
+    return True
 
 
 _MAIN = '''
