@@ -1,6 +1,6 @@
 """Many sweeps on one pool: 2 and 4 sweeps at once against one sweep of the same total rows.
 
-    python benchmarks/concurrent.py [--rows 64] [--seconds 0.05] [--repeats 3]
+    python benchmarks/sweeps.py [--rows 64] [--seconds 0.05] [--repeats 3]
 
 One decorated function, ``chunk_size=2``: one sweep of ``rows`` calls of ``seconds`` each,
 then the same rows split into 2 and into 4 sweeps run at once from as many threads (the
