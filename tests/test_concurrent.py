@@ -32,6 +32,25 @@ def _started(directory: Path, count: int = 1, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+class _Survivor:
+    """A sweep of 6 rows of 0.7 s run by ``f.map`` in a thread of its own, started now and
+    running its first call when this returns."""
+
+    def __init__(self, f: Any, directory: Path) -> None:
+        self.directory = directory
+        self.result: dict[str, Any] = {}
+        rows = _rows(6, directory, 0.7)
+        self.thread = threading.Thread(target=lambda: self.result.update(out=f.map(rows)))
+        self.thread.start()
+        _started(directory)
+
+    def check(self) -> None:
+        """It completed, every row right, each run exactly once."""
+        self.thread.join(120)
+        assert self.result["out"] == [i * i for i in range(6)]
+        assert w.executions(self.directory) == {i: 1 for i in range(6)}
+
+
 def test_cancelling_one_async_sweep_leaves_the_other_untouched(tmp_path: Path) -> None:
     survivor_dir, doomed_dir = tmp_path / "survivor", tmp_path / "doomed"
     f = chunked(chunk_size=2, batch_size=1, max_worker_deaths=1)(w.slow_count)
@@ -56,38 +75,24 @@ def test_cancelling_one_async_sweep_leaves_the_other_untouched(tmp_path: Path) -
 
 def test_breaking_off_one_threads_imap_leaves_another_threads_map_untouched(
         tmp_path: Path) -> None:
-    survivor_dir = tmp_path / "survivor"
     f = chunked(chunk_size=2, batch_size=1, max_worker_deaths=1)(w.slow_count)
-    rows = _rows(6, survivor_dir, 0.7)
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(out=f.map(rows)))
-    thread.start()
-    _started(survivor_dir)
+    survivor = _Survivor(f, tmp_path / "survivor")
     broken = f.imap(_rows(6, tmp_path / "broken", 0.7, start=100))
     assert isinstance(broken, Generator)
     assert next(broken) == 100 * 100
     broken.close()  # break: its calls stop, the other thread's do not
-    thread.join(120)
-    assert result["out"] == [i * i for i in range(6)]
-    assert w.executions(survivor_dir) == {i: 1 for i in range(6)}
+    survivor.check()
     f.close()
 
 
 def test_a_failing_sweep_leaves_the_other_untouched(tmp_path: Path) -> None:
-    survivor_dir = tmp_path / "survivor"
     f = chunked(chunk_size=2, batch_size=1, max_worker_deaths=1)(w.slow_fail)
-    rows = _rows(6, survivor_dir, 0.7)
-    result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(out=f.map(rows)))
-    thread.start()
-    _started(survivor_dir)
+    survivor = _Survivor(f, tmp_path / "survivor")
     failing = [[100 + i, str(tmp_path / "failing"), 0.7, 101] for i in range(6)]
     (tmp_path / "failing").mkdir()
     with pytest.raises(ValueError, match="bad row 101"):
         f.map(failing)  # on_error="raise": this run ends at row 101, its calls stop
-    thread.join(120)
-    assert result["out"] == [i * i for i in range(6)]
-    assert w.executions(survivor_dir) == {i: 1 for i in range(6)}
+    survivor.check()
     f.close()
 
 
