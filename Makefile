@@ -42,6 +42,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/shared.py
 	$(PY) benchmarks/checkpoint.py
 	$(PY) benchmarks/results.py
+	$(PY) benchmarks/sweeps.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[docs]'

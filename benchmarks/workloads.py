@@ -58,3 +58,9 @@ def head_sleeps(i: int, payload: bytes, seconds: float) -> int:
     if i == 0:
         time.sleep(seconds)
     return i + len(payload)
+
+
+def nap(seconds: float) -> float:
+    """Sleep: a call whose cost is all on the worker."""
+    time.sleep(seconds)
+    return seconds

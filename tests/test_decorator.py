@@ -286,10 +286,11 @@ def test_pickling_gives_a_fresh_object_for_the_same_function() -> None:
 
     f = chunked(chunk_size=1)(local)
     f.actors  # noqa: B018
-    # cloudpickle sees a function (the proxy reports the function's class) and ships it by
-    # value: what arrives still computes the same thing, and carries no actors or locks
+    # cloudpickle ships it by value: a Chunked for the same function and options, with a
+    # pool of its own (none yet), not the plain function (tests/test_nested.py)
     copy = cloudpickle.loads(cloudpickle.dumps(f))
-    assert copy(2) == 3 and not hasattr(copy, "_self_shared")
+    assert isinstance(copy, Chunked) and copy(2) == 3 and copy.options == f.options
+    assert copy._self_shared.pool is None
     plain = pickle.loads(pickle.dumps(chunked(chunk_size=1)(w.square)))
     assert isinstance(plain, Chunked) and plain(3) == 9 and plain._self_shared.pool is None
 

@@ -294,3 +294,10 @@ def head_field(x: int, gate: str, directory: str) -> Any:
     else:
         Path(directory, str(x)).touch()
     return np.full(2**17, float(x))
+
+
+def slow_fail(x: int, directory: str, seconds: float, bad: int = -1) -> int:
+    """slow_count, raising ValueError for row ``bad``."""
+    if x == bad:
+        raise ValueError(f"bad row {x}")
+    return slow_count(x, directory, seconds)

@@ -22,7 +22,7 @@ from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import items, iterate
-from ._run import RunStats, Scheduler, arun, run
+from ._run import Run, RunStats, arun, run
 from ._session import ray_session
 from ._types import ChunkSize, OnError
 
@@ -230,7 +230,7 @@ class Chunker:
         with ExitStack() as stack:
             stack.enter_context(self._pool.lease(self._func))
             state = self._open(plan, ordered, show, stack)
-            records = stack.enter_context(closing(run(state)))
+            records = stack.enter_context(closing(run(self._pool, state)))
             for outcome in _Merge(plan.known(), ordered).all(records):
                 yield _value(outcome, on_error, plan.name)
 
@@ -246,7 +246,7 @@ class Chunker:
             stack.enter_context(self._pool.lease(self._func))
             plan = await self._aplan(parameters, path)
             state = self._open(plan, ordered, show, stack)
-            async with aclosing(arun(state)) as records:
+            async with aclosing(arun(self._pool, state)) as records:
                 async for outcome in _Merge(plan.known(), ordered).aall(records):
                     yield _value(outcome, on_error, plan.name)
 
@@ -260,18 +260,21 @@ class Chunker:
             task.add_done_callback(_close_unused)
             raise
 
-    def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Scheduler:
-        """Everything one run holds until it ends (entered on ``stack``), and its scheduler."""
-        stats = RunStats()
-        self.stats = stats
+    def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Run:
+        """Everything one run holds until it ends (entered on ``stack``), and the run. Its
+        statistics become this Chunker's ``stats`` when it ends (runs at once on one
+        Chunker each keep their own)."""
         if plan.store is not None:
             stack.callback(plan.store.close)
         desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
         progress = stack.enter_context(
             Progress(show, plan.total, initial=plan.reused, desc=desc))
-        return Scheduler(self._pool, plan.source, ordered=ordered,
-                         batch_size=self._settings.batch_size, progress=progress,
-                         store=plan.store, policy=self._policy, stats=stats, name=plan.name)
+        return Run(plan.source, ordered=ordered, batch_size=self._settings.batch_size,
+                   progress=progress, store=plan.store, policy=self._policy, stats=RunStats(),
+                   name=plan.name, on_end=self._ended)
+
+    def _ended(self, stats: RunStats) -> None:
+        self.stats = stats
 
     def close(self) -> None:
         """Stop the actors this Chunker created (new ones are made on next use), and shut

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import importlib
 import sys
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, MutableMapping
 from contextlib import aclosing
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, NoReturn, TypeAlias, overload
@@ -106,12 +108,31 @@ class Chunked(_Proxy, Generic[C_co]):
             "the actors would need a copy of the instance. Decorate a module-level function "
             "or a staticmethod and pass the data it needs as arguments.")
 
+    if not TYPE_CHECKING:
+        # Our own class, not the wrapped object's (wrapt's default). With the function's,
+        # isinstance(f, FunctionType) was True, and cloudpickle's reducer_override, which
+        # runs before any reducer of ours, shipped a Chunked it cannot find by name (from
+        # __main__, a notebook, a closure) by value as the plain function: an actor running
+        # `outer` found `inner` without `.map`. Now cloudpickle uses _cloudpickle_reduce and
+        # pickle __reduce_ex__. (inspect.isfunction(f) is False; inspect.signature, the names
+        # and __wrapped__ still see the function.)
+        @property
+        def __class__(self) -> type:
+            return type(self)
+
     def __reduce_ex__(self, protocol: Any) -> str | tuple[Any, ...]:
-        # A module-level object is pickled by reference: the worker imports the module and
-        # finds it. Any other becomes a fresh object for the same function (no actors).
+        # The standard pickler, as it pickles functions: by reference when the object is
+        # found under its name (the worker imports the module and finds it), else by value.
+        return self._reduce(lambda module: False)
+
+    def _reduce(self, by_value: Callable[[str], bool]) -> str | tuple[Any, ...]:
+        """By reference (its qualified name) when its module is importable, not one that
+        ``by_value`` names, and holds this object under that name; else a fresh object for
+        the same function and options, with a pool of its own (made on first use)."""
         qualname = getattr(self.__wrapped__, "__qualname__", None)  # None: a callable object
-        if isinstance(qualname, str):
-            found: object = sys.modules.get(self.__module__)
+        module = getattr(self.__wrapped__, "__module__", None)
+        if isinstance(qualname, str) and isinstance(module, str) and not by_value(module):
+            found: object = sys.modules.get(module)
             for part in qualname.split("."):
                 found = getattr(found, part, None)
             if found is self:
@@ -272,6 +293,17 @@ class Chunked(_Proxy, Generic[C_co]):
         """A new object with some options changed (and a pool of its own)."""
         return Chunked(self.__wrapped__, self._self_options.replace(**changes))
 
+    def __copy__(self) -> Chunked[C_co]:
+        """``copy.copy(f)``: a new object for the same function and options that shares
+        these actors, as :meth:`replace` makes (closing either closes them for both)."""
+        return Chunked(self.__wrapped__, self._self_options, self._self_shared)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Chunked[C_co]:
+        """``copy.deepcopy(f)``: a new object with the same options and a pool of its own,
+        for a deep copy of the function (a function is its own copy; a callable object is
+        copied). The options are shared: they never change in place."""
+        return Chunked(copy.deepcopy(self.__wrapped__, memo), self._self_options)
+
     def close(self) -> None:
         """Stop the actors; the next ``.map`` creates new ones."""
         self._self_shared.close()
@@ -282,6 +314,40 @@ class Chunked(_Proxy, Generic[C_co]):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
+
+
+def _cloudpickle_reduce(by_value_modules: Callable[[], Iterable[str]]
+                        ) -> Callable[[Chunked[Any]], str | tuple[Any, ...]]:
+    """How a cloudpickle pickler reduces a Chunked: by its rule for functions, by value from
+    ``__main__`` and from modules registered with ``register_pickle_by_value`` (and their
+    submodules): a Ray worker cannot import those."""
+
+    def by_value(module: str) -> bool:
+        return module == "__main__" or any(
+            module == name or module.startswith(name + ".") for name in by_value_modules())
+
+    def reduce(obj: Chunked[Any]) -> str | tuple[Any, ...]:
+        return obj._reduce(by_value)
+
+    return reduce
+
+
+def _register_with_cloudpickle() -> None:
+    """Put :func:`_cloudpickle_reduce` in the dispatch table of cloudpickle's pickler and of
+    the copy Ray ships with (as Ray registers its own types there). Only a cloudpickle
+    pickler consults it; the standard pickler goes on calling ``Chunked.__reduce_ex__``."""
+    for name in ("cloudpickle", "ray.cloudpickle"):
+        try:
+            module: Any = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - both are dependencies
+            continue
+        table = getattr(getattr(module, "Pickler", None), "dispatch_table", None)
+        if isinstance(table, MutableMapping):
+            registry = getattr(module, "list_registry_pickle_by_value", None)
+            table[Chunked] = _cloudpickle_reduce(registry if callable(registry) else tuple)
+
+
+_register_with_cloudpickle()
 
 
 @overload

@@ -102,6 +102,9 @@ class Pool:
         memory_per_call: int | None = None,
     ) -> None:
         self.started_ray = False
+        self.generation = 0
+        """Counts the functions the actors were given: a dispatcher's view of which actors
+        are ready holds only while it is unchanged."""
         self.auto = ""
         """Why this size was chosen, when chunk_size was 'auto'."""
         self._lock = threading.RLock()
@@ -132,6 +135,11 @@ class Pool:
     @property
     def size(self) -> int:
         return len(self._actors)
+
+    @property
+    def session(self) -> str:
+        """The Ray session and job the actors belong to ("" before the first use)."""
+        return self._session
 
     @property
     def demand(self) -> dict[str, float]:
@@ -186,6 +194,7 @@ class Pool:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             self._func, self._func_ref = func, ref
+            self.generation += 1
             self._ready = [False] * self.size
             self._probes = [None] * self.size
 

@@ -1,14 +1,33 @@
-"""The scheduling loop every entry point ends in."""
+"""The scheduling engine every entry point ends in: one :class:`Dispatcher` per pool of
+actors, serving every :class:`Run` (one ``map``/``imap``/``amap``) open on it.
+
+The dispatcher owns what belongs to the pool: which actors are ready, the calls in flight on
+each (of whichever run), probes, placement notices, timeouts, deaths and memory kills; free
+actors go to the open runs in turn (round-robin). A run owns what is its own: its input and
+read-ahead bound, retries and suspects, ordered release, its checkpoint, progress bar and
+statistics.
+
+Nobody owns a thread. Ray reports each finished reference (a call or a probe) from its
+callback thread into one queue and wakes every open run; whichever driver wakes first (the
+thread iterating a run, or an asyncio task) processes the queue for all of them under the
+dispatcher's lock and hands each outcome to its run. A run's driver waits on its own wake-up
+(a ``threading.Event``, or an ``asyncio.Event`` for ``arun``): never a poll, and no list of
+pending references is rebuilt per result.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import logging
 import re
+import threading
 import time
 import warnings
+import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Protocol
@@ -134,9 +153,15 @@ class Batcher:
 
 @dataclass
 class _Call:
+    """One actor call in flight: whose it is, where, and what it holds."""
+
+    run: Run
     slot: int
     actor: ActorHandle[Any]
     batch: list[Item]
+    orphaned: bool = False
+    """Its run has ended: the call is left to finish (or was cancelled) and its outcome is
+    dropped when it comes."""
 
 
 def actor_label(slot: int) -> str:
@@ -150,124 +175,89 @@ def _amounts(resources: dict[str, float]) -> str:
                      for k, v in sorted(shown.items())) or "nothing"
 
 
-class Scheduler:
-    """One run: which actors are ready, which calls are in flight where, what waits
-    to be run again, what was read from the input but not yet handed out."""
 
-    def __init__(self, pool: Pool, source: Iterator[Item], *, ordered: bool,
-                 batch_size: int | None, progress: Progress, store: Store | None,
-                 policy: Policy, stats: RunStats, name: str) -> None:
-        self.pool = pool
-        self.store = store
-        self.clock = time.perf_counter()
+class _Wake:
+    """How a run's driver is woken when something happened (set from any thread)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def wait(self, timeout: float | None) -> None:
+        self._event.wait(timeout)
+
+
+class _AsyncWake(_Wake):
+    """The same for a driver on an asyncio event loop (the loop keeps running meanwhile)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._async = asyncio.Event()
+
+    def set(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._async.set)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    def clear(self) -> None:
+        self._async.clear()
+
+    async def wait_async(self, timeout: float | None) -> None:
+        try:
+            await asyncio.wait_for(self._async.wait(), timeout)
+        except TimeoutError:
+            pass
+
+
+class Run:
+    """One sweep: its rows, what waits to run again, what was read from the input but not
+    yet handed out, its outcomes ready to hand out. Driven by :func:`run` or :func:`arun`;
+    the dispatcher of its pool sends its calls and hands it their outcomes."""
+
+    inflight_cap = 1
+    """Actors of the pool (set when the run opens): the default read-ahead scales with it."""
+
+    def __init__(self, source: Iterator[Item], *, ordered: bool, batch_size: int | None,
+                 progress: Progress, store: Store | None, policy: Policy, stats: RunStats,
+                 name: str, on_end: Callable[[RunStats], None] | None = None) -> None:
         self.source = source
         self.ordered = ordered
         self.policy = policy
         self.stats = stats
         self.name = name
         self.progress = progress
+        self.store = store
+        self.on_end = on_end
+        self.clock = time.perf_counter()
         self.wire = Wire()
         self.batcher = Batcher(batch_size, policy.timeout)
-        self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
-        self.retired: set[int] = set()
-        self.ready: dict[int, ActorHandle[Any]] = {}  # slot -> its started actor
-        self.probes: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any]]] = {}
-        self.waiting_since: dict[int, float] = {}  # slot -> when its actor was asked for
-        self.stalled_since: float | None = time.monotonic()  # no actor ready since then
-        self.start_failures: dict[int, int] = {}
-        self.warned_reduced = False
-        self.logged_waiting = False
-        self.lanes: list[deque[ray.ObjectRef[Any]]] = [deque() for _ in range(pool.size)]
-        self.running_since: list[float] = [0.0] * pool.size
-        self.inflight: dict[ray.ObjectRef[Any], _Call] = {}
-        self.again: deque[Item] = deque()  # rows to run again, before new rows
+        self.wake: _Wake = _Wake()
+        self.retry_queue: deque[Item] = deque()  # rows to run again, before new rows
         self.attempts: dict[int, int] = {}
         self.deaths: dict[int, int] = {}
         self.suspects: set[int] = set()  # rows held by an actor that died: run alone
-        self.alone: set[int] = set()  # slots running a suspect, nothing queued behind it
         self.order: deque[int] = deque()  # rows read and not yet handed out (ordered mode)
-        self.early: dict[int, Outcome] = {}
-        self.early_bytes = 0  # pickled results in ``early``
+        self.held_back: dict[int, Outcome] = {}  # finished early, waiting for their turn
+        self.held_bytes = 0  # pickled results in ``held_back``
+        self.ready: deque[Outcome] = deque()  # to hand out
+        self.error: BaseException | None = None  # fails the run when its driver sees it
+        self.inflight_calls = 0
         self.inflight_rows = 0
         self.exhausted = False
-        self.pipelining = False
         self.pulled = 0  # rows read from the input
         self.handed = 0  # outcomes handed out (yielded)
-        for slot in range(pool.size):
-            self.enlist(slot)
 
-    # -- actors ------------------------------------------------------------------------------
-
-    def capacity(self) -> int:
-        """Calls one actor may hold: the running one, and one queued behind short calls."""
-        return 2 if self.pipelining else 1
-
-    def enlist(self, slot: int) -> None:
-        """Use ``slot``'s actor (made now if needed) as soon as it is ready: at once when it
-        is known to be, else when its probe resolves. Rows never wait on an unready actor."""
-        actor, probe = self.pool.probe(slot)
-        if probe is None:
-            self.mark_ready(slot, actor)
-        else:
-            self.probes[probe] = (slot, actor)
-            self.waiting_since.setdefault(slot, time.monotonic())
-
-    def mark_ready(self, slot: int, actor: ActorHandle[Any]) -> None:
-        self.ready[slot] = actor
-        if self.waiting_since.pop(slot, None) is not None and self.warned_reduced:
-            log.info("an actor for %r was placed: %d calls at once", self.name,
-                     len(self.ready) - len(self.retired & self.ready.keys()))
-        if self.logged_waiting:
-            self.logged_waiting = False
-            self.progress.note("")
-        self.stalled_since = None
-        self.start_failures.pop(slot, None)
-        self.tokens.extend([slot] * self.capacity())
-
-    def lost(self, slot: int, actor: ActorHandle[Any]) -> None:
-        """``slot``'s actor is gone (discarded by us or dead): ask for a new one."""
-        self.pool.discard(slot, actor)
-        if self.ready.get(slot) is actor:
-            del self.ready[slot]
-        if not self.ready.keys() - self.retired and self.stalled_since is None:
-            self.stalled_since = time.monotonic()
-        if slot not in self.retired:
-            self.enlist(slot)
-
-    def started(self, probe: ray.ObjectRef[Any]) -> None:
-        """A probe resolved: its actor is ready, or it could not start."""
-        slot, actor = self.probes.pop(probe)
-        try:
-            ray.get(probe)
-        except RayActorError as exc:
-            if getattr(exc, "actor_init_failed", False):
-                raise ThreadChunksError(
-                    f"the actors could not start (creating the actor or loading "
-                    f"{self.name!r} on it failed): {exc}") from exc
-            if not self.pool.owned:
-                raise WorkerDiedError(
-                    f"an actor handed in by the user died and cannot be replaced: {exc}"
-                ) from exc
-            failures = self.start_failures[slot] = self.start_failures.get(slot, 0) + 1
-            if failures >= _START_FAILURES:
-                raise ThreadChunksError(
-                    f"actors for {self.name!r} died {failures} times in a row before "
-                    f"starting; last cause: {exc}") from exc
-            self.lost(slot, actor)
-            return
-        except RayError as exc:
-            raise ThreadChunksError(
-                f"the actors could not load {self.name!r}: {exc}") from exc
-        if self.pool.confirm(slot, actor):
-            self.mark_ready(slot, actor)
-        elif slot not in self.ready and slot not in self.retired:
-            self.enlist(slot)  # replaced meanwhile: wait for the new one
-
-    # -- sending -----------------------------------------------------------------------------
+    # -- input ----------------------------------------------------------------------------
 
     def bound(self) -> int:
         """Rows read from the input and not yet handed out, at most."""
-        return self.policy.max_buffered or 4 * self.pool.size * self.batcher.size
+        return self.policy.max_buffered or 4 * self.inflight_cap * self.batcher.size
 
     def room(self) -> int:
         """New rows that may be read now: within ``max_buffered`` rows and, ordered, within
@@ -275,19 +265,30 @@ class Scheduler:
         (at least one row when nothing is outstanding, so a run always moves)."""
         outstanding = self.pulled - self.handed
         rows = self.bound() - outstanding
-        limit, weight = self.policy.max_buffered_bytes, self.batcher.row_bytes
-        if not self.ordered or limit is None or weight == 0 or rows <= 0:
+        limit, size = self.policy.max_buffered_bytes, self.batcher.row_bytes
+        if not self.ordered or limit is None or size == 0 or rows <= 0:
             return rows
-        free = limit - self.early_bytes - self.inflight_rows * weight
-        return min(rows, max(free // weight, 0 if outstanding else 1))
+        free = limit - self.held_bytes - self.inflight_rows * size
+        return min(rows, max(free // size, 0 if outstanding else 1))
+
+    def has_work(self) -> bool:
+        """Whether this run could use an actor now."""
+        if self.error is not None:
+            return False
+        return bool(self.retry_queue) or (not self.exhausted and self.room() > 0)
 
     def take(self, n: int) -> list[Item]:
         batch: list[Item] = []
-        while self.again and len(batch) < n:
-            batch.append(self.again.popleft())
+        while self.retry_queue and len(batch) < n:
+            batch.append(self.retry_queue.popleft())
         want = min(n - len(batch), self.room())
         if want > 0 and not self.exhausted:
-            fresh = list(islice(self.source, want))
+            try:
+                fresh = list(islice(self.source, want))
+            except Exception as exc:  # a bad row, or the user's generator raised
+                self.exhausted = True
+                self.fail(exc)
+                fresh = []
             self.pulled += len(fresh)
             if len(fresh) < want:
                 self.exhausted = True
@@ -296,225 +297,15 @@ class Scheduler:
             batch.extend(fresh)
         return batch
 
-    def has_work(self) -> bool:
-        return bool(self.again) or not self.exhausted
+    def done(self) -> bool:
+        """Nothing left: every row read, run and handed over."""
+        return self.exhausted and not self.retry_queue and not self.inflight_calls \
+            and not self.ready
 
-    def fill(self) -> None:
-        if self.batcher.pipelined and not self.pipelining:
-            self.pipelining = True  # a second token per actor: one call runs, one waits
-            self.tokens.extend(s for s in self.ready if s not in self.retired)
-        capacity = self.capacity()
-        while self.tokens and self.has_work():
-            slot = self.tokens.popleft()
-            actor = self.ready.get(slot)
-            lane = self.lanes[slot]
-            if actor is None or slot in self.retired or len(lane) >= capacity or (
-                    lane and slot in self.alone):
-                continue  # a token of an actor gone, not ready or busy (release gives it back)
-            if self.again and self.again[0].row in self.suspects:
-                if lane:
-                    continue  # a suspect runs alone on its actor
-                batch = [self.again.popleft()]
-                self.alone.add(slot)
-            else:
-                batch = self.take(self.batcher.size)
-            if not batch:
-                self.tokens.appendleft(slot)
-                break
-            ref = actor._tc_run_batch.remote(self.wire.send(batch))
-            if not self.lanes[slot]:
-                self.running_since[slot] = time.monotonic()
-            self.lanes[slot].append(ref)
-            self.inflight[ref] = _Call(slot, actor, batch)
-            self.inflight_rows += len(batch)
-        running = sum(1 for lane in self.lanes if lane)
-        self.stats.peak_concurrency = max(self.stats.peak_concurrency, running)
-
-    def release(self, ref: ray.ObjectRef[Any]) -> _Call:
-        call = self.inflight.pop(ref)
-        self.inflight_rows -= len(call.batch)
-        self.wire.done(call.batch)
-        lane = self.lanes[call.slot]
-        was_running = bool(lane) and lane[0] == ref
-        lane.remove(ref)
-        if was_running and lane:
-            self.running_since[call.slot] = time.monotonic()
-        if call.slot in self.alone and not lane:
-            self.alone.discard(call.slot)
-            self.tokens.extend([call.slot] * self.capacity())
-        else:
-            self.tokens.append(call.slot)
-        return call
-
-    # -- waiting -----------------------------------------------------------------------------
-
-    def busy(self) -> bool:
-        """Whether anything is left to wait for: calls in flight, or rows and actors to
-        become ready for them."""
-        self.fill()  # outcomes were handed out since the last fill: the bound has room
-        if self.inflight:
-            return True
-        if not self.has_work():
-            return False
-        if not self.probes:  # rows left and no actor asked for: ask again
-            for slot in range(self.pool.size):
-                if slot not in self.ready and slot not in self.retired:
-                    self.enlist(slot)
-            self.fill()
-        return bool(self.inflight or self.probes)
-
-    def deadline(self) -> float | None:
-        """When something must happen even if no call finishes (monotonic seconds)."""
-        times: list[float] = []
-        if self.policy.timeout is not None:
-            times += [self.running_since[s] + self.policy.timeout
-                      for s, lane in enumerate(self.lanes) if lane]
-        waiting = [t for s, t in self.waiting_since.items() if s not in self.retired]
-        if waiting and not self.noticed():
-            times.append(min(waiting) + self.notice_after())
-        if self.stalled_since is not None and self.policy.placement_timeout is not None:
-            times.append(self.stalled_since + self.policy.placement_timeout)
-        return min(times) if times else None
-
-    def pending(self) -> list[ray.ObjectRef[Any]]:
-        """What a turn waits on: the calls in flight and the probes of actors not ready."""
-        return [*self.inflight, *self.probes]
-
-    def time_left(self) -> float | None:
-        """Seconds until the next deadline (None: none, wait for a call or probe)."""
-        deadline = self.deadline()
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-    def wait(self) -> ray.ObjectRef[Any] | None:
-        """The next finished call or probe, or None when a deadline has come (blocks)."""
-        ready, _ = ray.wait(self.pending(), num_returns=1, timeout=self.time_left())
-        return ready[0] if ready else None
-
-    def turn(self, ref: ray.ObjectRef[Any] | None) -> list[Outcome]:
-        """Act on what :meth:`wait` returned; the outcomes that can be handed out now.
-
-        Every driver (blocking or asyncio) is ``while busy(): for o in turn(wait()): ...``
-        with ``handed`` counted as each outcome is handed out.
-        """
-        slot: int | None = None
-        if ref is None:  # a deadline came
-            final = self.on_time()
-        elif ref in self.probes:  # an actor is ready (or could not start)
-            self.started(ref)
-            final = []
-        else:
-            slot = self.inflight[ref].slot
-            try:
-                records = read_reply(ray.get(ref))
-            except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
-                final = self.died(ref, exc)
-            else:
-                call = self.release(ref)
-                self.batcher.observe(records)
-                final = self.settle(records, call.batch)
-                label = actor_label(call.slot)
-                busy = self.stats.busy_time
-                busy[label] = busy.get(label, 0.0) + sum(r.ended - r.started for r in records)
-        out = self.deliver(final, slot)
-        self.fill()
-        return out
-
-    def deliver(self, final: list[Outcome], slot: int | None) -> list[Outcome]:
-        """Record final outcomes (checkpoint, progress, stats); those to hand out now."""
-        if not final:
-            return []
-        if self.store is not None:
-            self.store.record(final, actor_label(slot) if slot is not None else "")
-        self.progress.update(len(final))
-        self.stats.calls += len(final)
-        return self.releasable(final)
-
-    def on_time(self) -> list[Outcome]:
-        """A deadline came: calls past their timeout fail; actors Ray has not placed are
-        reported; with none placed for ``placement_timeout``, the run fails."""
-        now = time.monotonic()
-        if self.stalled_since is not None and self.policy.placement_timeout is not None \
-                and now - self.stalled_since >= self.policy.placement_timeout:
-            raise self.placement_error(now - self.stalled_since)
-        late = [s for s, since in self.waiting_since.items()
-                if now - since >= self.notice_after() and s not in self.retired]
-        if late:
-            self.notice(late)
-        return self.overdue() if self.policy.timeout is not None else []
-
-    def describe_wait(self) -> str:
-        demand = self.pool.demand
-        total = {**dict.fromkeys(demand, 0.0), **ray.cluster_resources()}
-        available = ray.available_resources()
-        return (f"one actor asks for {_amounts(demand)}; the Ray cluster has "
-                f"{_amounts(total)} in all, "
-                f"{_amounts({k: available.get(k, 0.0) for k in total})} available now")
-
-    def notice_after(self) -> float:
-        """Seconds an actor may wait for placement before it is reported: 10, or half of
-        ``placement_timeout`` when that is shorter."""
-        limit = self.policy.placement_timeout
-        return _PLACEMENT_NOTICE_SECONDS if limit is None else min(
-            _PLACEMENT_NOTICE_SECONDS, limit / 2)
-
-    def noticed(self) -> bool:
-        """Whether the wait for placement was already reported in the current state."""
-        return self.warned_reduced if self.ready.keys() - self.retired else self.logged_waiting
-
-    def notice(self, late: list[int]) -> None:
-        active = len(self.ready.keys() - self.retired)
-        if active and not self.warned_reduced:
-            self.warned_reduced = True
-            warnings.warn(
-                f"{len(late)} of {self.pool.size} actors for {self.name!r} could not be "
-                f"placed by Ray for {self.notice_after():g} s ({self.describe_wait()}); "
-                f"running {active} calls at once until Ray places them",
-                ConcurrencyReducedWarning, stacklevel=5)
-        elif not active and not self.logged_waiting:
-            self.logged_waiting = True
-            limit = self.policy.placement_timeout
-            log.warning("waiting for Ray to place actors for %r: none placed for %g s (%s); "
-                        "%s", self.name, self.notice_after(), self.describe_wait(),
-                        "waiting without limit (placement_timeout=None)" if limit is None
-                        else f"giving up after placement_timeout={limit:g} s")
-            self.progress.note("waiting for Ray to place actors")
-
-    def placement_error(self, waited: float) -> ActorPlacementError:
-        return ActorPlacementError(
-            f"no actor for {self.name!r} could run for {waited:.0f} s "
-            f"(placement_timeout={self.policy.placement_timeout:g}): {self.describe_wait()}. "
-            "Free those resources, add a node that has them, ask for less in actor_options, "
-            "or raise placement_timeout")
-
-    def overdue(self) -> list[Outcome]:
-        """Kill the actors whose running call passed the timeout; those rows fail."""
-        assert self.policy.timeout is not None
-        now = time.monotonic()
-        failed: list[Outcome] = []
-        for slot, lane in enumerate(self.lanes):
-            if not lane or now - self.running_since[slot] < self.policy.timeout:
-                continue
-            running = lane[0]
-            call = self.inflight[running]
-            self.stats.worker_deaths += 1
-            for ref in list(lane):
-                queued = self.release(ref)
-                if ref is not running:
-                    self.again.extendleft(reversed(queued.batch))
-            self.lost(slot, call.actor)
-            wall = time.time()
-            timed_out: list[Outcome] = [
-                Outcome(item.row, False, TimeoutError(
-                    f"row {item.row} ran longer than timeout={self.policy.timeout}s; its actor "
-                    "was killed and replaced"), wall - self.policy.timeout, wall, "")
-                for item in call.batch]
-            failed += self.settle(timed_out, call.batch)
-        return failed
-
-    # -- outcomes ----------------------------------------------------------------------------
+    # -- outcomes --------------------------------------------------------------------------
 
     def settle(self, records: list[Outcome], batch: list[Item]) -> list[Outcome]:
-        """The final outcomes; failed rows with retries left go back into ``again``."""
+        """The final outcomes; failed rows with retries left go back into the retry queue."""
         if self.suspects:
             self.suspects.difference_update(item.row for item in batch)
         if all(record.ok for record in records):
@@ -527,49 +318,65 @@ class Scheduler:
                 if tried <= self.policy.retries and isinstance(record.value,
                                                                self.policy.retry_on):
                     self.stats.retries += 1
-                    self.again.append(item)
+                    self.retry_queue.append(item)
                     continue
                 self.stats.failures += 1
                 annotate(record.value, item, self.name, record.traceback)
             final.append(record)
         return final
 
-    def died(self, ref: ray.ObjectRef[Any], exc: RayActorError | OutOfMemoryError
-             ) -> list[Outcome]:
-        """The actor of call ``ref`` died: replace it and run the rows it held again.
+    def deliver(self, final: list[Outcome], actor: str) -> None:
+        """Record final outcomes (checkpoint, progress, stats); queue those to hand out."""
+        if not final:
+            return
+        if self.store is not None:
+            self.store.record(final, actor)
+        self.progress.update(len(final))
+        self.stats.calls += len(final)
+        self.ready.extend(self.releasable(final))
+        self.wake.set()
 
-        All calls the dead actor held are settled at this first news of its death. When it
-        held one call of one row, that row is charged; a row charged ``max_worker_deaths``
-        times fails with WorkerDiedError. When it held several rows (a batch, or a call
-        queued behind the running one), which one killed it is unknown (a finished call's
-        reply may die with the process): none is charged, and each runs again alone on its
-        actor, where a death names its row.
-        """
-        call = self.inflight[ref]
-        lane = self.lanes[call.slot]
-        mine = [r for r in lane if self.inflight[r].actor is call.actor]
-        held = [item for r in mine for item in self.release(r).batch]
-        if not self.pool.owned:
-            raise WorkerDiedError(
-                f"an actor handed in by the user died and cannot be replaced: {exc}") from exc
+    def releasable(self, final: list[Outcome]) -> list[Outcome]:
+        """What can be handed out now: everything when unordered; in order, what is next in
+        line (holding back only what arrived early)."""
+        if not self.ordered:
+            return final
+        held, order = self.held_back, self.order
+        for record in final:
+            replaced = held.get(record.row)
+            if replaced is not None and replaced.ok:  # a duplicate report of a row
+                self.held_bytes -= weight(replaced.value)
+            held[record.row] = record
+            if record.ok:
+                self.held_bytes += weight(record.value)
+        out: list[Outcome] = []
+        while order and order[0] in held:
+            record = held.pop(order.popleft())
+            if record.ok:
+                self.held_bytes -= weight(record.value)
+            out.append(record)
+        return out
+
+    def charge_death(self, held: list[Item], exc: BaseException, alone: bool) -> None:
+        """Rows of this run held by an actor that died. ``alone``: they were the only rows
+        on it (one call of one row), so that row is charged; otherwise none is, and each
+        runs again alone on its actor, where a death names its row."""
         self.stats.worker_deaths += 1
-        if isinstance(exc, OutOfMemoryError) or _MEMORY_KILL.search(str(exc)):
-            self.shrink(call.slot)
-        self.lost(call.slot, call.actor)
         self.batcher.reset()
-        if len(held) > 1:
+        self.wake.set()
+        if not alone:
             self.suspects.update(item.row for item in held)
             self.stats.retries += len(held)
-            self.again.extendleft(reversed(held))
-            return []
+            self.retry_queue.extendleft(reversed(held))
+            return
         item = held[0]
         index = item.row
         self.deaths[index] = self.deaths.get(index, 0) + 1
         if self.deaths[index] < self.policy.max_worker_deaths:
             self.stats.retries += 1
             self.suspects.add(index)
-            self.again.appendleft(item)
-            return []
+            self.retry_queue.appendleft(item)
+            return
         now = time.time()
         error = WorkerDiedError(
             f"row {index} killed its worker {self.deaths[index]} times (segfault, os._exit, "
@@ -578,129 +385,573 @@ class Scheduler:
         self.stats.failures += 1
         self.suspects.discard(index)
         annotate(error, item, self.name, "")
-        return [Outcome(index, False, error, now, now, "")]
+        self.deliver([Outcome(index, False, error, now, now, "")], "")
+
+    def fail(self, error: BaseException) -> None:
+        """The run cannot go on: its driver raises ``error``."""
+        if self.error is None:
+            self.error = error
+        self.wake.set()
+
+
+_DISPATCHERS: weakref.WeakKeyDictionary[Pool, Dispatcher] = weakref.WeakKeyDictionary()
+_DISPATCHERS_LOCK = threading.Lock()
+
+
+class Dispatcher:
+    """The calls on one pool's actors, for every run open on it (see the module's doc)."""
+
+    @classmethod
+    def of(cls, pool: Pool) -> Dispatcher:
+        """The dispatcher of ``pool`` in its current Ray session (a new one after Ray was
+        restarted: the old actors are gone with it)."""
+        with _DISPATCHERS_LOCK:
+            found = _DISPATCHERS.get(pool)
+            if found is None or found.session != pool.session or found.size != pool.size:
+                found = _DISPATCHERS[pool] = cls(pool)
+            return found
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.session = pool.session
+        self.generation = pool.generation
+        self.size = pool.size
+        self.lock = threading.RLock()
+        self.runs: deque[Run] = deque()  # open runs; the head has the next turn
+        self.finished: deque[ray.ObjectRef[Any]] = deque()  # appended by Ray's callbacks
+        self.futures: dict[ray.ObjectRef[Any], concurrent.futures.Future[Any]] = {}
+        self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
+        self.retired: set[int] = set()
+        self.ready: dict[int, ActorHandle[Any]] = {}  # slot -> its started actor
+        self.probes: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any]]] = {}
+        self.waiting_since: dict[int, float] = {}  # slot -> when its actor was asked for
+        self.stalled_since: float | None = time.monotonic()  # no actor ready since then
+        self.start_failures: dict[int, int] = {}
+        self.warned_reduced = False
+        self.logged_waiting = False
+        self.lanes: list[deque[ray.ObjectRef[Any]]] = [deque() for _ in range(self.size)]
+        self.running_since: list[float] = [0.0] * self.size
+        self.inflight: dict[ray.ObjectRef[Any], _Call] = {}
+        self.isolated_slots: set[int] = set()  # running a suspect, nothing queued behind it
+        self.pipelining = False
+        self.busy_slots = 0  # actors with a call
+        self.timed = False  # an open run has a timeout: lanes are checked for deadlines
+        self.wakes: tuple[_Wake, ...] = ()  # of the open runs, read by Ray's callback thread
+
+    # -- runs ------------------------------------------------------------------------------
+
+    def open(self, run: Run) -> None:
+        """Serve ``run`` from now on: it takes its turn for free actors."""
+        with self.lock:
+            run.inflight_cap = self.size
+            if not self.runs:  # the first run after a pause: a fresh view of the actors
+                now = time.monotonic()
+                if self.generation != self.pool.generation:  # they get another function
+                    self.generation = self.pool.generation
+                    self.ready.clear()
+                    self.probes.clear()
+                    self.waiting_since.clear()
+                    self.tokens.clear()
+                self.retired.clear()
+                self.warned_reduced = self.logged_waiting = False
+                self.waiting_since = dict.fromkeys(self.waiting_since, now)
+                self.stalled_since = None if self.ready else now
+            self.runs.append(run)
+            self.runs_changed()
+            for slot in range(self.size):
+                if slot not in self.ready and slot not in self.retired and \
+                        slot not in self.waiting_since:
+                    self.enlist(slot)
+            self.fill()
+
+    def close(self, run: Run) -> None:
+        """``run`` ended (done, failed, closed early or cancelled): stop its calls only.
+
+        Its calls are stopped by killing their actor when every call on that actor is the
+        run's own; else they are left to finish (a queued one is short: only calls under
+        ``_PIPELINE_BELOW_SECONDS`` are queued) and their outcomes dropped. They are not
+        ``ray.cancel``-ed: cancelling a queued actor task leaves a gap in Ray's per-caller
+        order of calls to that actor, which then stalls for 30 s and fails every call queued
+        on it, another run's included. Calls of other runs are never touched."""
+        with self.lock:
+            if run in self.runs:
+                self.runs.remove(run)
+                self.runs_changed()
+            run.stats.wall_time = time.perf_counter() - run.clock
+            run.stats.final_concurrency = self.size - len(self.retired)
+            mine = [call for call in self.inflight.values() if call.run is run]
+            for call in mine:
+                call.orphaned = True
+            for slot in {call.slot for call in mine}:
+                self.stop_orphans(slot)
+            run.wire.close()
+            if self.runs:
+                self.fill()
+        if run.on_end is not None:
+            run.on_end(run.stats)
+
+    def runs_changed(self) -> None:
+        self.wakes = tuple(run.wake for run in self.runs)  # replaced whole: safe to read
+        self.timed = any(run.policy.timeout is not None for run in self.runs)
+
+    def stop_orphans(self, slot: int) -> None:
+        """Stop the calls on ``slot`` whose runs ended, by killing the actor (ours) when no
+        other run has a call there."""
+        lane = self.lanes[slot]
+        calls = [self.inflight[ref] for ref in lane]
+        if calls and all(call.orphaned for call in calls) and self.pool.owned:
+            for ref in list(lane):
+                self.release(ref)
+            self.lost(slot, calls[0].actor)  # killed: a fresh actor when a run needs it
+
+    # -- actors ----------------------------------------------------------------------------
+
+    def capacity(self) -> int:
+        """Calls one actor may hold: the running one, and one queued behind short calls."""
+        return 2 if self.pipelining else 1
+
+    def enlist(self, slot: int) -> None:
+        """Use ``slot``'s actor (made now if needed) as soon as it is ready: at once when it
+        is known to be, else when its probe resolves. Rows never wait on an unready actor."""
+        actor, probe = self.pool.probe(slot)
+        if probe is None:
+            self.mark_ready(slot, actor)
+        else:
+            if probe not in self.probes:
+                self.probes[probe] = (slot, actor)
+                self.watch(probe)
+            self.waiting_since.setdefault(slot, time.monotonic())
+
+    def mark_ready(self, slot: int, actor: ActorHandle[Any]) -> None:
+        self.ready[slot] = actor
+        if self.waiting_since.pop(slot, None) is not None and self.warned_reduced:
+            log.info("an actor for %r was placed: %d calls at once", self.names(),
+                     len(self.ready) - len(self.retired & self.ready.keys()))
+        if self.logged_waiting:
+            self.logged_waiting = False
+            for run in self.runs:
+                run.progress.note("")
+        self.stalled_since = None
+        self.start_failures.pop(slot, None)
+        self.tokens.extend([slot] * self.capacity())
+
+    def lost(self, slot: int, actor: ActorHandle[Any]) -> None:
+        """``slot``'s actor is gone (discarded by us or dead): ask for a new one when a run
+        is open (else the next run will)."""
+        self.pool.discard(slot, actor)
+        if self.ready.get(slot) is actor:
+            del self.ready[slot]
+        if not self.ready.keys() - self.retired and self.stalled_since is None:
+            self.stalled_since = time.monotonic()
+        if slot not in self.retired and self.runs:
+            self.enlist(slot)
+
+    def on_probe(self, probe: ray.ObjectRef[Any],
+                 future: concurrent.futures.Future[Any] | None) -> None:
+        """A probe resolved: its actor is ready, or it could not start."""
+        slot, actor = self.probes.pop(probe)
+        self.waiting_since.pop(slot, None)
+        try:
+            ray.get(probe) if future is None else future.result()
+        except RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):
+                raise ThreadChunksError(
+                    f"the actors could not start (creating the actor or loading "
+                    f"{self.names()!r} on it failed): {exc}") from exc
+            if not self.pool.owned:
+                raise WorkerDiedError(
+                    f"an actor handed in by the user died and cannot be replaced: {exc}"
+                ) from exc
+            failures = self.start_failures[slot] = self.start_failures.get(slot, 0) + 1
+            if failures >= _START_FAILURES:
+                raise ThreadChunksError(
+                    f"actors for {self.names()!r} died {failures} times in a row before "
+                    f"starting; last cause: {exc}") from exc
+            self.lost(slot, actor)
+            return
+        except RayError as exc:
+            raise ThreadChunksError(
+                f"the actors could not load {self.names()!r}: {exc}") from exc
+        if self.pool.confirm(slot, actor):
+            self.mark_ready(slot, actor)
+        elif slot not in self.ready and slot not in self.retired and self.runs:
+            self.enlist(slot)  # replaced meanwhile: wait for the new one
+
+    def names(self) -> str:
+        return self.runs[0].name if self.runs else "function"
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def next_run(self, queued: bool) -> Run | None:
+        """The open run whose turn it is for a free actor (round-robin among those with
+        work), moved to the back of the line. ``queued``: the call would wait behind another
+        on its actor, which only runs of short calls do."""
+        for _ in range(len(self.runs)):
+            run = self.runs[0]
+            self.runs.rotate(-1)
+            if run.has_work() and (not queued or run.batcher.pipelined):
+                return run
+        return None
+
+    def fill(self) -> None:
+        """Give every free actor a call of the run whose turn it is."""
+        pipelined = any(run.batcher.pipelined for run in self.runs)
+        if pipelined and not self.pipelining:  # a second token per actor: one call runs,
+            self.tokens.extend(s for s in self.ready if s not in self.retired)  # one waits
+        self.pipelining = pipelined
+        capacity = self.capacity()
+        deferred: list[int] = []  # tokens of a queue slot no run can use now
+        while self.tokens:
+            slot = self.tokens.popleft()
+            actor = self.ready.get(slot)
+            lane = self.lanes[slot]
+            if actor is None or slot in self.retired or len(lane) >= capacity or (
+                    lane and slot in self.isolated_slots):
+                continue  # a token of an actor gone, not ready or busy (release gives it back)
+            queued = bool(lane)
+            if queued and not all(self.inflight[r].run.batcher.pipelined for r in lane):
+                continue  # a long call runs there: nothing waits behind it (release gives
+            run = self.next_run(queued)  # the token back)
+            if run is None:
+                if queued:
+                    deferred.append(slot)
+                    continue
+                self.tokens.appendleft(slot)
+                break
+            if run.retry_queue and run.retry_queue[0].row in run.suspects:
+                if lane:
+                    continue  # a suspect runs alone on its actor (release gives it back)
+                batch = [run.retry_queue.popleft()]
+                self.isolated_slots.add(slot)
+            else:
+                batch = run.take(run.batcher.size)
+            if not batch:
+                self.tokens.appendleft(slot)  # that run had no work after all: next run
+                continue
+            self.send(run, slot, actor, batch)
+        self.tokens.extend(deferred)
+        for run in self.runs:
+            if self.busy_slots > run.stats.peak_concurrency:
+                run.stats.peak_concurrency = self.busy_slots
+
+    def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item]) -> None:
+        ref = actor._tc_run_batch.remote(run.wire.send(batch))
+        lane = self.lanes[slot]
+        if not lane:
+            self.running_since[slot] = time.monotonic()
+            self.busy_slots += 1
+        lane.append(ref)
+        self.inflight[ref] = _Call(run, slot, actor, batch)
+        run.inflight_calls += 1
+        run.inflight_rows += len(batch)
+        self.watch(ref)
+
+    def release(self, ref: ray.ObjectRef[Any]) -> _Call:
+        call = self.inflight.pop(ref)
+        run = call.run
+        run.inflight_calls -= 1
+        run.inflight_rows -= len(call.batch)
+        run.wire.done(call.batch)
+        lane = self.lanes[call.slot]
+        was_running = bool(lane) and lane[0] == ref
+        lane.remove(ref)
+        if was_running and lane:
+            self.running_since[call.slot] = time.monotonic()
+        if not lane:
+            self.busy_slots -= 1
+        if call.slot in self.isolated_slots and not lane:
+            self.isolated_slots.discard(call.slot)
+            self.tokens.extend([call.slot] * self.capacity())
+        else:
+            self.tokens.append(call.slot)
+        return call
+
+    # -- hearing back ----------------------------------------------------------------------
+
+    def watch(self, ref: ray.ObjectRef[Any]) -> None:
+        """Have Ray report ``ref`` when it finishes (from its callback thread)."""
+        future = ref.future()
+        self.futures[ref] = future
+        future.add_done_callback(functools.partial(self._finished, ref))
+
+    def _finished(self, ref: ray.ObjectRef[Any], _: object) -> None:
+        self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
+        for wake in self.wakes:
+            wake.set()
+
+    def turn(self, run: Run) -> list[Outcome] | None:
+        """Do what is due for every run (finished calls and probes, deadlines, free
+        actors); then ``run``'s outcomes to hand out now, [] when there are none yet (wait
+        on ``run.wake``), None when the run is done. Raises what fails the run."""
+        run.wake.clear()
+        with self.lock:
+            try:
+                self.pump()
+            except Exception as exc:  # the pool cannot go on: every run fails with it
+                for each in tuple(self.runs):
+                    each.fail(exc)
+            if run.ready:
+                out = list(run.ready)
+                run.ready.clear()
+                return out
+            if run.error is not None:
+                raise run.error
+            if run.done():
+                return None
+            if not run.inflight_calls and not self.probes and run.has_work() \
+                    and not self.ready.keys() - self.retired:
+                for slot in range(self.size):  # rows left and no actor asked for: ask again
+                    if slot not in self.ready and slot not in self.retired:
+                        self.enlist(slot)
+            return []
+
+    def pump(self) -> None:
+        """Everything due: finished references, deadlines, then free actors to runs."""
+        finished = self.finished
+        while finished:
+            ref = finished.popleft()
+            future = self.futures.pop(ref, None)
+            if ref in self.probes:
+                self.on_probe(ref, future)
+            elif ref in self.inflight:
+                self.on_reply(ref, future)
+        deadline = self.deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            self.on_time()
+        self.fill()
+
+    def on_reply(self, ref: ray.ObjectRef[Any],
+                 future: concurrent.futures.Future[Any] | None) -> None:
+        call = self.inflight[ref]
+        try:
+            reply = ray.get(ref) if future is None else future.result()
+        except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
+            self.died(ref, exc)
+            return
+        except Exception as exc:
+            self.release(ref)
+            if not call.orphaned:
+                call.run.fail(exc)
+            return
+        self.release(ref)
+        if call.orphaned:
+            return
+        run = call.run
+        records = read_reply(reply)
+        run.batcher.observe(records)
+        final = run.settle(records, call.batch)
+        label = actor_label(call.slot)
+        busy = run.stats.busy_time
+        busy[label] = busy.get(label, 0.0) + sum(r.ended - r.started for r in records)
+        run.deliver(final, label)
+
+    def died(self, ref: ray.ObjectRef[Any], exc: RayActorError | OutOfMemoryError) -> None:
+        """The actor of call ``ref`` died: replace it and run the rows it held again.
+
+        Every call the dead actor held (of any run) is settled at this first news of its
+        death. When it held one call of one row, that row is charged; a row charged
+        ``max_worker_deaths`` times fails with WorkerDiedError. When it held several rows
+        (a batch, or a call queued behind the running one, maybe of another run), which one
+        killed it is unknown (a finished call's reply may die with the process): none is
+        charged, and each runs again alone on its actor, where a death names its row.
+        """
+        call = self.inflight[ref]
+        lane = self.lanes[call.slot]
+        calls = [self.release(r) for r in list(lane) if self.inflight[r].actor is call.actor]
+        if not self.pool.owned:
+            error = WorkerDiedError(
+                f"an actor handed in by the user died and cannot be replaced: {exc}")
+            for each in calls:
+                if not each.orphaned:
+                    each.run.fail(error)
+            return
+        if isinstance(exc, OutOfMemoryError) or _MEMORY_KILL.search(str(exc)):
+            self.shrink(call.slot)
+        self.lost(call.slot, call.actor)
+        live = [each for each in calls if not each.orphaned]
+        alone = len(calls) == 1 and len(call.batch) == 1
+        for run in {id(each.run): each.run for each in live}.values():
+            held = [item for each in live if each.run is run for item in each.batch]
+            run.charge_death(held, exc, alone)
 
     def shrink(self, slot: int) -> None:
         """A worker was killed for memory: one call fewer at once from now on (never 0)."""
-        active = self.pool.size - len(self.retired)
+        active = self.size - len(self.retired)
         if active <= 1:
             return
         self.retired.add(slot)
         warnings.warn(
-            f"a worker running {self.name!r} was killed for lack of memory; running "
+            f"a worker running {self.names()!r} was killed for lack of memory; running "
             f"{active - 1} calls at once instead of {active} for the rest of this run",
             ConcurrencyReducedWarning, stacklevel=5)
 
-    def releasable(self, final: list[Outcome]) -> list[Outcome]:
-        """What can be handed out now: everything when unordered; in order, what is next in
-        line (holding back only what arrived early)."""
-        if not self.ordered:
-            return final
-        early, order = self.early, self.order
-        for record in final:
-            replaced = early.get(record.row)
-            if replaced is not None and replaced.ok:  # a duplicate report of a row
-                self.early_bytes -= weight(replaced.value)
-            early[record.row] = record
-            if record.ok:
-                self.early_bytes += weight(record.value)
-        out: list[Outcome] = []
-        while order and order[0] in early:
-            record = early.pop(order.popleft())
-            if record.ok:
-                self.early_bytes -= weight(record.value)
-            out.append(record)
-        return out
+    # -- time ------------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """The run is over (done, failed, closed early or cancelled): final statistics, and
-        every call still in flight stopped."""
-        self.stats.wall_time = time.perf_counter() - self.clock
-        self.stats.final_concurrency = self.pool.size - len(self.retired)
-        self.abort()
+    def timeout_of(self, slot: int) -> float | None:
+        """The timeout of the call running on ``slot`` (its own run's), if any."""
+        lane = self.lanes[slot]
+        return self.inflight[lane[0]].run.policy.timeout if lane else None
 
-    def abort(self) -> None:
-        """Stop every call in flight: kill our busy actors, cancel on the user's."""
-        for ref, call in list(self.inflight.items()):
-            if not self.pool.discard(call.slot, call.actor) and ray.is_initialized():
-                ray.cancel(ref)
-        self.inflight.clear()
-        self.inflight_rows = 0
-        self.wire.close()
+    def placement_timeout(self) -> float | None:
+        """The shortest ``placement_timeout`` of the open runs (None: all wait forever)."""
+        limits = [run.policy.placement_timeout for run in self.runs]
+        given = [limit for limit in limits if limit is not None]
+        return min(given) if given else None
+
+    def deadline(self) -> float | None:
+        """When something must happen even if no call finishes (monotonic seconds)."""
+        times: list[float] = []
+        if self.timed:
+            for slot, lane in enumerate(self.lanes):
+                if lane:
+                    timeout = self.timeout_of(slot)
+                    if timeout is not None:
+                        times.append(self.running_since[slot] + timeout)
+        if self.waiting_since and self.runs and not self.noticed():
+            waiting = [t for s, t in self.waiting_since.items() if s not in self.retired]
+            if waiting:
+                times.append(min(waiting) + self.notice_after())
+        limit = self.placement_timeout()
+        if self.stalled_since is not None and limit is not None and self.runs:
+            times.append(self.stalled_since + limit)
+        return min(times) if times else None
+
+    def time_left(self) -> float | None:
+        """Seconds until the next deadline (None: none, wait for a call or probe)."""
+        with self.lock:
+            deadline = self.deadline()
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    def on_time(self) -> None:
+        """A deadline came: calls past their timeout fail; actors Ray has not placed are
+        reported; with none placed for ``placement_timeout``, the runs fail."""
+        now = time.monotonic()
+        limit = self.placement_timeout()
+        if self.stalled_since is not None and limit is not None \
+                and now - self.stalled_since >= limit:
+            error = self.placement_error(now - self.stalled_since, limit)
+            for run in tuple(self.runs):
+                if run.policy.placement_timeout is not None and \
+                        now - self.stalled_since >= run.policy.placement_timeout:
+                    run.fail(error)
+            return
+        late = [s for s, since in self.waiting_since.items()
+                if now - since >= self.notice_after() and s not in self.retired]
+        if late:
+            self.notice(late)
+        self.overdue()
+
+    def describe_wait(self) -> str:
+        demand = self.pool.demand
+        total = {**dict.fromkeys(demand, 0.0), **ray.cluster_resources()}
+        available = ray.available_resources()
+        return (f"one actor asks for {_amounts(demand)}; the Ray cluster has "
+                f"{_amounts(total)} in all, "
+                f"{_amounts({k: available.get(k, 0.0) for k in total})} available now")
+
+    def notice_after(self) -> float:
+        """Seconds an actor may wait for placement before it is reported: 10, or half of
+        ``placement_timeout`` when that is shorter."""
+        limit = self.placement_timeout()
+        return _PLACEMENT_NOTICE_SECONDS if limit is None else min(
+            _PLACEMENT_NOTICE_SECONDS, limit / 2)
+
+    def noticed(self) -> bool:
+        """Whether the wait for placement was already reported in the current state."""
+        return self.warned_reduced if self.ready.keys() - self.retired else self.logged_waiting
+
+    def notice(self, late: list[int]) -> None:
+        active = len(self.ready.keys() - self.retired)
+        if active and not self.warned_reduced:
+            self.warned_reduced = True
+            warnings.warn(
+                f"{len(late)} of {self.size} actors for {self.names()!r} could not be "
+                f"placed by Ray for {self.notice_after():g} s ({self.describe_wait()}); "
+                f"running {active} calls at once until Ray places them",
+                ConcurrencyReducedWarning, stacklevel=6)
+        elif not active and not self.logged_waiting:
+            self.logged_waiting = True
+            limit = self.placement_timeout()
+            log.warning("waiting for Ray to place actors for %r: none placed for %g s (%s); "
+                        "%s", self.names(), self.notice_after(), self.describe_wait(),
+                        "waiting without limit (placement_timeout=None)" if limit is None
+                        else f"giving up after placement_timeout={limit:g} s")
+            for run in self.runs:
+                run.progress.note("waiting for Ray to place actors")
+
+    def placement_error(self, waited: float, limit: float) -> ActorPlacementError:
+        return ActorPlacementError(
+            f"no actor for {self.names()!r} could run for {waited:.0f} s "
+            f"(placement_timeout={limit:g}): {self.describe_wait()}. "
+            "Free those resources, add a node that has them, ask for less in actor_options, "
+            "or raise placement_timeout")
+
+    def overdue(self) -> None:
+        """Kill the actors whose running call passed its run's timeout: those rows fail; the
+        calls queued behind it (of any run) are sent again, uncharged."""
+        now = time.monotonic()
+        for slot, lane in enumerate(self.lanes):
+            timeout = self.timeout_of(slot)
+            if timeout is None or now - self.running_since[slot] < timeout:
+                continue
+            running = lane[0]
+            call = self.inflight[running]
+            for ref in list(lane):
+                queued = self.release(ref)
+                if ref is not running and not queued.orphaned:
+                    queued.run.retry_queue.extendleft(reversed(queued.batch))
+            self.lost(slot, call.actor)
+            if call.orphaned:
+                continue
+            run = call.run
+            run.stats.worker_deaths += 1
+            wall = time.time()
+            timed_out: list[Outcome] = [
+                Outcome(item.row, False, TimeoutError(
+                    f"row {item.row} ran longer than timeout={timeout}s; its actor "
+                    "was killed and replaced"), wall - timeout, wall, "")
+                for item in call.batch]
+            run.deliver(run.settle(timed_out, call.batch), "")
 
 
-def run(state: Scheduler) -> Generator[Outcome, None, None]:
-    """Run every item of ``state.source`` on ``state.pool``, at most ``pool.size`` calls
-    running at once.
+def run(pool: Pool, state: Run) -> Generator[Outcome, None, None]:
+    """Run every item of ``state.source`` on ``pool``'s actors, sharing them with the other
+    runs open on the pool: at most ``pool.size`` calls running at once in all.
 
-    Blocks on ``ray.wait`` (never polls). Calls go only to actors that have started, so an
-    actor Ray cannot place holds no rows. Yields one outcome per item, in input order when
-    ``ordered`` (holding back only what arrived early), else as they finish. Items are pulled
-    from ``source`` only when an actor can take them, and never more than ``state.bound()``
-    (``policy.max_buffered``) ahead of the outcomes handed out. Closing the generator early
-    kills the calls in flight (actors we own are replaced lazily).
+    Waits on the run's wake-up (never polls). Calls go only to actors that have started, so
+    an actor Ray cannot place holds no rows. Yields one outcome per item, in input order
+    when ``ordered`` (holding back only what arrived early), else as they finish. Items are
+    pulled from ``source`` only when an actor can take them, and never more than
+    ``state.bound()`` (``policy.max_buffered``) ahead of the outcomes handed out. Closing the
+    generator early stops this run's calls (and no other run's).
     """
+    dispatcher = Dispatcher.of(pool)
+    dispatcher.open(state)
     try:
-        while state.busy():
-            for outcome in state.turn(state.wait()):
+        while (out := dispatcher.turn(state)) is not None:
+            if not out:
+                state.wake.wait(dispatcher.time_left())
+            for outcome in out:
                 yield outcome
                 state.handed += 1
     finally:
-        state.finish()
+        dispatcher.close(state)
 
 
-async def arun(state: Scheduler) -> AsyncGenerator[Outcome, None]:
-    """:func:`run` for asyncio: the same scheduler, waiting on the event loop instead of in
-    ``ray.wait``, so the loop keeps running other tasks. Cancelling the task that iterates
-    (or closing the generator) kills the calls in flight, as closing :func:`run` does."""
-    waiter = _Waiter()
+async def arun(pool: Pool, state: Run) -> AsyncGenerator[Outcome, None]:
+    """:func:`run` for asyncio: the same dispatcher, waiting on the event loop instead of
+    in a thread, so the loop keeps running other tasks. Cancelling the task that iterates
+    (or closing the generator) stops this run's calls, as closing :func:`run` does."""
+    wake = _AsyncWake()
+    state.wake = wake
+    dispatcher = Dispatcher.of(pool)
+    dispatcher.open(state)
     try:
-        while state.busy():
-            for outcome in state.turn(await waiter.next(state)):
+        while (out := dispatcher.turn(state)) is not None:
+            if not out:
+                await wake.wait_async(dispatcher.time_left())
+            for outcome in out:
                 yield outcome
                 state.handed += 1
     finally:
-        waiter.close()
-        state.finish()
-
-
-class _Waiter:
-    """Waits on the event loop for the first of a run's calls and probes to finish: one
-    asyncio future per Ray reference, made once when the reference is first waited on."""
-
-    def __init__(self) -> None:
-        self.futures: dict[ray.ObjectRef[Any], asyncio.Future[Any]] = {}
-
-    async def next(self, state: Scheduler) -> ray.ObjectRef[Any] | None:
-        """The next finished call or probe, or None when a deadline has come."""
-        refs = state.pending()
-        futures = self.futures
-        for ref in refs:
-            if ref not in futures:
-                futures[ref] = asyncio.wrap_future(ref.future())
-        if len(futures) > len(refs):  # settled without finishing (a timeout, a death)
-            for gone in futures.keys() - set(refs):
-                _drop(futures.pop(gone))
-        done, _ = await asyncio.wait([futures[ref] for ref in refs],
-                                     timeout=state.time_left(),
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for ref in refs:
-            future = futures[ref]
-            if future in done:
-                _drop(futures.pop(ref))  # its value is read by ray.get in turn()
-                return ref
-        return None
-
-    def close(self) -> None:
-        for future in self.futures.values():
-            _drop(future)
-        self.futures.clear()
-
-
-def _drop(future: asyncio.Future[Any]) -> None:
-    """Let go of a future: cancel it if pending; if it failed, mark its exception as seen
-    (Ray's own error is read through ray.get), so asyncio does not log it as lost."""
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled():
-        future.exception()
+        dispatcher.close(state)
