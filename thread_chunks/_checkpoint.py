@@ -6,7 +6,8 @@ The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA applicati
 - ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
   finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
   ``value`` the pickled result (as the actor pickled it) or exception.
-- ``run(row, key)``: the latest run's list, one key per row.
+- ``run(row, key, ok)``: the latest run's list, one key per row, and the row's state as the
+  run knows it (1 done, 0 failed, NULL not yet), kept as results are recorded.
 - ``meta``: the format, the digest scheme, the function (name and body digest) the results
   belong to, and the latest run: its parameter list (pickled once, large arguments replaced by
   a :class:`NotStored` description), how many rows it reused. ``index``/``done`` only while
@@ -67,7 +68,8 @@ CREATE TABLE IF NOT EXISTS results (
     recorded REAL NOT NULL
 );
 """
-_RUN = "CREATE TABLE IF NOT EXISTS run (row INTEGER PRIMARY KEY, key BLOB NOT NULL);"
+_RUN = ("CREATE TABLE IF NOT EXISTS run "
+        "(row INTEGER PRIMARY KEY, key BLOB NOT NULL, ok INTEGER);")
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
            + _RESULTS + _RUN)
 
@@ -230,7 +232,8 @@ def _upgrade(conn: sqlite3.Connection) -> None:
     if meta.get("format_version") != 3:
         return
     conn.execute("DELETE FROM run")
-    conn.executemany("INSERT INTO run VALUES (?, ?)", enumerate(_split(meta.get("keys", b""))))
+    conn.executemany("INSERT INTO run (row, key) VALUES (?, ?)",
+                     enumerate(_split(meta.get("keys", b""))))
     conn.execute("DELETE FROM meta WHERE key = 'keys'")
     conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (FORMAT_VERSION,))
 
@@ -260,28 +263,57 @@ def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool) 
 
 
 def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
-               undigestable: Sequence[int], *, light: bool = True) -> None:
-    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go."""
+               undigestable: Sequence[int], *, light: bool = True, table: bool = True) -> None:
+    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. The
+    ``run`` table is emptied, and filled with the keys when ``table``."""
     count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
         ("parameters", _pickle_rows(rows, undigestable, light)), ("count", count),
         ("reused", 0), ("run_started", time.time())])
     conn.execute("DELETE FROM run")
-    conn.executemany("INSERT INTO run VALUES (?, ?)",
-                     ((row, keys[row * KEY_BYTES:(row + 1) * KEY_BYTES])
-                      for row in range(count)))
+    if table:
+        _insert_keys(conn, keys)
 
 
-def _find_reused(conn: sqlite3.Connection) -> tuple[array[int], array[int]]:
-    """The rows of the latest run whose key is recorded as a success, ascending, and the
-    size of each one's pickled result (no result is read)."""
+def _insert_keys(conn: sqlite3.Connection, keys: bytes,
+                 states: Callable[[bytes], int | None] = lambda _: None) -> None:
+    conn.executemany("INSERT INTO run VALUES (?, ?, ?)",
+                     ((row, key, states(key)) for row, key in enumerate(
+                         keys[i:i + KEY_BYTES] for i in range(0, len(keys), KEY_BYTES))))
+
+
+def _find_reused(conn: sqlite3.Connection, keys: bytes) -> tuple[array[int], array[int]]:
+    """Fill the ``run`` table with ``keys`` and each row's state; the rows whose key is
+    recorded as a success, ascending, and the size of each one's pickled result (no result
+    is read). Inside a transaction.
+
+    When the file holds not many more results than the list has rows, one scan of the
+    results' keys into memory matches them (no lookup per row: SQLite's costs ~2.5 us);
+    otherwise the run's keys are joined with the results (the work follows the list).
+    """
     rows, sizes = array("q"), array("q")
-    for row, size in conn.execute(
-            "SELECT r.row, length(s.value) FROM run AS r JOIN results AS s ON s.key = r.key "
-            "WHERE s.ok = 1 ORDER BY r.row"):
-        rows.append(row)
-        sizes.append(size or 0)
+    states: list[tuple[int, int]] = []
+    count = len(keys) // KEY_BYTES
+    if conn.execute("SELECT count(*) FROM results").fetchone()[0] <= 4 * count:
+        known = {key: (ok, size) for key, ok, size in conn.execute(
+            "SELECT key, ok, length(value) FROM results")}
+        for row in range(count):
+            found = known.get(keys[row * KEY_BYTES:(row + 1) * KEY_BYTES])
+            if found is not None and found[0]:
+                rows.append(row)
+                sizes.append(found[1] or 0)
+        _insert_keys(conn, keys, lambda key: (known.get(key) or (None,))[0])
+        return rows, sizes
+    _insert_keys(conn, keys)
+    for row, ok, size in conn.execute(
+            "SELECT r.row, s.ok, length(s.value) FROM run AS r JOIN results AS s "
+            "ON s.key = r.key ORDER BY r.row"):
+        states.append((ok, row))
+        if ok:
+            rows.append(row)
+            sizes.append(size or 0)
+    conn.executemany("UPDATE run SET ok = ? WHERE row = ?", states)
     return rows, sizes
 
 
@@ -369,8 +401,8 @@ class Store:
                     if func_digest and not old.get("func_digest"):
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
                                      (func_digest,))
-                _write_run(conn, rows, store._keys, undigestable)
-                store.reused, store._sizes = _find_reused(conn)
+                _write_run(conn, rows, store._keys, undigestable, table=False)
+                store.reused, store._sizes = _find_reused(conn, store._keys)
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
@@ -453,6 +485,8 @@ class Store:
             with _transaction(self._conn):
                 self._conn.executemany(
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self._conn.executemany("UPDATE run SET ok = ? WHERE row = ?",
+                                       [(r.ok, r.row) for r in records])
         except Exception as exc:
             self._give_up(exc)
 
@@ -533,9 +567,12 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
             version = meta.get("format_version")
             if version == 3:
-                conn.execute("CREATE TEMP TABLE run (row INTEGER PRIMARY KEY, key BLOB)")
-                conn.executemany("INSERT INTO temp.run VALUES (?, ?)",
+                conn.execute("CREATE TEMP TABLE run (row INTEGER PRIMARY KEY, key BLOB, "
+                             "ok INTEGER)")
+                conn.executemany("INSERT INTO temp.run (row, key) VALUES (?, ?)",
                                  enumerate(_split(meta.get("keys", b""))))
+                conn.execute("UPDATE temp.run SET ok = (SELECT s.ok FROM results AS s "
+                             "WHERE s.key = temp.run.key)")
             elif version != FORMAT_VERSION:
                 raise CheckpointError(
                     f"checkpoint {path!r} was written by another version of thread-chunks "
@@ -614,6 +651,8 @@ class Checkpoint:
                 conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", [
                     (keys[i], 1, pack(self.output[i]), self.started[i], self.ended[i],
                      self.actor[i], now) for i, done in enumerate(self.completed) if done])
+                conn.executemany("UPDATE run SET ok = 1 WHERE row = ?",
+                                 [(i,) for i, done in enumerate(self.completed) if done])
         except sqlite3.Error as exc:
             raise CheckpointError(f"cannot write checkpoint {target!r}: {exc}") from exc
         self.path = target
@@ -656,20 +695,23 @@ class Checkpoint:
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What ``thread-chunks inspect`` shows: progress, failures, reuse, timing, rate and ETA.
 
-    SQL over the keys and timing columns, one pass over the latest run: no result is read or
-    unpickled, so it costs the same for results of bytes or of gigabytes. The rate counts only
-    calls that finished in the latest run (reused rows ran earlier).
+    SQL over the run's row states and the timing columns, one scan of each table: no result is
+    read or unpickled, so it costs the same for results of bytes or of gigabytes. The first
+    and last update are the file's; the rate counts only calls that finished in the latest
+    run (reused rows ran earlier).
     """
     with _reading(path) as (conn, meta):
         since = float(meta.get("run_started") or 0.0)
         total = int(meta["count"])
-        done, failed, first, last, fresh, fresh_first, fresh_last = conn.execute(
-            "SELECT coalesce(sum(s.ok), 0), coalesce(sum(1 - s.ok), 0), min(s.started), "
-            "max(s.ended), count(CASE WHEN s.ended >= ?1 AND s.started IS NOT NULL THEN 1 END), "
-            "min(CASE WHEN s.ended >= ?1 THEN s.started END), "
-            "max(CASE WHEN s.ended >= ?1 AND s.started IS NOT NULL THEN s.ended END) "
-            "FROM run AS r JOIN results AS s ON s.key = r.key", (since,)).fetchone()
-        stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+        done, failed = conn.execute(
+            "SELECT count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END) "
+            "FROM run").fetchone()
+        stored, first, last, fresh, fresh_first, fresh_last = conn.execute(
+            "SELECT count(CASE WHEN ok = 1 THEN 1 END), min(started), max(ended), "
+            "count(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN 1 END), "
+            "min(CASE WHEN ended >= ?1 THEN started END), "
+            "max(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN ended END) "
+            "FROM results", (since,)).fetchone()
     done = int(meta["done"]) if "done" in meta else int(done)
     span = (fresh_last - fresh_first) if fresh else 0.0
     rate = fresh / span if span > 0 else None

@@ -196,6 +196,7 @@ class _AsyncWake(_Wake):
     """The same for a driver on an asyncio event loop (the loop keeps running meanwhile)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._loop = asyncio.get_running_loop()
         self._async = asyncio.Event()
 
@@ -220,7 +221,7 @@ class Run:
     yet handed out, its outcomes ready to hand out. Driven by :func:`run` or :func:`arun`;
     the dispatcher of its pool sends its calls and hands it their outcomes."""
 
-    inflight_cap = 1
+    pool_size = 1
     """Actors of the pool (set when the run opens): the default read-ahead scales with it."""
 
     def __init__(self, source: Iterator[Item], *, ordered: bool, batch_size: int | None,
@@ -257,7 +258,7 @@ class Run:
 
     def bound(self) -> int:
         """Rows read from the input and not yet handed out, at most."""
-        return self.policy.max_buffered or 4 * self.inflight_cap * self.batcher.size
+        return self.policy.max_buffered or 4 * self.pool_size * self.batcher.size
 
     def room(self) -> int:
         """New rows that may be read now: within ``max_buffered`` rows and, ordered, within
@@ -443,7 +444,7 @@ class Dispatcher:
     def open(self, run: Run) -> None:
         """Serve ``run`` from now on: it takes its turn for free actors."""
         with self.lock:
-            run.inflight_cap = self.size
+            run.pool_size = self.size
             if not self.runs:  # the first run after a pause: a fresh view of the actors
                 now = time.monotonic()
                 if self.generation != self.pool.generation:  # they get another function
