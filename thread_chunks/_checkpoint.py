@@ -277,10 +277,12 @@ def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
 
 
 def _insert_keys(conn: sqlite3.Connection, keys: bytes,
-                 states: Callable[[bytes], int | None] = lambda _: None) -> None:
+                 states: Sequence[int | None] | None = None) -> None:
+    """The ``run`` table's rows: each row's key and, when known, its state."""
     conn.executemany("INSERT INTO run VALUES (?, ?, ?)",
-                     ((row, key, states(key)) for row, key in enumerate(
-                         keys[i:i + KEY_BYTES] for i in range(0, len(keys), KEY_BYTES))))
+                     ((row, keys[row * KEY_BYTES:(row + 1) * KEY_BYTES],
+                       None if states is None else states[row])
+                      for row in range(len(keys) // KEY_BYTES)))
 
 
 def _find_reused(conn: sqlite3.Connection, keys: bytes) -> tuple[array[int], array[int]]:
@@ -298,12 +300,15 @@ def _find_reused(conn: sqlite3.Connection, keys: bytes) -> tuple[array[int], arr
     if conn.execute("SELECT count(*) FROM results").fetchone()[0] <= 4 * count:
         known = {key: (ok, size) for key, ok, size in conn.execute(
             "SELECT key, ok, length(value) FROM results")}
+        found: list[int | None] = [None] * count
         for row in range(count):
-            found = known.get(keys[row * KEY_BYTES:(row + 1) * KEY_BYTES])
-            if found is not None and found[0]:
+            ok, size = known.get(keys[row * KEY_BYTES:(row + 1) * KEY_BYTES], (None, 0))
+            found[row] = ok
+            if ok:
                 rows.append(row)
-                sizes.append(found[1] or 0)
-        _insert_keys(conn, keys, lambda key: (known.get(key) or (None,))[0])
+                sizes.append(size or 0)
+        del known
+        _insert_keys(conn, keys, found)
         return rows, sizes
     _insert_keys(conn, keys)
     for row, ok, size in conn.execute(
