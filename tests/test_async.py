@@ -16,6 +16,7 @@ from ray.exceptions import RayActorError
 from tests import workloads as w
 from thread_chunks import chunked
 from thread_chunks._checkpoint import Store
+from thread_chunks._run import _AsyncWake
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -117,6 +118,23 @@ def test_leaving_aimap_early_stops_the_calls_in_flight(tmp_path: Path) -> None:
     assert asyncio.run(main()) == [0]
     with pytest.raises(RayActorError):
         ray.get(before._tc_identity.remote(), timeout=30)
+
+
+def test_a_cancel_landing_as_a_result_arrives_still_cancels() -> None:
+    """The CI failure of the many-sweeps change: a result woke the sweep in the loop turn its
+    task was cancelled in, and the wake-up swallowed the cancel (Python 3.11's wait_for), so
+    the cancelled sweep ran on to the end. Reproduced here without Ray's timing."""
+    async def main() -> None:
+        wake = _AsyncWake()
+        waiting = asyncio.ensure_future(wake.wait_async(30.0))
+        await asyncio.sleep(0)  # the waiter is waiting
+        wake.set()  # from Ray's thread: lands on the loop next turn
+        await asyncio.sleep(0)  # the event is set; the waiter would wake next turn
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    asyncio.run(main())
 
 
 def test_amap_resumes_from_a_checkpoint_and_reuses_rows(tmp_path: Path) -> None:

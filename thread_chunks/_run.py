@@ -210,10 +210,14 @@ class _AsyncWake(_Wake):
         self._async.clear()
 
     async def wait_async(self, timeout: float | None) -> None:
+        """Until set or ``timeout``; a cancel always propagates. (Not ``asyncio.wait_for``:
+        before Python 3.12 it swallows a cancel that lands in the loop turn the event is set
+        in, and returns as if woken, so a cancelled sweep would go on running.)"""
+        waiter = asyncio.ensure_future(self._async.wait())
         try:
-            await asyncio.wait_for(self._async.wait(), timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait((waiter,), timeout=timeout)
+        finally:
+            waiter.cancel()
 
 
 class Run:
