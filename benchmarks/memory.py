@@ -34,7 +34,8 @@ sys.path.insert(0, {here!r})
 import thread_chunks
 from thread_chunks import chunked
 from workloads import hold
-calls, megabytes, seconds, size = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+calls, megabytes, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[4])
+seconds = float(sys.argv[3])
 budget = None if sys.argv[5] == "none" else "auto"
 import ray
 ray.init(num_cpus=2, include_dashboard=False)  # not timed; the actors are (alike in each case)

@@ -103,7 +103,7 @@ def test_a_format_4_checkpoint_without_memory_is_read_and_upgraded(tmp_path: Pat
     assert view.output == [i * i for i in range(20)] and view.memory == [None] * 20
     info = summary(path)
     assert info["call_memory_median"] is None and info["call_memory_max"] is None
-    assert f.map(rows + [[20]], path=path) == [i * i for i in range(21)]  # reused, upgraded
+    assert f.map([*rows, [20]], path=path) == [i * i for i in range(21)]  # reused, upgraded
     assert f.stats.calls == 1
     view = Checkpoint.load(path)
     assert view.memory[:20] == [None] * 20 and view.memory[20] is not None
