@@ -164,13 +164,12 @@ for megabytes in map(int, sys.argv[1:]):
 
 
 def test_six_large_calls_at_once_never_meet_rays_memory_monitor() -> None:
-    """Ray's monitor at 40 % of this machine, as in the issue: 6 calls of 1.5 GB and of
-    2.5 GB with chunk_size=6, the budget read off the node (the default)."""
-    total = psutil.virtual_memory().total
-    used = total - psutil.virtual_memory().available
-    if 0.4 * total - used < 4 * 2**30:
-        pytest.skip("this machine has too little memory free for Ray's monitor at 40 %")
-    env = {**local_env(), "RAY_memory_usage_threshold": "0.4",
+    """Ray's monitor at 40 % of this machine, as in the issue (or 5 GiB above the memory in
+    use, when more is in use: the suite's idle actors hold a few GB by now): 6 calls of
+    1.5 GB and of 2.5 GB with chunk_size=6, the budget read off the node (the default)."""
+    memory = psutil.virtual_memory()
+    threshold = max(0.4, (memory.total - memory.available + 5 * 2**30) / memory.total)
+    env = {**local_env(), "RAY_memory_usage_threshold": f"{threshold:.4f}",
            "RAY_memory_monitor_refresh_ms": "100"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, "1500", "2500"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
