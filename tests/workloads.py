@@ -322,11 +322,4 @@ def spans(directory: str | Path) -> list[tuple[float, float]]:
 
 def most_at_once(spans: list[tuple[float, float]], after: float = 0.0) -> int:
     """The most calls running at once from ``after`` on."""
-    events = sorted([(max(start, after), 1) for start, end in spans if end > after]
-                    + [(end, -1) for start, end in spans if end > after],
-                    key=lambda e: (e[0], e[1]))
-    running = most = 0
-    for _, change in events:
-        running += change
-        most = max(most, running)
-    return most
+    return max_overlap([(max(start, after), end) for start, end in spans if end > after])
