@@ -148,10 +148,27 @@ class LabelledActor:
             self.set_func(func)
         return node_memory()
 
+    def _tc_settle(self, pids: Sequence[int]) -> NodeMemory:
+        """Wait until the processes ``pids`` on this node (workers Ray killed for memory) are
+        gone, then read the node's memory. Ray reports the death of a killed worker once it
+        has disconnected, while the kernel may still be freeing its memory for a second or
+        more (a zombie until its last thread has exited): a call started meanwhile is the
+        newest task on a node still above Ray's threshold, and Ray kills it too."""
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        left = list(pids)
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if _exists(pid)]
+            if left:
+                time.sleep(0.01)
+        return node_memory()
+
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
+
+_SETTLE_SECONDS = 60.0
+"""The longest a worker waits for a killed worker's process to be gone (its memory free)."""
 
 _MEASURE_EVERY = 1e-3
 """Rows of a batch are measured together until this many seconds have passed (a
@@ -246,6 +263,17 @@ class NodeMemory(NamedTuple):
         what is in use now, less a margin of 5 % of the node (at least 256 MiB)."""
         margin = max(self.total // 20, 256 << 20)
         return max(0, int(self.threshold * self.total) - self.used - margin)
+
+
+def _exists(pid: int) -> bool:
+    """Whether process ``pid`` exists here (a zombie does: its memory may not be free)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # another user's process (the pid was taken again)
+    return True
 
 
 def node_memory() -> NodeMemory:

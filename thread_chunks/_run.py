@@ -67,6 +67,10 @@ _PLACEMENT_NOTICE_SECONDS = 10.0
 """An actor Ray has not placed after this long is reported: a ConcurrencyReducedWarning while
 others run, a log line and a progress-bar note while none does."""
 _START_FAILURES = 3
+_INNOCENT_USE = 128 << 20
+"""A worker Ray killed for memory while using at most this much above an idle actor's
+footprint was killed beside the one that used it (Ray kills several at once, and the newest
+first): its rows are run again uncharged."""
 """An actor slot whose new actors die this many times in a row before starting fails the run."""
 _MEMORY_KILL = re.compile(r"low on memory|out of memory|OUT_OF_MEMORY|memory usage threshold",
                           re.IGNORECASE)
@@ -408,6 +412,14 @@ class Run:
         annotate(error, item, self.name, "")
         self.deliver([Outcome(index, False, error, now, now, "")], "")
 
+    def resend(self, held: list[Item]) -> None:
+        """Rows of this run on a worker Ray killed for memory it barely used: killed beside
+        the worker that used it (Ray kills several at once, idle ones too). They run again,
+        not charged and not suspected."""
+        self.stats.worker_deaths += 1
+        self.retry_queue.extendleft(reversed(held))
+        self.wake.set()
+
     def killed_for_memory(self, held: list[Item], used: int) -> None:
         """Rows of this run on a worker Ray killed for memory (it used ``used`` bytes, 0 when
         unknown): each runs again alone on its node, where the rest of the node's budget is
@@ -510,6 +522,9 @@ class Dispatcher:
         self.node_use: dict[str, int] = {}
         self.readings: dict[str, NodeMemory] = {}  # a node's memory when none of ours ran
         self.started_since: dict[str, int] = {}  # actors of ours started there since then
+        self.settling: dict[str, set[int]] = {}  # node -> workers killed there, maybe alive
+        self.settles: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any], str, set[int]]] \
+            = {}
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -523,6 +538,7 @@ class Dispatcher:
                     self.generation = self.pool.generation
                     self.ready.clear()
                     self.probes.clear()
+                    self.settles.clear()
                     self.waiting_since.clear()
                     self.tokens.clear()
                 self.retired.clear()
@@ -673,6 +689,40 @@ class Dispatcher:
         else:
             self.started_since[node.node] += 1
 
+    def settle(self, slot: int, actor: ActorHandle[Any]) -> bool:
+        """Ask ``slot``'s idle actor to wait until the worker killed for memory on its node
+        is gone (see :meth:`LabelledActor._tc_settle`), unless one is asked already: until
+        then nothing starts on the node."""
+        key = self.node_key(slot)
+        if any(node == key for _, _, node, _ in self.settles.values()):
+            return False
+        pids = set(self.settling[key])
+        ref = actor._tc_settle.remote(sorted(pids))
+        self.settles[ref] = (slot, actor, key, pids)
+        self.watch(ref)
+        return True
+
+    def on_settle(self, ref: ray.ObjectRef[Any],
+                  future: concurrent.futures.Future[Any] | None) -> None:
+        """A killed worker's process is gone from its node (or the actor asked died)."""
+        slot, actor, key, pids = self.settles.pop(ref)
+        try:
+            reading = ray.get(ref) if future is None else future.result()
+        except RayError:  # killed too (Ray kills idle workers beside the one it chose)
+            if self.ready.get(slot) is actor:
+                self.lost(slot, actor)  # the node stays settling: another actor is asked
+            return
+        left = self.settling.get(key, set()) - pids
+        if left:
+            self.settling[key] = left
+        else:
+            self.settling.pop(key, None)
+        if isinstance(reading, NodeMemory) and not self.node_use.get(key):
+            self.readings[key] = reading  # its memory now, with every actor of ours started
+            self.started_since[key] = 0
+        if self.ready.get(slot) is actor and slot not in self.retired:
+            self.tokens.append(slot)
+
     def node_key(self, slot: int) -> str:
         node = self.pool.node(slot)
         return f"?{slot}" if node is None else node.node
@@ -759,6 +809,11 @@ class Dispatcher:
             suspect = bool(run.retry_queue) and run.retry_queue[0].row in run.suspects
             if suspect and lane:
                 continue  # a suspect runs alone on its actor (release gives it back)
+            if self.settling and self.node_key(slot) in self.settling:
+                if not queued and self.settle(slot, actor):
+                    continue  # its token comes back with the answer
+                deferred.append(slot)  # memory of a killed worker: nothing starts there
+                continue
             budget = self.budget(slot)
             need, exclusive = 0, False
             if budget is not None:
@@ -865,6 +920,8 @@ class Dispatcher:
             future = self.futures.pop(ref, None)
             if ref in self.probes:
                 self.on_probe(ref, future)
+            elif ref in self.settles:
+                self.on_settle(ref, future)
             elif ref in self.inflight:
                 self.on_reply(ref, future)
         deadline = self.deadline()
@@ -936,6 +993,10 @@ class Dispatcher:
         node = self.pool.node(call.slot)
         used = _killed_at(str(exc), node.pid if node is not None else None)
         reading = None if node is None else self.readings.get(node.node, node)
+        if memory and node is not None and node.pid:  # nothing starts there until it is gone
+            self.settling.setdefault(node.node, set()).add(node.pid)
+        idle = 0 if reading is None else reading.worker
+        innocent = memory and 0 < used <= idle + _INNOCENT_USE  # killed beside the worker
         if memory and not admitted:
             self.shrink(call.slot)  # no memory admission: the last resort
         self.lost(call.slot, call.actor)
@@ -945,6 +1006,8 @@ class Dispatcher:
             held = [item for each in live if each.run is run for item in each.batch]
             if budget is None:
                 run.charge_death(held, exc, alone)
+            elif innocent:
+                run.resend(held)
             elif alone and call.exclusive and self.beyond(run, held[0], used, budget, reading):
                 run.too_large(held[0], used, budget, reading)
             else:
