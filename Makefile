@@ -44,6 +44,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/results.py
 	$(PY) benchmarks/sweeps.py
 	$(PY) benchmarks/memory.py
+	$(PY) benchmarks/scale.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[docs]'

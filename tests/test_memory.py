@@ -15,6 +15,8 @@ import ray
 
 from tests import workloads as w
 from thread_chunks import chunked
+from thread_chunks._actor import Item, unpack_batch
+from thread_chunks._wire import pack_batch
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -122,6 +124,21 @@ def test_object_refs_that_are_whole_arguments_arrive_as_their_values() -> None:
     assert out[0] == 10 and out[2] == 13
     assert isinstance(out[1], KeyError) or "lost" in str(out[1])
     f.close()
+
+
+def test_a_batch_travels_as_one_payload_with_its_references_beside_it() -> None:
+    """Ray walks a list of rows object by object; a batch goes as one ``bytes`` object,
+    the references in it beside it (Ray's own, so it counts them borrowed), each once."""
+    ref = ray.put(list(range(3)))
+    batch = [Item(0, (ref, [ref], lambda: 1), {}), Item(1, (2.5,), {"k": ref})]
+    packed = pack_batch(batch)
+    assert packed is not None
+    payload, refs = packed
+    assert type(payload) is bytes and refs == [ref]
+    back = unpack_batch(payload, refs)
+    assert back[0].row == 0 and back[0].args[:2] == (ref, [ref]) and back[0].args[2]() == 1
+    assert back[1] == batch[1]
+    assert pack_batch([Item(0, (threading.Lock(),), {})]) is None  # Ray's path says why
 
 
 def _tracked(n: int, counts: dict[str, int], make: Any) -> Iterator[Any]:

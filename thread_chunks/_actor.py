@@ -6,6 +6,7 @@ import functools
 import inspect
 import os
 import pickle
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -80,9 +81,12 @@ class LabelledActor:
 
     # -- used by thread-chunks' scheduler; not part of the 1.0.5 surface --------------------
 
-    def _tc_run_batch(self, items: Sequence[Item]) -> Reply:
+    def _tc_run_batch(self, items: Sequence[Item] | bytes,
+                      refs: Sequence[ray.ObjectRef[Any]] = ()) -> Reply:
         """Run several rows one after the other; their outcomes as one reply (read by
-        :func:`read_reply`).
+        :func:`read_reply`). ``items`` come as a list, or packed in one ``bytes`` object by
+        the driver (:func:`thread_chunks._wire.pack_batch`) with the references in them
+        beside it (``refs``).
 
         Each result is pickled here, on its own: a result that cannot be pickled fails only
         its row (a :class:`ResultError` naming it), and the driver learns every result's size
@@ -94,6 +98,8 @@ class LabelledActor:
         An ``ObjectRef`` that is a whole argument (positional or keyword) is replaced by its
         value, as Ray does for task arguments; refs nested inside other values stay refs.
         """
+        if isinstance(items, bytes):
+            items = unpack_batch(items, refs)
         values = _resolve(items)
         outcomes: list[tuple[int, bool, Any, float, float, str]] = []
         peaks: list[int] = []  # the measured peak of each row in outcomes, once measured
@@ -337,6 +343,25 @@ def _cgroup_limit() -> tuple[int, int] | None:
 
 _DEFAULT_RUN = LabelledActor.run
 """``LabelledActor.run`` as defined here, before Ray wraps the methods of an actor class."""
+
+
+_unpacking = threading.local()
+
+
+def _ref_at(index: int) -> ray.ObjectRef[Any]:
+    """A reference in a packed batch: the ``index``-th of those sent beside it."""
+    refs: Sequence[ray.ObjectRef[Any]] = _unpacking.refs
+    return refs[index]
+
+
+def unpack_batch(payload: bytes, refs: Sequence[ray.ObjectRef[Any]]) -> list[Item]:
+    """The rows of a batch packed by :func:`thread_chunks._wire.pack_batch`."""
+    _unpacking.refs = refs
+    try:
+        rows: list[tuple[int, Args, Kwargs]] = pickle.loads(payload)
+    finally:
+        _unpacking.refs = ()
+    return [Item(*row) for row in rows]
 
 
 def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:

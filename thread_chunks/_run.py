@@ -46,7 +46,7 @@ from ._errors import (
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import annotate
-from ._wire import Wire
+from ._wire import Wire, pack_batch
 
 log = logging.getLogger("thread_chunks")
 
@@ -838,7 +838,10 @@ class Dispatcher:
 
     def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item],
              need: int = 0, exclusive: bool = False) -> None:
-        ref = actor._tc_run_batch.remote(run.wire.send(batch))
+        sent = run.wire.send(batch)
+        packed = pack_batch(sent)
+        ref = actor._tc_run_batch.remote(sent) if packed is None else \
+            actor._tc_run_batch.remote(*packed)
         lane = self.lanes[slot]
         if not lane:
             self.running_since[slot] = time.monotonic()

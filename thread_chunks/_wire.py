@@ -16,12 +16,14 @@ is dropped when the run ends, so what a run put into the object store is freed w
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from typing import Any
 
+import cloudpickle
 import ray
 
-from ._actor import Item
+from ._actor import Item, _ref_at
 
 SHARE_AT_BYTES = 1 << 20
 """Arguments of at least this many bytes are put into the object store once per run."""
@@ -104,3 +106,33 @@ class Wire:
         """Drop every put (the run ended)."""
         self._puts.clear()
         self._idle.clear()
+
+
+class _Packer(cloudpickle.Pickler):
+    """Pickles a batch in one pass; each reference in it becomes its place in ``refs``,
+    which travel beside the payload as Ray's own (so Ray counts them as borrowed by the
+    actor and keeps their objects alive)."""
+
+    def __init__(self, file: io.BytesIO, refs: list[ray.ObjectRef[Any]]) -> None:
+        super().__init__(file, protocol=5)
+        self.refs = refs
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, ray.ObjectRef):
+            self.refs.append(obj)
+            return _ref_at, (len(self.refs) - 1,)
+        return super().reducer_override(obj)
+
+
+def pack_batch(batch: list[Item]) -> tuple[bytes, list[ray.ObjectRef[Any]]] | None:
+    """``batch`` as one ``bytes`` object and the references in it, so Ray serialises one
+    object per call, not one per row (it walks a list of rows object by object); None
+    when the batch cannot be pickled here (Ray's own path then says why)."""
+    buffer = io.BytesIO()
+    refs: list[ray.ObjectRef[Any]] = []
+    try:
+        _Packer(buffer, refs).dump([(item.row, item.args, item.kwargs) for item in batch])
+    except Exception:
+        return None
+    return buffer.getvalue(), refs
+

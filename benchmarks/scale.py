@@ -1,0 +1,199 @@
+"""Per-row and per-call cost against the peers, measured in one run (issue 19's table).
+
+    python benchmarks/scale.py             # make bench runs it
+    python benchmarks/scale.py --quick     # fewer rows and rounds
+    python benchmarks/scale.py --only tiny|cold|warm
+
+1. tiny: 200,000 calls of ``2*x`` streamed through ``.imap`` against
+   multiprocessing.Pool(2).imap (chunksize 1000) and joblib.Parallel(n_jobs=2) (its automatic
+   batching), wall time and the driver's CPU per row. Goals: <= 4 x Pool, <= 0.5 x joblib.
+2. cold: 40 calls of ~50 ms pure-Python work where the run makes its actors (a new
+   ``chunked`` function each round; ActorPool over 2 actors made in the round), wall time
+   and driver CPU. Goal: <= 1.0 x ActorPool in wall time, driver CPU <= 1.1 x.
+3. warm: 3,000 calls of a 50 ms sleep on 8 started actors (Ray with 8 CPUs, in a process of
+   its own): the driver's CPU per call against ActorPool's and multiprocessing.Pool(8)'s.
+   Goal: <= 1.1 x ActorPool.
+
+Rounds alternate between the peers; the median of the rounds is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import joblib
+import ray
+from ray.util import ActorPool
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import workloads  # noqa: E402
+
+import thread_chunks  # noqa: E402
+
+Timing = tuple[float, float]  # wall seconds, driver CPU seconds
+
+
+def timed(fn: Callable[[], object]) -> Timing:
+    wall0, cpu0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall0, time.process_time() - cpu0
+
+
+def rounds(peers: dict[str, Callable[[], Timing]], repeats: int) -> dict[str, Timing]:
+    """Each peer ``repeats`` times, alternating; the median wall time and CPU of each."""
+    seen: dict[str, list[Timing]] = {name: [] for name in peers}
+    for _ in range(repeats):
+        for name, run in peers.items():
+            seen[name].append(run())
+    return {name: (statistics.median(t[0] for t in runs), statistics.median(t[1] for t in runs))
+            for name, runs in seen.items()}
+
+
+def table(title: str, rows: dict[str, Timing], ours: str, per: int) -> None:
+    wall, cpu = rows[ours]
+    print(f"\n## {title}")
+    print(f"{'peer':36} {'wall (s)':>9} {'CPU/call':>10} {'ours/peer wall':>15} {'CPU':>6}")
+    for peer, (w, c) in rows.items():
+        print(f"{peer:36} {w:9.3f} {c / per * 1e6:8.0f}us {wall / w:15.2f} {cpu / c:6.2f}")
+
+
+def tiny(count: int, repeats: int) -> None:
+    def rows() -> Iterator[list[int]]:
+        return ([i] for i in range(count))
+
+    f = thread_chunks.chunked(chunk_size=2, progress_bar=False)(workloads.double)
+    f.map([[i] for i in range(1000)])  # actors started
+    pool = multiprocessing.get_context("spawn").Pool(2)
+    pool.starmap(workloads.double, [[1]] * 4)
+    parallel = joblib.Parallel(n_jobs=2)
+    parallel(joblib.delayed(workloads.double)(i) for i in range(4))
+
+    def ours() -> Timing:
+        return timed(lambda: sum(f.imap(rows())))
+
+    def mp() -> Timing:
+        return timed(lambda: sum(pool.imap(workloads.double, range(count), chunksize=1000)))
+
+    def jl() -> Timing:
+        return timed(lambda: sum(parallel(joblib.delayed(workloads.double)(i)
+                                          for i in range(count))))
+
+    found = rounds({"thread-chunks .imap": ours, "multiprocessing.Pool(2).imap": mp,
+                    "joblib.Parallel(n_jobs=2)": jl}, repeats)
+    pool.close()
+    pool.join()
+    f.close()
+    table(f"tiny: {count:,} calls of 2*x, streamed", found, "thread-chunks .imap", count)
+    wall = found["thread-chunks .imap"][0]
+    print(f"goal: <= 4 x multiprocessing.Pool -> "
+          f"{wall / found['multiprocessing.Pool(2).imap'][0]:.2f} x; <= 0.5 x joblib -> "
+          f"{wall / found['joblib.Parallel(n_jobs=2)'][0]:.2f} x")
+
+
+def cold(repeats: int) -> None:
+    n = workloads.calibrate(0.05)
+    params = [[n] for _ in range(40)]
+
+    def ours() -> Timing:
+        f = thread_chunks.chunked(chunk_size=2, progress_bar=False)(workloads.burn)
+        took = timed(lambda: f.map(params))
+        f.close()
+        return took
+
+    def actor_pool() -> Timing:
+        def run() -> None:
+            actors = [ray.remote(workloads.Worker).remote() for _ in range(2)]
+            jobs = [(workloads.burn, tuple(p)) for p in params]
+            list(ActorPool(actors).map(lambda a, v: a.run.remote(v), jobs))
+            for actor in actors:
+                ray.kill(actor)
+        return timed(run)
+
+    found = rounds({"thread-chunks (actors made by the run)": ours,
+                    "ray.util.ActorPool (2 new actors)": actor_pool}, repeats)
+    table("cold: 40 calls of ~50 ms pure-Python work", found,
+          "thread-chunks (actors made by the run)", 40)
+    ours_t, peer = found["thread-chunks (actors made by the run)"], \
+        found["ray.util.ActorPool (2 new actors)"]
+    print(f"goal: wall <= 1.0 x ActorPool -> {ours_t[0] / peer[0]:.3f} x; "
+          f"driver CPU <= 1.1 x -> {ours_t[1] / peer[1]:.2f} x")
+
+
+WARM = """
+import json, multiprocessing, sys, time
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2])
+import ray
+from ray.util import ActorPool
+import thread_chunks, workloads
+count, repeats = int(sys.argv[3]), int(sys.argv[4])
+ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+f = thread_chunks.chunked(chunk_size=8, batch_size=1, progress_bar=False)(workloads.nap)
+f.map([[0.05]] * 16)
+actors = [ray.remote(workloads.Worker).remote() for _ in range(8)]
+pool = ActorPool(actors)
+list(pool.map(lambda a, v: a.run.remote(v), [(workloads.nap, (0.05,))] * 16))
+mp = multiprocessing.get_context("spawn").Pool(8)
+mp.map(workloads.nap, [0.05] * 16)
+def timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+runs = {"thread-chunks": [], "ray.util.ActorPool": [], "multiprocessing.Pool(8)": []}
+for _ in range(repeats):
+    runs["thread-chunks"].append(timed(lambda: f.map([[0.05]] * count)))
+    runs["ray.util.ActorPool"].append(timed(lambda: list(pool.map(
+        lambda a, v: a.run.remote(v), [(workloads.nap, (0.05,))] * count))))
+    runs["multiprocessing.Pool(8)"].append(timed(lambda: mp.map(workloads.nap,
+                                                                [0.05] * count, chunksize=1)))
+print("RESULT " + json.dumps(runs))
+"""
+
+
+def warm(count: int, repeats: int) -> None:
+    proc = subprocess.run([sys.executable, "-c", WARM, str(HERE), str(HERE.parent), str(count),
+                           str(repeats)], capture_output=True, text=True, timeout=3600)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"the warm benchmark failed:\n{proc.stderr[-3000:]}")
+    runs: dict[str, list[list[float]]] = json.loads(line[7:])
+    found = {name: (statistics.median(t[0] for t in ts), statistics.median(t[1] for t in ts))
+             for name, ts in runs.items()}
+    table(f"warm: {count:,} calls of a 50 ms sleep on 8 started actors", found, "thread-chunks",
+          count)
+    print(f"goal: driver CPU per call <= 1.1 x ActorPool -> "
+          f"{found['thread-chunks'][1] / found['ray.util.ActorPool'][1]:.2f} x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rows and rounds")
+    parser.add_argument("--only", choices=["tiny", "cold", "warm"], action="append")
+    args = parser.parse_args()
+    only: set[Any] = set(args.only or ["tiny", "cold", "warm"])
+    repeats = 1 if args.quick else 3
+    print(f"# scale benchmarks: 2 workers unless said, {repeats} round(s), medians shown")
+    if only & {"tiny", "cold"}:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        if "tiny" in only:
+            tiny(20_000 if args.quick else 200_000, repeats)
+        if "cold" in only:
+            cold(2 if args.quick else 5)
+        ray.shutdown()
+    if "warm" in only:
+        warm(400 if args.quick else 3000, repeats)
+
+
+if __name__ == "__main__":
+    main()
