@@ -238,6 +238,20 @@ def head_waits(x: int, gate: str, directory: str) -> int:
     return x
 
 
+def first_waits_for_the_others(x: int, directory: str, others: int) -> int:
+    """Row 0 waits until ``others`` other rows have left a marker file in ``directory`` (it
+    fails after 120 s); every other row leaves one and returns at once."""
+    if x == 0:
+        deadline = time.time() + 120
+        while len(os.listdir(directory)) < others:
+            if time.time() > deadline:
+                raise TimeoutError(f"row 0 waited 120 s for {others} other rows to run")
+            time.sleep(0.01)
+    else:
+        Path(directory, f"{x}-{os.getpid()}").touch()
+    return x
+
+
 class FirstFastOthersSlow(LabelledActor):
     """The first actor to start (per ``marker`` directory, set by a subclass) starts at once;
     the others take 3 s (one actor started late)."""

@@ -168,6 +168,24 @@ class LabelledActor:
                 time.sleep(0.01)
         return node_memory()
 
+    def _tc_usage(self, pid: int) -> int:
+        """The private memory process ``pid`` on this node (a worker running a call) has
+        held at most since its call started (its high-water mark, which the worker reset
+        then, less file and shared pages); its resident memory where that is not readable;
+        0 when neither is."""
+        try:
+            with open(f"/proc/{pid}/status", "rb") as status:
+                high, _, mapped = _status_fields(status.read())
+            return max(0, high - mapped)
+        except (OSError, ValueError):
+            pass
+        try:
+            import psutil
+
+            return int(psutil.Process(pid).memory_info().rss)
+        except Exception:
+            return 0
+
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
@@ -215,12 +233,7 @@ class _Meter:
     def read(self) -> tuple[int, int, int]:
         """(high-water mark, resident, file and shared pages), in bytes."""
         assert self._status is not None
-        data = os.pread(self._status, 8192, 0)
-        found = []
-        for key in (b"VmHWM:", b"VmRSS:", b"RssFile:", b"RssShmem:"):
-            at = data.find(key)
-            found.append(0 if at < 0 else int(data[at + len(key):data.index(b"kB", at)]) << 10)
-        return found[0], found[1], found[2] + found[3]
+        return _status_fields(os.pread(self._status, 8192, 0))
 
     def reset(self) -> None:
         if self._clear is not None:
@@ -232,6 +245,16 @@ class _Meter:
             return max(0, _max_rss() - self._first)
         high, _, mapped = self.read()
         return max(0, high - self._base - max(0, mapped - self._mapped))
+
+
+def _status_fields(data: bytes) -> tuple[int, int, int]:
+    """(high-water mark, resident, file and shared pages) in bytes, from the text of a
+    ``/proc/<pid>/status``."""
+    found = []
+    for key in (b"VmHWM:", b"VmRSS:", b"RssFile:", b"RssShmem:"):
+        at = data.find(key)
+        found.append(0 if at < 0 else int(data[at + len(key):data.index(b"kB", at)]) << 10)
+    return found[0], found[1], found[2] + found[3]
 
 
 def _max_rss() -> int:

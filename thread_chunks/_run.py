@@ -68,6 +68,14 @@ _PLACEMENT_NOTICE_SECONDS = 10.0
 others run, a log line and a progress-bar note while none does."""
 _START_FAILURES = 3
 _INNOCENT_USE = 128 << 20
+_LEARN_SECONDS = 2.0
+"""While nothing is known of a function's memory, the first call on a node runs alone for up
+to this long; then what it uses is read every :data:`_SAMPLE_SECONDS`, and once it holds
+still (grows by less than 5 %, or :data:`_STILL_BYTES`), it is counted for that call and
+for each call admitted beside it (most calls take their memory early; one that grows later
+may still be killed, and its rows run again alone)."""
+_SAMPLE_SECONDS = 0.5
+_STILL_BYTES = 16 << 20
 """A worker Ray killed for memory while using at most this much above an idle actor's
 footprint was killed beside the one that used it (Ray kills several at once, and the newest
 first): its rows are run again uncharged."""
@@ -161,6 +169,20 @@ class Batcher:
     def reset(self) -> None:
         if self.fixed is None:
             self.size = 1
+
+
+@dataclass
+class _Learning:
+    """A node's first call while nothing is known of the function's memory."""
+
+    slot: int
+    """Where it runs."""
+    due: float
+    """When its memory is read next (monotonic seconds)."""
+    seen: int = -1
+    """What it had used at the last reading (bytes; -1: not read yet)."""
+    asked: bool = False
+    """A reading is on its way."""
 
 
 @dataclass
@@ -525,6 +547,9 @@ class Dispatcher:
         self.settling: dict[str, set[int]] = {}  # node -> workers killed there, maybe alive
         self.settles: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any], str, set[int]]] \
             = {}
+        self.learning: dict[str, _Learning] = {}  # node -> its first call, run to learn
+        self.provisional: dict[str, int] = {}  # node -> what that call settled at using
+        self.samples: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any], str, int]] = {}
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -539,6 +564,9 @@ class Dispatcher:
                     self.ready.clear()
                     self.probes.clear()
                     self.settles.clear()
+                    self.samples.clear()
+                    self.learning.clear()
+                    self.provisional.clear()
                     self.waiting_since.clear()
                     self.tokens.clear()
                 self.retired.clear()
@@ -738,17 +766,75 @@ class Dispatcher:
         reading = self.readings.get(node.node, node)
         return max(0, reading.budget() - self.started_since.get(node.node, 0) * reading.worker)
 
-    def need(self, run: Run, head: Item | None, budget: int) -> tuple[int, bool]:
-        """The memory counted for the next call of ``run`` (``head``: the suspect row it
-        will run alone) and whether it runs alone on its node.
+    def need(self, run: Run, head: Item | None, budget: int, slot: int
+             ) -> tuple[int | None, bool]:
+        """The memory counted for the next call of ``run`` on ``slot`` (``head``: the
+        suspect row it will run alone) and whether it runs alone on its node; None when the
+        slot's actor was taken to read its node's memory (see :meth:`sample`).
 
         The expected peak of the function's calls (the largest measured, or
         ``memory_per_call``); a row killed for memory takes the whole budget of its node;
-        so does a call while nothing is known: one call per node runs first, to learn."""
+        so does a call while nothing is known: one call per node runs first, to learn. A
+        first call still running after :data:`_LEARN_SECONDS` has its use read on the node
+        by an idle actor, and the calls admitted beside it count that (a long call must
+        not leave the node idle for its whole length)."""
         if head is not None and head.row in run.memory_suspects:
             return budget, True
         expected = self.pool.expected_peak()
-        return (budget, False) if expected is None else (expected, False)
+        if expected is not None:
+            return expected, False
+        key = self.node_key(slot)
+        first = self.learning.get(key)
+        if first is None or not self.lanes[first.slot]:  # no first call runs there: this is
+            self.learning.pop(key, None)  # one, and its window starts with it
+            self.provisional.pop(key, None)
+            return budget, False
+        if key in self.provisional:
+            return self.provisional[key], False
+        if first.asked or time.monotonic() < first.due:
+            return budget, False
+        return (None, False) if self.sample(slot, key, first) else (budget, False)
+
+    def sample(self, slot: int, key: str, first: _Learning) -> bool:
+        """Ask ``slot``'s idle actor what the first call on its node has used so far (False
+        when that call's worker is not known)."""
+        node = self.pool.node(first.slot)
+        if node is None or not node.pid:
+            return False
+        actor = self.ready[slot]
+        ref = actor._tc_usage.remote(node.pid)
+        self.samples[ref] = (slot, actor, key, node.worker)
+        first.asked = True
+        self.watch(ref)
+        return True
+
+    def on_sample(self, ref: ray.ObjectRef[Any],
+                  future: concurrent.futures.Future[Any] | None) -> None:
+        """What the first call on a node has used so far: the need counted for it and for
+        each call admitted beside it, until a call's peak is known."""
+        slot, actor, key, idle = self.samples.pop(ref)
+        first = self.learning.get(key)
+        if first is not None:
+            first.asked = False
+        try:
+            usage = ray.get(ref) if future is None else future.result()
+        except RayError:
+            if self.ready.get(slot) is actor:
+                self.lost(slot, actor)
+            return
+        if self.ready.get(slot) is actor and slot not in self.retired:
+            self.tokens.append(slot)
+        used = max(0, int(usage) - idle)  # less the worker's own footprint
+        if first is None:
+            return
+        if first.seen < 0 or used > first.seen + max(first.seen // 20, _STILL_BYTES):
+            first.seen, first.due = used, time.monotonic() + _SAMPLE_SECONDS  # growing (or
+            return  # read once): read it again
+        self.provisional[key] = used = max(used, first.seen)
+        for call in list(self.inflight.values()):  # the first call: what it uses so far
+            if not call.exclusive and call.need > used and self.slot_node[call.slot] == key:
+                call.need = used
+                self.count_need(call.slot)
 
     def admits(self, slot: int, need: int, budget: int) -> bool:
         """Whether a call needing ``need`` fits beside the calls running on ``slot``'s node.
@@ -817,11 +903,17 @@ class Dispatcher:
             budget = self.budget(slot)
             need, exclusive = 0, False
             if budget is not None:
-                need, exclusive = self.need(run, run.retry_queue[0] if suspect else None,
-                                            budget)
+                wanted, exclusive = self.need(run, run.retry_queue[0] if suspect else None,
+                                              budget, slot)
+                if wanted is None:
+                    continue  # its actor reads the node's memory (its token comes back)
+                need = wanted
                 if not self.admits(slot, need, budget):
                     deferred.append(slot)  # memory: it waits for calls on its node to end
                     continue
+                if self.pool.expected_peak() is None:
+                    self.learning.setdefault(self.node_key(slot), _Learning(
+                        slot, time.monotonic() + _LEARN_SECONDS))
             if suspect:
                 batch = [run.retry_queue.popleft()]
                 self.isolated_slots.add(slot)
@@ -925,6 +1017,8 @@ class Dispatcher:
                 self.on_probe(ref, future)
             elif ref in self.settles:
                 self.on_settle(ref, future)
+            elif ref in self.samples:
+                self.on_sample(ref, future)
             elif ref in self.inflight:
                 self.on_reply(ref, future)
         deadline = self.deadline()
@@ -1070,6 +1164,11 @@ class Dispatcher:
         limit = self.placement_timeout()
         if self.stalled_since is not None and limit is not None and self.runs:
             times.append(self.stalled_since + limit)
+        if self.learning and self.runs and self.pool.expected_peak() is None:
+            now = time.monotonic()  # the next reading of a first call (see need)
+            times.extend(first.due for node, first in self.learning.items()
+                         if node not in self.provisional and not first.asked
+                         and first.due > now)
         return min(times) if times else None
 
     def time_left(self) -> float | None:
