@@ -162,7 +162,7 @@ def _fill(path: str, rows: list[list[object]], items: list[Item]) -> None:
                               now + i * 1e-6, "actor-0")
                       for i in range(start, min(len(items), start + 1000))], "actor-0")
     store.close()
-    time.sleep(0.5)  # let the background close fold the WAL
+    _settle()  # the background close folds the staged results and the WAL
 
 
 def inspect_large(n: int) -> None:
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--only", choices=["scale"],
                         help="only the checkpoint cost at scale")
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         if args.only is None:
             overhead(1000 if args.quick else 8000, 1 if args.quick else 3)

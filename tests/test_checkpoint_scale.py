@@ -16,7 +16,7 @@ import pytest
 from tests import workloads as w
 from thread_chunks import Checkpoint, CheckpointError, chunked
 from thread_chunks._actor import Item, Outcome, pack
-from thread_chunks._checkpoint import FORMAT_VERSION, Store, summary, timeline
+from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, summary, timeline
 from thread_chunks._digest import Binder, row_keys
 
 
@@ -172,3 +172,44 @@ def test_a_rerun_in_the_same_process_waits_for_the_fold(tmp_path: Path) -> None:
     assert f.map(rows, path=ckpt)[-1] == 2999 ** 2  # no lock error, whatever the fold's pace
     assert f.stats.calls == 0, (f.stats, time.perf_counter() - start)
     f.close()
+
+
+def test_the_same_list_again_keeps_its_run_table_and_updates_only_changed_states(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[i] for i in range(5)]
+    store = _open(ckpt, rows)
+    store.record([_outcome(i, i * i) for i in range(3)] + [_outcome(3, "no", ok=False)], "a")
+    store.close()
+    _settle()
+    with sqlite3.connect(ckpt) as conn:  # row 1's result gone (another process, say)
+        conn.execute("DELETE FROM results WHERE value = ?", (pack(1),))
+        before = conn.execute("SELECT rowid, row, key FROM run ORDER BY row").fetchall()
+    again = _open(ckpt, rows)
+    assert list(again.reused) == [0, 2]
+    info = summary(ckpt)
+    assert (info["done"], info["failed"], info["total"]) == (2, 1, 5)
+    with sqlite3.connect(f"file:{ckpt}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT rowid, row, key FROM run ORDER BY row").fetchall() == before
+        assert [ok for (ok,) in conn.execute("SELECT ok FROM run ORDER BY row")] == [
+            1, None, 1, 0, None]
+    again.close()
+    other = _open(ckpt, rows[:4])  # another list: the run table is the new one
+    assert summary(ckpt)["total"] == 4 and list(other.reused) == [0, 2]
+    other.close()
+
+
+def test_a_reader_keeps_one_snapshot_while_a_fold_commits(tmp_path: Path) -> None:
+    """inspect or Checkpoint.load reading while a run's close folds its results: every
+    query of the reader sees the file as it was when the reader began."""
+    ckpt = tmp_path / "run.ckpt"
+    store = _open(ckpt, [[i] for i in range(6)])
+    store.record([_outcome(i, i * i) for i in range(6)], "a")
+    with _reading(ckpt) as (conn, _):
+        assert conn.execute("SELECT count(*) FROM main.staged").fetchone()[0] == 6
+        store.close()  # folds in its thread, committed while the reader reads
+        _settle()
+        assert _count(ckpt, "staged") == 0
+        assert conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM run AS r JOIN results AS s "
+                            "ON s.key = r.key").fetchone()[0] == 6

@@ -7,7 +7,7 @@ The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA applicati
   finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
   ``value`` the pickled result (as the actor pickled it) or exception.
 - ``staged``: the same columns, no index: results of small values recorded by the latest run,
-  appended as they arrive, folded into ``results`` in key order (the latest of a key wins)
+  appended as they arrive, folded into ``results`` in that order (the latest of a key wins)
   when the run's store closes or, after a kill, when the next run opens the file. Readers see
   ``results`` and ``staged`` as one (:func:`_reading`).
 - ``run(row, key, ok)``: the latest run's list, one key per row, and the row's state as the
@@ -25,8 +25,8 @@ instant leaves a consistent file that lost at most the calls that were in flight
 go to ``staged`` rather than straight into ``results``: keys are digests, so every result
 recorded into the key index lands on a random page of it, and once the index outgrows a batch
 each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at 200,000 rows);
-appended to ``staged`` a row costs its own bytes, and one sorted fold per run touches each
-page of the index once. The summary
+appended to ``staged`` a row costs its own bytes, and one fold per run writes each page of
+the index once. The summary
 (``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
 are pickled: load checkpoints only from a trusted source.
 """
@@ -42,6 +42,7 @@ import warnings
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from operator import itemgetter
 from typing import Any
 
 from ._actor import Item, Outcome, in_band, pack, unpack, weight
@@ -64,6 +65,9 @@ _STAGE_MAX_BYTES = 4096
 """Results pickled to at most this many bytes are staged (appended, folded in later); a larger
 one is written into ``results`` at once: its index entry costs little beside its bytes, and a
 fold would copy them."""
+_FOLD_CACHE_KIB = 64 << 10
+"""SQLite's page cache while staged results are folded in (at most; the default is 2 MB):
+the key index of ~2 million results."""
 _REUSED_CHUNK_BYTES = 8 << 20
 _REUSED_CHUNK_ROWS = 500
 """Reused results are read back this many bytes (or rows) at a time, at most (one larger
@@ -265,13 +269,21 @@ def _renew_staged(conn: sqlite3.Connection) -> None:
 
 
 def _fold(conn: sqlite3.Connection) -> None:
-    """Move the staged results into ``results`` (inside a transaction): sorted by key, so
-    each page of the key index is written once, and in the order they were recorded within a
-    key, so the latest wins (``INSERT OR REPLACE``, as recording into ``results`` does)."""
+    """Move the staged results into ``results`` (inside a transaction), in the order they
+    were recorded: the latest of a key wins (``INSERT OR REPLACE``, as recording into
+    ``results`` does), and a run's results lie in ``results`` about in its rows' order, so a
+    rerun of the list reads them back page after page. The key index, updated at random, is
+    held in a page cache of :data:`_FOLD_CACHE_KIB` meanwhile: each of its pages is written
+    once."""
     columns = ", ".join(name for _, name, *_ in conn.execute("PRAGMA table_info(staged)"))
-    conn.execute(f"INSERT OR REPLACE INTO results ({columns}) SELECT {columns} FROM staged "
-                 "ORDER BY key, rowid")
-    conn.execute("DELETE FROM staged")
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size = -{_FOLD_CACHE_KIB}")
+    try:
+        conn.execute(f"INSERT OR REPLACE INTO results ({columns}) SELECT {columns} "
+                     "FROM staged ORDER BY rowid")
+        conn.execute("DELETE FROM staged")
+    finally:
+        conn.execute(f"PRAGMA cache_size = {int(cache)}")
 
 
 def _unpicklable(row: int, value: object) -> str:
@@ -306,20 +318,40 @@ def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool,
 def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
                undigestable: Sequence[int], *, light: bool = True, table: bool = True,
                opaque: Sequence[int] | None = None) -> None:
-    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. The
-    ``run`` table is emptied, and filled with the keys when ``table``."""
+    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. When
+    ``table``, the ``run`` table is emptied and filled with the keys (else the caller does it:
+    :func:`_find_reused`)."""
     count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
         ("parameters", _pickle_rows(rows, undigestable, light, opaque)), ("count", count),
         ("reused", 0), ("run_started", time.time())])
-    conn.execute("DELETE FROM run")
     if table:
+        conn.execute("DELETE FROM run")
         _insert_run(conn, keys)
 
 
 _UNKNOWN = 2
 """A row's state in the ``states`` given to :func:`_insert_run`: not known (NULL)."""
+
+
+_STATE = "CASE substr(?2, row + 1, 1) WHEN x'01' THEN 1 WHEN x'00' THEN 0 END"
+"""Row ``row``'s state in the ``states`` blob ``?2`` (see :func:`_insert_run`), in SQL."""
+
+
+def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
+    """Make the ``run`` table hold ``keys`` in ``states`` (see :func:`_insert_run`). When it
+    holds these keys already (the same list run again, compared by SQLite), only the states
+    that changed are written: no row is rewritten."""
+    count = len(keys) // KEY_BYTES
+    (same,) = conn.execute(
+        f"SELECT count(*) = ?2 AND count(CASE WHEN key != substr(?1, row * {KEY_BYTES} + 1, "
+        f"{KEY_BYTES}) THEN 1 END) = 0 FROM run", (keys, count)).fetchone()
+    if same:
+        conn.execute(f"UPDATE run SET ok = {_STATE} WHERE ok IS NOT {_STATE}", (b"", states))
+        return
+    conn.execute("DELETE FROM run")
+    _insert_run(conn, keys, states)
 
 
 def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> None:
@@ -331,7 +363,7 @@ def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> N
         conn.execute(
             "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?3) "
             f"INSERT INTO run SELECT i, substr(?1, i * {KEY_BYTES} + 1, {KEY_BYTES}), "
-            "CASE substr(?2, i + 1, 1) WHEN x'01' THEN 1 WHEN x'00' THEN 0 END FROM n",
+            f"{_STATE.replace('row', 'i')} FROM n",
             (keys, states, count))
 
 
@@ -349,20 +381,21 @@ def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes
     rows, sizes, ids = array("q"), array("q"), array("q")
     count = len(keys)
     if conn.execute("SELECT count(*) FROM results").fetchone()[0] <= 4 * count:
-        known = {key: (ok, size, rowid) for key, ok, size, rowid in conn.execute(
-            "SELECT key, ok, length(value), rowid FROM results")}
-        states = bytearray([_UNKNOWN]) * count
-        for row, hit in enumerate(map(known.get, keys)):
-            if hit is not None:
-                ok, size, rowid = hit
-                states[row] = ok
-                if ok:
-                    rows.append(row)
-                    sizes.append(size or 0)
-                    ids.append(rowid)
+        # key -> a success's rowid and size in one int (-1: a failure): the dict is built,
+        # and probed, in C
+        known = dict(conn.execute(
+            "SELECT key, CASE WHEN ok = 1 THEN rowid << 32 | "
+            "min(coalesce(length(value), 0), 4294967295) ELSE -1 END FROM results"))
+        hits = list(map(known.get, keys))
         del known
-        _insert_run(conn, blob, bytes(states))
+        rows.extend([row for row, hit in enumerate(hits) if hit is not None and hit >= 0])
+        packed = [hit for hit in hits if hit is not None and hit >= 0]
+        ids.extend([hit >> 32 for hit in packed])
+        sizes.extend([hit & 0xFFFFFFFF for hit in packed])
+        states = bytes([_UNKNOWN if hit is None else 0 if hit < 0 else 1 for hit in hits])
+        _renew_run(conn, blob, states)
         return rows, sizes, ids
+    conn.execute("DELETE FROM run")
     _insert_run(conn, blob)
     found: list[tuple[int, int]] = []
     for row, ok, size, rowid in conn.execute(
@@ -443,7 +476,7 @@ class Store:
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
         keys, undigestable, opaque = row_keys(
-            binder, [(item.args, item.kwargs) for item in items], large=SHARE_AT_BYTES)
+            binder, list(map(itemgetter(1, 2), items)), large=SHARE_AT_BYTES)
         conn = _connect(path, create=not ours)
         store = cls(path, conn, b"".join(keys))
         try:
@@ -495,7 +528,9 @@ class Store:
 
         Read by rowid (found when the file was opened; each checked against its key, the
         identity), through a connection of its own: each read is a short transaction, so the
-        file's write-ahead log is not held back between reads.
+        file's write-ahead log is not held back between reads. A rerun of the same list finds
+        its results in consecutive rowids (a fold keeps the order they were recorded in):
+        such a chunk is one range scan.
         """
         rows, sizes, ids, n = self.reused, self._sizes, self._ids, len(self.reused)
         start = 0
@@ -507,16 +542,12 @@ class Store:
                 end += 1
             wanted = ids[start:end].tolist()
             try:
-                reader = self._open_reader()
-                found = {rowid: (key, value) for rowid, key, value in reader.execute(
-                    "SELECT rowid, key, value FROM results WHERE ok = 1 AND rowid IN "
-                    f"({', '.join('?' * len(wanted))})", wanted)}
+                found = self._read(wanted)
             except sqlite3.Error as exc:
                 raise CheckpointError(
                     f"cannot read the reused results of checkpoint {self.path!r}: {exc}"
                 ) from exc
-            for row, rowid in zip(rows[start:end], wanted, strict=True):
-                key, blob = found.get(rowid, (None, None))
+            for row, (key, blob) in zip(rows[start:end], found, strict=True):
                 if blob is None or key != self._key(row):
                     raise CheckpointError(
                         f"checkpoint {self.path!r} lost the result of row {row} during the "
@@ -524,6 +555,22 @@ class Store:
                 yield row, blob
             del found
             start = end
+
+    def _read(self, wanted: list[int]) -> list[tuple[bytes | None, bytes | None]]:
+        """``(key, pickled result)`` of the successes at these rowids, in their order
+        (``(None, None)`` where there is none)."""
+        reader = self._open_reader()
+        first = wanted[0]
+        if wanted == list(range(first, first + len(wanted))):
+            found: list[tuple[bytes | None, bytes | None]] = reader.execute(
+                "SELECT key, value FROM results WHERE rowid BETWEEN ? AND ? AND ok = 1",
+                (first, wanted[-1])).fetchall()
+            if len(found) == len(wanted):  # each rowid of the range, once, in order
+                return found
+        by_id = {rowid: (key, value) for rowid, key, value in reader.execute(
+            "SELECT rowid, key, value FROM results WHERE ok = 1 AND rowid IN "
+            f"({', '.join('?' * len(wanted))})", wanted)}
+        return [by_id.get(rowid, (None, None)) for rowid in wanted]
 
     def _open_reader(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -682,15 +729,15 @@ def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | No
     return None
 
 
-_STAGED_VIEW = """
-CREATE TEMP TABLE latest AS SELECT key, max(rowid) AS id FROM main.staged GROUP BY key;
-CREATE UNIQUE INDEX temp.latest_key ON latest (key);
-CREATE TEMP VIEW results AS
-    SELECT * FROM main.results WHERE key NOT IN (SELECT key FROM temp.latest)
-    UNION ALL SELECT s.* FROM temp.latest AS l JOIN main.staged AS s ON s.rowid = l.id;
-"""
+_STAGED_VIEW = (
+    "CREATE TEMP TABLE latest AS SELECT key, max(rowid) AS id FROM main.staged GROUP BY key",
+    "CREATE UNIQUE INDEX temp.latest_key ON latest (key)",
+    "CREATE TEMP VIEW results AS "
+    "SELECT * FROM main.results WHERE key NOT IN (SELECT key FROM temp.latest) "
+    "UNION ALL SELECT s.* FROM temp.latest AS l JOIN main.staged AS s ON s.rowid = l.id")
 """For a reader of a file with staged results: ``results`` as the fold will make it, a view
-that shadows the table (the latest staged result of a key in place of the stored one)."""
+that shadows the table (the latest staged result of a key in place of the stored one), read
+in the same snapshot as the rest."""
 
 
 @contextmanager
@@ -706,6 +753,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
         raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.execute("BEGIN")  # one snapshot for every read: a fold may commit meanwhile
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
             version = meta.get("format_version")
             if version == 3:
@@ -717,7 +765,8 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
                              "WHERE s.key = temp.run.key)")
             elif version == FORMAT_VERSION:
                 if conn.execute("SELECT 1 FROM staged LIMIT 1").fetchone() is not None:
-                    conn.executescript(_STAGED_VIEW)
+                    for statement in _STAGED_VIEW:  # not executescript: it would commit
+                        conn.execute(statement)
             elif version != 4:
                 raise CheckpointError(
                     f"checkpoint {path!r} was written by another version of thread-chunks "

@@ -387,10 +387,11 @@ def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]
         buffer.seek(0)
         buffer.truncate()
 
+    start = 0  # where the next encoding begins in buffer
     for row, (args, kwargs) in enumerate(rows):
         bound = (("bound", tuple(args)) if not kwargs and len(args) == every
                  else binder.bind(args, kwargs))
-        start, reduced = buffer.tell(), pickler.reduced
+        reduced = pickler.reduced
         try:
             pickler.dump(bound)
         except Exception:  # what the fast path cannot say: the one-row way, from scratch
@@ -404,8 +405,10 @@ def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]
         if pickler.reduced != reduced or end - start >= large:
             opaque.append(row)
         pending.append((row, end))
+        start = end
         if end >= _FLUSH_BYTES:
             flush()
+            start = 0
     flush()
     missing = [i for i, key in enumerate(keys) if key is None]
     if missing:
