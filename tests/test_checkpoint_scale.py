@@ -16,7 +16,7 @@ import pytest
 from tests import workloads as w
 from thread_chunks import Checkpoint, CheckpointError, chunked
 from thread_chunks._actor import Item, Outcome, pack
-from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, summary, timeline
+from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, _spans, summary, timeline
 from thread_chunks._digest import Binder, row_keys
 
 
@@ -213,3 +213,15 @@ def test_a_reader_keeps_one_snapshot_while_a_fold_commits(tmp_path: Path) -> Non
         assert conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0] == 6
         assert conn.execute("SELECT count(*) FROM run AS r JOIN results AS s "
                             "ON s.key = r.key").fetchone()[0] == 6
+
+
+def test_run_states_are_written_per_span_of_rows() -> None:
+    def o(row: int, ok: bool = True) -> Outcome:
+        return Outcome(row, ok, b"", 0.0, 0.0, "")
+
+    assert _spans([]) == []
+    assert _spans([o(3), o(4), o(5)]) == [[1, 3, 5]]
+    assert _spans([o(5), o(3), o(4)]) == [[1, 3, 5]]
+    assert _spans([o(3), o(4, False), o(5)]) == [[1, 3, 3], [0, 4, 4], [1, 5, 5]]
+    assert _spans([o(3), o(3, False)]) == [[0, 3, 3]]  # the latest outcome of a row counts
+    assert _spans([o(1), o(7)]) == [[1, 1, 1], [1, 7, 7]]

@@ -677,6 +677,11 @@ def _insert_results(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, 
 def _spans(records: Sequence[Outcome]) -> list[list[int]]:
     """``[ok, first, last]`` for each run of consecutive rows in the same state (the latest
     outcome of a row counts): one ``UPDATE`` each, where a batch usually needs one."""
+    if not records:
+        return []
+    rows, first = [r.row for r in records], records[0].row
+    if rows == list(range(first, first + len(rows))) and len({r.ok for r in records}) == 1:
+        return [[int(records[0].ok), first, rows[-1]]]  # the usual batch: one span
     states = {r.row: int(r.ok) for r in records}
     spans: list[list[int]] = []
     for row in sorted(states):
