@@ -43,6 +43,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/checkpoint.py --million
 	$(PY) benchmarks/results.py
 	$(PY) benchmarks/sweeps.py
+	$(PY) benchmarks/memory.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[docs]'

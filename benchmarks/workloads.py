@@ -64,3 +64,10 @@ def nap(seconds: float) -> float:
     """Sleep: a call whose cost is all on the worker."""
     time.sleep(seconds)
     return seconds
+
+
+def hold(i: int, megabytes: int, seconds: float) -> int:
+    """Hold ``megabytes`` MB (10^6 bytes) of touched memory for ``seconds``."""
+    block = b"\x01" * (megabytes * 10**6)
+    time.sleep(seconds)
+    return i + block[-1] - 1

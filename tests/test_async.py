@@ -83,7 +83,8 @@ def test_the_event_loop_keeps_running_while_the_calls_do(tmp_path: Path) -> None
 
 def test_cancelling_the_task_stops_the_calls_in_flight_and_the_pool_stays_usable(
         tmp_path: Path) -> None:
-    f = chunked(chunk_size=2, batch_size=1)(w.announce_and_sleep)
+    # memory_budget=None: both calls start at once (no first call alone to learn memory)
+    f = chunked(chunk_size=2, batch_size=1, memory_budget=None)(w.announce_and_sleep)
     before = f.actors
 
     async def main() -> None:

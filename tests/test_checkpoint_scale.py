@@ -115,7 +115,7 @@ def test_a_reused_result_replaced_meanwhile_is_an_error_not_another_rows_value(
     with sqlite3.connect(ckpt) as conn:  # another process: row 2's result gone, its rowid
         top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0]  # reused by
         conn.execute("DELETE FROM results WHERE rowid = ?", (top,))  # another key
-        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0)", (pack(-1),))
+        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL)", (pack(-1),))
         assert conn.execute("SELECT max(rowid) FROM results").fetchone()[0] == top
     with pytest.raises(CheckpointError, match="lost the result"):
         list(again.read_reused())
@@ -144,15 +144,15 @@ def test_row_keys_in_bulk_are_the_keys_of_each_row() -> None:
 
 
 @pytest.mark.usefixtures("ray_running")
-def test_a_format_4_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
+def test_a_format_5_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.square)
     rows = [[i] for i in range(50)]
     f.map(rows, path=ckpt)
     _settle()
-    with sqlite3.connect(ckpt) as conn:  # as format 4 wrote it: every result in results
+    with sqlite3.connect(ckpt) as conn:  # as format 5 wrote it: every result in results
         conn.execute("DROP TABLE staged")
-        conn.execute("UPDATE meta SET value = 4 WHERE key = 'format_version'")
+        conn.execute("UPDATE meta SET value = 5 WHERE key = 'format_version'")
     assert Checkpoint.load(ckpt).output == [i * i for i in range(50)]  # read as it is
     assert f.map([*rows, [50]], path=ckpt) == [i * i for i in range(51)]
     assert f.stats.calls == 1

@@ -149,7 +149,8 @@ def test_more_actors_than_fit_the_cluster_shrink_the_pool_instead_of_waiting_for
 
 
 def test_imap_ordered_and_unordered(tmp_path: Path) -> None:
-    f = chunked(chunk_size=2, batch_size=1)(w.wait_for)
+    # memory_budget=None: both rows start at once (no first call alone to learn memory)
+    f = chunked(chunk_size=2, batch_size=1, memory_budget=None)(w.wait_for)
     g = f.replace(w.touch_then)
     flag = str(tmp_path / "flag")
     assert list(f.imap([[1, flag, 0.0], [2, flag, 0.0]])) == [1, 2]
@@ -305,8 +306,12 @@ def test_labelled_actor_subclass_needs_no_registration() -> None:
 
 def test_auto_chunk_size_is_logged_and_shown_in_the_progress_bar(
         caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(ValueError, match="needs memory_per_call"):
-        chunked(chunk_size="auto")
+    learned = chunked(chunk_size="auto")(w.square)  # no memory_per_call: memory is learned
+    with caplog.at_level(logging.INFO, logger="thread_chunks"):
+        assert learned.chunk_size == 2  # the suite's Ray has 2 CPUs
+    assert "2 CPUs available; calls admitted by their measured memory" in caplog.text
+    assert learned.map([[3]]) == [9]
+    learned.close()
     f = chunked(chunk_size="auto", memory_per_call=2**20, progress_bar=True)(w.square)
     with caplog.at_level(logging.INFO, logger="thread_chunks"):
         size = f.chunk_size

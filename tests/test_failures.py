@@ -170,7 +170,7 @@ import sys, warnings, psutil, thread_chunks
 from tests import workloads as w
 from thread_chunks import ConcurrencyReducedWarning, chunked
 thread_chunks.config.ray_config = {"num_cpus": 2, "include_dashboard": False}
-f = chunked(chunk_size=2, batch_size=1, progress_bar=False)(w.hold_memory)
+f = chunked(chunk_size=2, batch_size=1, progress_bar=False, memory_budget=None)(w.hold_memory)
 assert f.map([[0, 1, 0.0], [1, 1, 0.0]]) == [0, 1]  # Ray and both actors started
 # the block is sized from the memory in use now, with Ray running: one call leaves half a
 # block below the threshold, two go half a block above it
@@ -188,8 +188,9 @@ print("\\n".join(shrunk), file=sys.stderr)
 
 
 def test_memory_kills_reduce_concurrency_and_lose_nothing() -> None:
-    """Ray's memory monitor, with a threshold about 2.4 GB above the memory in use, and calls
-    sized (once Ray runs) so that one fits and two do not."""
+    """The last resort, without memory admission (``memory_budget=None``; with it, see
+    test_learned_memory): Ray's memory monitor, with a threshold about 2.4 GB above the
+    memory in use, and calls sized (once Ray runs) so that one fits and two do not."""
     memory = psutil.virtual_memory()
     used = memory.total - memory.available
     threshold = (used + 2.4 * 2**30) / memory.total

@@ -301,3 +301,25 @@ def slow_fail(x: int, directory: str, seconds: float, bad: int = -1) -> int:
     if x == bad:
         raise ValueError(f"bad row {x}")
     return slow_count(x, directory, seconds)
+
+
+def mark_memory(x: int, megabytes: int, seconds: float, directory: str) -> int:
+    """Hold ``megabytes`` of touched memory for ``seconds``, then leave a file saying when
+    the call ran (``start end``, epoch seconds)."""
+    start = time.time()
+    block = b"\x01" * (megabytes * 2**20)
+    time.sleep(seconds)
+    Path(directory, f"{x}-{os.getpid()}-{time.monotonic_ns()}").write_text(
+        f"{start} {time.time()}")
+    return x + block[-1] - 1
+
+
+def spans(directory: str | Path) -> list[tuple[float, float]]:
+    """(start, end) of every call that left a file with mark_memory, by start."""
+    return sorted(tuple(float(t) for t in entry.read_text().split())  # type: ignore[misc]
+                  for entry in Path(directory).iterdir())
+
+
+def most_at_once(spans: list[tuple[float, float]], after: float = 0.0) -> int:
+    """The most calls running at once from ``after`` on."""
+    return max_overlap([(max(start, after), end) for start, end in spans if end > after])

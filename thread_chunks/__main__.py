@@ -25,6 +25,10 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
+def _bytes(size: int | None) -> str:
+    return "-" if size is None else f"{size / 2**20:,.0f} MiB"
+
+
 def _text(info: dict[str, Any]) -> str:
     rate = info["rate_per_second"]
     return "\n".join([
@@ -38,11 +42,15 @@ def _text(info: dict[str, Any]) -> str:
         f"last update:  {_when(info['last_update'])}",
         f"rate:         {'-' if rate is None else f'{rate:.3g} calls/s'}",
         f"eta:          {_duration(info['eta_seconds'])}",
+        f"call memory:  median {_bytes(info['call_memory_median'])}, "
+        f"max {_bytes(info['call_memory_max'])}",
     ])
 
 
 def plot_timeline(path: str, out: str) -> None:
-    """Draw one horizontal bar per call, one lane per actor, from the recorded times."""
+    """Draw one horizontal bar per call, one lane per actor, from the recorded times; below
+    it, when calls were measured, the memory the running calls held together over time
+    (each counted at its measured peak for its whole span: an upper bound)."""
     try:
         import matplotlib
 
@@ -53,14 +61,29 @@ def plot_timeline(path: str, out: str) -> None:
     spans = timeline(path)
     if not spans:
         raise SystemExit(f"{path}: no finished call has timing to plot")
-    t0 = min(start for _, start, _, _ in spans)
+    t0 = min(start for _, start, *_ in spans)
     lanes = sorted({actor for actor, *_ in spans})
-    fig, ax = plt.subplots(figsize=(10, 1 + 0.5 * len(lanes)))
-    for actor, start, end, _ in spans:
+    steps = sorted(step for _, start, end, _, memory in spans if memory is not None
+                   for step in ((start - t0, memory), (end - t0, -memory)))
+    height = 1 + 0.5 * len(lanes)
+    if steps:
+        fig, (ax, mem) = plt.subplots(2, 1, sharex=True, figsize=(10, height + 2.5),
+                                      height_ratios=[height, 2.5])
+        times, held, total = [0.0], [0.0], 0
+        for when, change in steps:
+            total += change
+            times.append(when)
+            held.append(total / 2**30)
+        mem.step(times, held, where="post")
+        mem.set_ylabel("GiB held by calls")
+        mem.set_xlabel("seconds since the first recorded call")
+    else:
+        fig, ax = plt.subplots(figsize=(10, height))
+        ax.set_xlabel("seconds since the first recorded call")
+    for actor, start, end, *_ in spans:
         ax.barh(lanes.index(actor), end - start, left=start - t0, height=0.8,
                 edgecolor="white")
     ax.set_yticks(range(len(lanes)), lanes)
-    ax.set_xlabel("seconds since the first recorded call")
     ax.set_title(f"{len(spans)} calls on {len(lanes)} actors")
     fig.tight_layout()
     fig.savefig(out, dpi=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import pickle
@@ -38,6 +39,9 @@ class Outcome(NamedTuple):
     """Epoch seconds."""
     traceback: str
     """The remote traceback (empty on success)."""
+    memory: int | None = None
+    """The call's peak memory: bytes its worker's resident memory rose above what it was
+    when the call started (None where not measured; see :class:`_Meter`)."""
 
 
 class LabelledActor:
@@ -92,8 +96,11 @@ class LabelledActor:
         """
         values = _resolve(items)
         outcomes: list[tuple[int, bool, Any, float, float, str]] = []
+        peaks: list[int] = []  # the measured peak of each row in outcomes, once measured
         buffers: list[pickle.PickleBuffer] = []
         call = self._tc_call()
+        meter = _meter()
+        meter.reset()
         for index, args, kwargs in items:
             start = time.time()
             try:
@@ -103,20 +110,25 @@ class LabelledActor:
             except Exception as exc:  # the user's error travels back as a value
                 outcomes.append((index, False, _pack_error(exc), start, time.time(),
                                  traceback.format_exc()))
-                continue
-            ended = time.time()
-            try:
-                payload = _pack_out_of_band(value, buffers)
-            except Exception as exc:
-                error = ResultError(
-                    f"row {index} of {function_name(self._func)} returned a "
-                    f"{_type_name(value)}, which cannot be pickled to travel back: "
-                    f"{type(exc).__name__}: {exc}")
-                outcomes.append((index, False, _pack_error(error), start, ended, ""))
             else:
-                outcomes.append((index, True, payload, start, ended, ""))
-            del value
-        listed = pickle.dumps(outcomes, protocol=5)
+                ended = time.time()
+                try:
+                    payload = _pack_out_of_band(value, buffers)
+                except Exception as exc:
+                    error = ResultError(
+                        f"row {index} of {function_name(self._func)} returned a "
+                        f"{_type_name(value)}, which cannot be pickled to travel back: "
+                        f"{type(exc).__name__}: {exc}")
+                    outcomes.append((index, False, _pack_error(error), start, ended, ""))
+                else:
+                    outcomes.append((index, True, payload, start, ended, ""))
+                del value
+            if time.time() - outcomes[len(peaks)][3] >= _MEASURE_EVERY or \
+                    len(outcomes) == len(items):
+                peak = meter.peak()  # the peak of these rows (one, unless they are tiny)
+                peaks.extend([peak] * (len(outcomes) - len(peaks)))
+                meter.reset()
+        listed = pickle.dumps((outcomes, peaks), protocol=5)
         return (listed, buffers) if buffers else listed
 
     def _tc_call(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
@@ -129,9 +141,198 @@ class LabelledActor:
             return lambda label, args, kwargs: self.run(label, *args, **kwargs)[1]
         return lambda _label, args, kwargs: func(*args, **kwargs)
 
+    def _tc_ready(self, func: Callable[..., Any] | None) -> NodeMemory:
+        """The readiness probe: take ``func`` (through :meth:`set_func`) when given, and
+        tell the node this worker runs on and its memory."""
+        if func is not None:
+            self.set_func(func)
+        return node_memory()
+
+    def _tc_settle(self, pids: Sequence[int]) -> NodeMemory:
+        """Wait until the processes ``pids`` on this node (workers Ray killed for memory) are
+        gone, then read the node's memory. Ray reports the death of a killed worker once it
+        has disconnected, while the kernel may still be freeing its memory for a second or
+        more (a zombie until its last thread has exited): a call started meanwhile is the
+        newest task on a node still above Ray's threshold, and Ray kills it too."""
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        left = list(pids)
+        while left and time.monotonic() < deadline:
+            left = [pid for pid in left if _exists(pid)]
+            if left:
+                time.sleep(0.01)
+        return node_memory()
+
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+_SETTLE_SECONDS = 60.0
+"""The longest a worker waits for a killed worker's process to be gone (its memory free)."""
+
+_MEASURE_EVERY = 1e-3
+"""Rows of a batch are measured together until this many seconds have passed (a
+measurement costs about 25 us: tiny rows share one; each longer row has its own)."""
+
+
+class _Meter:
+    """Measures the peak memory of the calls in this worker process.
+
+    Linux: writing ``5`` to ``/proc/self/clear_refs`` resets the process's high-water mark
+    (``VmHWM``) to its current resident memory; after the call, ``VmHWM`` is the highest
+    it reached. A call's peak is that high-water mark less the resident memory when it
+    started, less what file-backed and shared pages it mapped meanwhile (``RssFile``,
+    ``RssShmem``): Ray's object store hands arrays over as shared pages, and pages of files
+    are reclaimable, so neither is memory the call holds on its own. What is counted is the
+    call's private memory, the memory Ray's memory monitor sees it add to its node.
+
+    Elsewhere (or where ``clear_refs`` cannot be written): the worker's lifetime peak
+    (``ru_maxrss``) less its size when the first call started, an upper bound.
+    """
+
+    def __init__(self) -> None:
+        self._clear: int | None = None
+        self._status: int | None = None
+        try:
+            self._status = os.open("/proc/self/status", os.O_RDONLY)
+            self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
+            os.write(self._clear, b"5")
+        except OSError:
+            self._clear = None
+        self._base = self._mapped = 0
+        self._first = _max_rss()
+
+    @property
+    def readable(self) -> bool:
+        return self._status is not None
+
+    def read(self) -> tuple[int, int, int]:
+        """(high-water mark, resident, file and shared pages), in bytes."""
+        assert self._status is not None
+        data = os.pread(self._status, 8192, 0)
+        found = []
+        for key in (b"VmHWM:", b"VmRSS:", b"RssFile:", b"RssShmem:"):
+            at = data.find(key)
+            found.append(0 if at < 0 else int(data[at + len(key):data.index(b"kB", at)]) << 10)
+        return found[0], found[1], found[2] + found[3]
+
+    def reset(self) -> None:
+        if self._clear is not None:
+            os.write(self._clear, b"5")
+            _, self._base, self._mapped = self.read()
+
+    def peak(self) -> int:
+        if self._clear is None:
+            return max(0, _max_rss() - self._first)
+        high, _, mapped = self.read()
+        return max(0, high - self._base - max(0, mapped - self._mapped))
+
+
+def _max_rss() -> int:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak << 10)  # bytes on macOS, else KiB
+
+
+@functools.cache
+def _meter() -> _Meter:
+    return _Meter()
+
+
+class NodeMemory(NamedTuple):
+    """A node's memory as a worker on it reads it (bytes): what a memory budget is made of."""
+
+    node: str
+    """Ray's node id."""
+    total: int
+    """The node's memory (its cgroup's limit when lower)."""
+    used: int
+    """In use now (not counting reclaimable caches), as Ray's memory monitor counts it."""
+    threshold: float
+    """The fraction of ``total`` at which Ray's memory monitor kills workers
+    (``RAY_memory_usage_threshold``; 1.0 when the monitor is off)."""
+    worker: int = 0
+    """The private memory of the worker that read it (what each actor takes idle)."""
+    pid: int = 0
+    """The process id of that worker."""
+
+    def budget(self) -> int:
+        """Bytes calls may add before Ray's monitor would kill: up to the threshold, less
+        what is in use now, less a margin of 5 % of the node (at least 256 MiB)."""
+        margin = max(self.total // 20, 256 << 20)
+        return max(0, int(self.threshold * self.total) - self.used - margin)
+
+
+def _exists(pid: int) -> bool:
+    """Whether process ``pid`` exists here (a zombie does: its memory may not be free)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # another user's process (the pid was taken again)
+    return True
+
+
+def node_memory() -> NodeMemory:
+    """This node's memory (see :class:`NodeMemory`), read here, on the node."""
+    total = used = 0
+    try:
+        info = {}
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                name, _, rest = line.partition(b":")
+                info[name] = int(rest.split()[0]) << 10
+        total, used = info[b"MemTotal"], info[b"MemTotal"] - info[b"MemAvailable"]
+        limit = _cgroup_limit()
+        if limit is not None and limit[0] < total:
+            total, used = limit
+    except (OSError, KeyError, ValueError, IndexError):
+        try:
+            import psutil
+
+            memory = psutil.virtual_memory()
+            total, used = int(memory.total), int(memory.total - memory.available)
+        except Exception:
+            pass
+    threshold = 1.0 if os.environ.get("RAY_memory_monitor_refresh_ms") == "0" else float(
+        os.environ.get("RAY_memory_usage_threshold", "0.95"))
+    worker = 0
+    meter = _meter()
+    if meter.readable:
+        _, resident, mapped = meter.read()
+        worker = max(0, resident - mapped)
+    return NodeMemory(ray.get_runtime_context().get_node_id(), total, used, threshold, worker,
+                      os.getpid())
+
+
+def _cgroup_limit() -> tuple[int, int] | None:
+    """(limit, used) of this process's memory cgroup when it has a limit (v2, then v1);
+    used less inactive file pages, as Ray counts it."""
+    for limit_file, current_file, stat_file, inactive in (
+            ("memory.max", "memory.current", "memory.stat", b"inactive_file"),
+            ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+             "memory/memory.stat", b"total_inactive_file")):
+        base = "/sys/fs/cgroup/"
+        try:
+            with open(base + limit_file, "rb") as f:
+                raw = f.read().strip()
+            if raw == b"max":
+                return None
+            with open(base + current_file, "rb") as f:
+                current = int(f.read())
+            idle = 0
+            with open(base + stat_file, "rb") as f:
+                for line in f:
+                    name, _, value = line.partition(b" ")
+                    if name == inactive:
+                        idle = int(value)
+            return int(raw), max(0, current - idle)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 _DEFAULT_RUN = LabelledActor.run
@@ -271,7 +472,10 @@ def read_reply(reply: Reply) -> list[Outcome]:
     """The outcomes of one :meth:`LabelledActor._tc_run_batch` reply: successes keep their
     pickled result (unpickled when handed out), failures carry their exception."""
     listed, buffers = (reply, []) if isinstance(reply, bytes) else reply
-    outcomes = [Outcome._make(fields) for fields in pickle.loads(listed)]
+    fields: list[tuple[int, bool, Any, float, float, str]]
+    peaks: list[int]
+    fields, peaks = pickle.loads(listed)
+    outcomes = [Outcome(*each, peak) for each, peak in zip(fields, peaks, strict=True)]
     for position, outcome in enumerate(outcomes):
         if outcome.ok:
             if type(outcome.value) is tuple:

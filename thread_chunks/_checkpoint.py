@@ -52,10 +52,11 @@ from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 5
-"""5: small results staged before they are folded into ``results``; 4: the latest run's keys
-in the ``run`` table (3 kept them in one ``meta`` blob). A file of format 3 or 4 is upgraded
-when a run opens it, and read as it is."""
+FORMAT_VERSION = 6
+"""6: small results staged before they are folded into ``results``; 5: each result's
+measured peak memory (``results.memory``); 4: the latest run's keys in the ``run`` table (3
+kept them in one ``meta`` blob). Files of formats 3 to 5 are upgraded when a run opens them,
+and read as they are."""
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
 MAX_RECORD_BYTES = 1_000_000_000
@@ -83,7 +84,8 @@ CREATE TABLE IF NOT EXISTS results (
     started REAL,
     ended REAL,
     actor TEXT,
-    recorded REAL NOT NULL
+    recorded REAL NOT NULL,
+    memory INTEGER
 );
 """
 _RUN = ("CREATE TABLE IF NOT EXISTS run "
@@ -247,19 +249,22 @@ def _split(blob: bytes) -> list[bytes]:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """A file of format 3 (the latest run's keys in one ``meta`` blob) or 4 (no staged
-    results) becomes format 5 (in a transaction): nothing recorded is lost."""
+    """A file of format 3 (the latest run's keys in one ``meta`` blob), 4 (no memory
+    column) or 5 (no staged results) becomes format 6 (in a transaction): nothing recorded
+    is lost."""
     meta = _meta(conn, "format_version", "keys")
     version = meta.get("format_version")
+    if version not in (3, 4, 5):
+        return
     if version == 3:
         conn.execute("DELETE FROM run")
         conn.executemany("INSERT INTO run (row, key) VALUES (?, ?)",
                          enumerate(_split(meta.get("keys", b""))))
         conn.execute("DELETE FROM meta WHERE key = 'keys'")
-    if version in (3, 4):  # a staged table there is a newer version's, reset by an older one
-        _renew_staged(conn)
-        conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'",
-                     (FORMAT_VERSION,))
+    if not _has_memory(conn):
+        conn.execute("ALTER TABLE results ADD COLUMN memory INTEGER")
+    _renew_staged(conn)  # with the memory column (a staged table there is a newer version's)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (FORMAT_VERSION,))
 
 
 def _renew_staged(conn: sqlite3.Connection) -> None:
@@ -284,6 +289,11 @@ def _fold(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM staged")
     finally:
         conn.execute(f"PRAGMA cache_size = {int(cache)}")
+
+
+def _has_memory(conn: sqlite3.Connection) -> bool:
+    """Whether the results table has the memory column (format 5)."""
+    return any(column[1] == "memory" for column in conn.execute("PRAGMA table_info(results)"))
 
 
 def _unpicklable(row: int, value: object) -> str:
@@ -457,6 +467,8 @@ class Store:
         self._sizes: array[int] = array("q")
         self._ids: array[int] = array("q")  # each reused row's rowid in results
         self._staged = 0  # results this store staged and did not fold yet
+        self.peak_memory: int | None = None
+        """The largest peak memory measured for a call of this function, in the file."""
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
@@ -505,6 +517,8 @@ class Store:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+                store.peak_memory = conn.execute(
+                    "SELECT max(memory) FROM results").fetchone()[0]
         except sqlite3.Error as exc:
             store.close()
             raise CheckpointError(f"cannot use checkpoint {path!r}: {exc}") from exc
@@ -599,7 +613,8 @@ class Store:
             if len(blob) > limit:
                 self._skip(r.row, len(blob))
                 continue
-            rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now))
+            rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now,
+                         r.memory))
         staged = all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
         try:
             with _transaction(self._conn):
@@ -772,10 +787,11 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
                 if conn.execute("SELECT 1 FROM staged LIMIT 1").fetchone() is not None:
                     for statement in _STAGED_VIEW:  # not executescript: it would commit
                         conn.execute(statement)
-            elif version != 4:
+            elif version not in (4, 5):
                 raise CheckpointError(
                     f"checkpoint {path!r} was written by another version of thread-chunks "
                     f"(format {version}, this version reads formats 3 to {FORMAT_VERSION})")
+            meta["_memory"] = "s.memory" if _has_memory(conn) else "NULL"
             if "count" not in meta:
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
             yield conn, meta
@@ -823,6 +839,7 @@ class Checkpoint:
         self.started: list[float | None] = [None] * n
         self.ended: list[float | None] = [None] * n
         self.actor: list[str | None] = [None] * n
+        self.memory: list[int | None] = [None] * n
         self.stored = 0
         self.reused = 0
         self.run_started: float | None = None
@@ -848,9 +865,10 @@ class Checkpoint:
                 conn.executemany("INSERT INTO meta VALUES (?, ?)",
                                  [("index", int(self.index)), ("done", int(self.done))])
                 now = time.time()
-                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
                     (keys[i], 1, pack(self.output[i]), self.started[i], self.ended[i],
-                     self.actor[i], now) for i, done in enumerate(self.completed) if done])
+                     self.actor[i], now, self.memory[i])
+                    for i, done in enumerate(self.completed) if done])
                 conn.executemany("UPDATE run SET ok = 1 WHERE row = ?",
                                  [(i,) for i, done in enumerate(self.completed) if done])
         except sqlite3.Error as exc:
@@ -868,16 +886,17 @@ class Checkpoint:
             parameters = list(_unpickle(conn.execute(
                 "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
             found = conn.execute(
-                "SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor FROM run AS r "
-                "JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()
+                f"SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor, {meta['_memory']} "
+                "FROM run AS r JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()
             stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
         n = len(parameters)
         output: list[Any] = [None] * n
         completed = [False] * n
         view = cls(str(meta["func_name"]), parameters, output, completed, 0, 0)
-        for i, ok, blob, started, ended, actor in found:
+        for i, ok, blob, started, ended, actor, memory in found:
             value = _unpickle(blob)
             view.started[i], view.ended[i], view.actor[i] = started, ended, actor
+            view.memory[i] = memory
             if ok:
                 output[i], completed[i] = value, True
             else:
@@ -912,6 +931,7 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
             "min(CASE WHEN ended >= ?1 THEN started END), "
             "max(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN ended END) "
             "FROM results", (since,)).fetchone()
+        median, largest = _call_memory(conn, meta["_memory"])
     done = int(meta["done"]) if "done" in meta else int(done)
     span = (fresh_last - fresh_first) if fresh else 0.0
     rate = fresh / span if span > 0 else None
@@ -919,14 +939,29 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {"path": os.fspath(path), "function": meta["func_name"], "done": done,
             "total": total, "failed": int(failed), "first_update": first, "last_update": last,
             "rate_per_second": rate, "eta_seconds": eta, "rows_stored": int(stored),
-            "rows_latest_run": total, "reused_latest_run": int(meta.get("reused", 0))}
+            "rows_latest_run": total, "reused_latest_run": int(meta.get("reused", 0)),
+            "call_memory_median": median, "call_memory_max": largest}
 
 
-def timeline(path: str | os.PathLike[str]) -> list[tuple[str, float, float, int]]:
-    """(actor, start, end, row) for every recorded call of the latest run: the data of a
-    timeline plot (timing columns only, no result is read)."""
-    with _reading(path) as (conn, _):
-        return [(actor or "?", start, end, row) for row, start, end, actor in conn.execute(
-            "SELECT r.row, s.started, s.ended, s.actor FROM run AS r JOIN results AS s "
-            "ON s.key = r.key WHERE s.started IS NOT NULL AND s.ended IS NOT NULL "
-            "ORDER BY r.row")]
+def _call_memory(conn: sqlite3.Connection, column: str) -> tuple[int | None, int | None]:
+    """The median and the largest measured peak memory of the latest run's calls (bytes)."""
+    if column == "NULL":
+        return None, None
+    joined = "FROM run AS r JOIN results AS s ON s.key = r.key WHERE s.memory IS NOT NULL"
+    count, largest = conn.execute(f"SELECT count(*), max(s.memory) {joined}").fetchone()
+    if not count:
+        return None, None
+    median = conn.execute(f"SELECT s.memory {joined} ORDER BY s.memory LIMIT 1 OFFSET ?",
+                          ((count - 1) // 2,)).fetchone()[0]
+    return int(median), int(largest)
+
+
+def timeline(path: str | os.PathLike[str]) -> list[tuple[str, float, float, int, int | None]]:
+    """(actor, start, end, row, peak memory) for every recorded call of the latest run: the
+    data of a timeline plot (timing and memory columns only, no result is read)."""
+    with _reading(path) as (conn, meta):
+        return [(actor or "?", start, end, row, memory)
+                for row, start, end, actor, memory in conn.execute(
+                    f"SELECT r.row, s.started, s.ended, s.actor, {meta['_memory']} FROM run AS r "
+                    "JOIN results AS s ON s.key = r.key WHERE s.started IS NOT NULL AND "
+                    "s.ended IS NOT NULL ORDER BY r.row")]

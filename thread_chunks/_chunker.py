@@ -268,6 +268,8 @@ class Chunker:
         Chunker each keep their own)."""
         if plan.store is not None:
             stack.callback(plan.store.close)
+            if plan.store.peak_memory is not None:  # learned by an earlier process
+                self._pool.learn_peak(plan.store.peak_memory)
         desc = plan.name + (f" [auto: {self.chunk_size} at once]" if self._pool.auto else "")
         progress = stack.enter_context(
             Progress(show, plan.total, initial=plan.reused, desc=desc))

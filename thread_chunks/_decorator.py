@@ -375,9 +375,9 @@ def chunked(
     same options.
 
     Args:
-        chunk_size: calls at once (actors); default ``config.default_chunk_size``. ``"auto"``
-            (with ``memory_per_call``) sizes the pool to the Ray cluster: min(available
-            CPUs, calls whose memory fits).
+        chunk_size: calls at once (actors), at most; default ``config.default_chunk_size``.
+            ``"auto"`` sizes the pool to the Ray cluster: the available CPUs (with
+            ``memory_per_call``, and the calls whose memory fits, if fewer).
         progress_bar: show a progress bar; default ``config.progress_bar``.
         actor_cls: a :class:`LabelledActor` subclass, plain or ``ray.remote``-decorated.
         actor_options: passed to Ray's ``.options()`` for each actor (``num_cpus``,
@@ -400,6 +400,11 @@ def chunked(
         max_buffered_bytes: bytes of results held back for order (behind a slow row), at
             most, counting the calls in flight at the size of the results seen; default
             256 MiB, None: no byte bound. Reading pauses when it is reached.
+        memory_budget: bytes the calls running at once on one node may use together, each
+            counted at the largest peak measured for its function (before any is known,
+            ``memory_per_call``, else one call per node runs first); default ``"auto"``:
+            what Ray's memory monitor allows on the node less what is in use there and a
+            margin; None: no memory admission.
     """
     settings = Options.of("chunked", chunk_size, progress_bar, options)
     if func is not None:

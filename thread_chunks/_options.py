@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 from ._pool import remote_actor_class
 from ._run import DEFAULT_MAX_BUFFERED_BYTES, Policy
-from ._types import ChunkSize, RetryOn
+from ._types import ChunkSize, MemoryBudget, RetryOn
 
 
 class RunOptions(TypedDict, total=False):
@@ -40,6 +40,10 @@ class RunOptions(TypedDict, total=False):
     max_buffered_bytes: int | None
     """Bytes of results held back for order, at most, the calls in flight counted at the size
     of the results seen so far (reading pauses there); default 256 MiB; None: no byte bound."""
+    memory_budget: MemoryBudget
+    """Bytes the calls running at once on one node may use together, each counted at its
+    function's measured peak; "auto" (default): what Ray's memory monitor allows on the node
+    less what is in use there, less a margin; None: no memory admission."""
 
 
 def check_positive(name: str, value: object, allow_none: bool = False) -> None:
@@ -72,6 +76,7 @@ class Options:
     placement_timeout: float | None = 600.0
     max_buffered: int | None = None
     max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES
+    memory_budget: MemoryBudget = "auto"
 
     @classmethod
     def of(cls, where: str, chunk_size: ChunkSize | None, progress_bar: bool | None,
@@ -88,12 +93,14 @@ class Options:
 
     def __post_init__(self) -> None:
         check_positive("memory_per_call", self.memory_per_call, allow_none=True)
-        if self.chunk_size == "auto":
-            if self.memory_per_call is None:
-                raise ValueError(
-                    "chunk_size='auto' needs memory_per_call=<bytes one call needs>")
-        else:
+        if self.chunk_size != "auto":
             check_positive("chunk_size", self.chunk_size, allow_none=True)
+        if self.memory_budget != "auto":
+            try:
+                check_positive("memory_budget", self.memory_budget, allow_none=True)
+            except ValueError:
+                raise ValueError(f"memory_budget: expected a positive number of bytes, 'auto' "
+                                 f"or None, got {self.memory_budget!r}") from None
         check_positive("batch_size", self.batch_size, allow_none=True)
         check_positive("max_buffered", self.max_buffered, allow_none=True)
         check_positive("max_buffered_bytes", self.max_buffered_bytes, allow_none=True)
@@ -126,7 +133,8 @@ class Options:
                       timeout=None if timeout is None else float(timeout),
                       placement_timeout=None if placement is None else float(placement),
                       max_buffered=self.max_buffered,
-                      max_buffered_bytes=self.max_buffered_bytes)
+                      max_buffered_bytes=self.max_buffered_bytes,
+                      memory_budget=self.memory_budget)
 
     def replace(self, **changes: Any) -> Options:
         """A copy with some options changed (validated again)."""

@@ -13,21 +13,27 @@ from typing import Any
 import ray
 from ray.actor import ActorClass, ActorHandle
 
-from ._actor import LabelledActor, RemoteLabelledActor, function_name
+from ._actor import LabelledActor, NodeMemory, RemoteLabelledActor, function_name
 from ._errors import ConcurrencyReducedWarning, ThreadChunksError
 from ._session import ensure_ray
 from ._types import ChunkSize
 
 log = logging.getLogger("thread_chunks")
 
-def auto_chunk_size(memory_per_call: int) -> tuple[int, str]:
-    """How many calls of ``memory_per_call`` bytes fit the Ray cluster at once, and why.
-
-    min(CPUs available, calls whose ``memory`` fits): the memory is counted per node (a call
-    cannot straddle two nodes) and capped by what the cluster has available now. At least 1.
-    """
+def auto_chunk_size(memory_per_call: int | None) -> tuple[int, str]:
+    """How many calls fit the Ray cluster at once, and why: the CPUs available and, with
+    ``memory_per_call``, the calls whose ``memory`` fits (counted per node: a call cannot
+    straddle two nodes, and capped by what the cluster has available now). At least 1.
+    Without ``memory_per_call`` memory is left to the learned admission (``memory_budget``):
+    this many actors, and only as many calls at once as their measured peaks fit."""
     available = ray.available_resources()
     cpus = int(available.get("CPU", 0))
+    if memory_per_call is None:
+        size = max(1, cpus)
+        why = (f"chunk_size='auto': {size} at once ({cpus} CPUs available; calls admitted "
+               "by their measured memory)")
+        log.info(why)
+        return size, why
     per_node = sum(int(node["Resources"].get("memory", 0) // memory_per_call)
                    for node in ray.nodes() if node.get("Alive"))
     fits = min(per_node, int(available.get("memory", 0) // memory_per_call))
@@ -129,6 +135,8 @@ class Pool:
         self._holds: list[object] = [None] * len(self._actors)  # func ref each actor holds
         self._ready: list[bool] = [False] * len(self._actors)
         self._probes: list[ray.ObjectRef[Any] | None] = [None] * len(self._actors)
+        self._nodes: list[NodeMemory | None] = [None] * len(self._actors)
+        self._peaks: dict[object, int] = {}  # function -> the largest peak of its calls
         if size == "auto":
             self.start()
 
@@ -171,12 +179,12 @@ class Pool:
             self._func, self._func_ref, self._fitted = None, None, False
             size = self._requested
             if size == "auto":
-                assert self._memory_per_call is not None
                 size, self.auto = auto_chunk_size(self._memory_per_call)
             if self.owned:
                 self._actors = [None] * size
             n = len(self._actors)
             self._holds, self._ready, self._probes = [None] * n, [False] * n, [None] * n
+            self._nodes = [None] * n
 
     def use(self, func: Callable[..., Any] | None) -> None:
         """Make ``func`` the function the actors hold (put into Ray once; each actor gets it
@@ -237,7 +245,8 @@ class Pool:
 
     def probe(self, slot: int) -> tuple[ActorHandle[Any], ray.ObjectRef[Any] | None]:
         """The actor in ``slot`` (created if missing) and a reference that resolves once it
-        has started and holds the current function; None when it is known to be ready.
+        has started and holds the current function (to the :class:`NodeMemory` of its
+        node); None when it is known to be ready.
 
         The same probe is shared by every run asking before it resolves. An actor holding an
         older function is sent the current one: calls sent afterwards by this process run
@@ -248,24 +257,53 @@ class Pool:
             if self._ready[slot]:
                 return actor, None
             probe = self._probes[slot]
-            if probe is None:
+            if probe is None:  # it resolves to the NodeMemory of the actor's node
                 if self._holds[slot] is self._func_ref or self._func_ref is None:
-                    probe = actor.__ray_ready__.remote()
+                    probe = actor._tc_ready.remote(None)
                 else:
-                    probe = actor.set_func.remote(self._func_ref)
+                    probe = actor._tc_ready.remote(self._func_ref)
                     self._holds[slot] = self._func_ref
                 self._probes[slot] = probe
             return actor, probe
 
-    def confirm(self, slot: int, actor: ActorHandle[Any]) -> bool:
-        """The probe of ``actor`` resolved: it is ready, unless it was replaced meanwhile
-        (then False)."""
+    def confirm(self, slot: int, actor: ActorHandle[Any], node: NodeMemory | None) -> bool:
+        """The probe of ``actor`` resolved (telling its ``node``): it is ready, unless it was
+        replaced meanwhile (then False)."""
         with self._lock:
             if slot >= self.size or self._actors[slot] is not actor:
                 return False
             self._ready[slot] = True
             self._probes[slot] = None
+            self._nodes[slot] = node
             return True
+
+    def node(self, slot: int) -> NodeMemory | None:
+        """The node of the ready actor in ``slot`` as its probe read it (None: not known)."""
+        return self._nodes[slot] if slot < self.size else None
+
+    @property
+    def memory_per_call(self) -> int | None:
+        return self._memory_per_call
+
+    def expected_peak(self) -> int | None:
+        """The memory a call of the current function is expected to need: the largest peak
+        its calls were measured at (in any run on this pool, or recorded in a checkpoint),
+        else ``memory_per_call``; None when nothing is known yet."""
+        return self._peaks.get(self._peak_key(), self._memory_per_call)
+
+    def learn_peak(self, peak: int) -> None:
+        """A call of the current function was measured at ``peak`` bytes."""
+        key = self._peak_key()
+        if peak > self._peaks.get(key, -1):
+            self._peaks[key] = peak
+
+    def _peak_key(self) -> object:
+        func = self._func
+        try:
+            hash(func)
+        except TypeError:
+            return function_name(func)
+        return func
 
     def handles(self) -> list[ActorHandle[Any]]:
         """All actors, created now where missing."""
@@ -303,7 +341,7 @@ class Pool:
                 f"only {fits} actors asking for {asked} fit the Ray cluster at once; running "
                 f"{fits} calls at once instead of chunk_size={self.size}",
                 ConcurrencyReducedWarning, stacklevel=4)
-            for cut in (self._actors, self._holds, self._ready, self._probes):
+            for cut in (self._actors, self._holds, self._ready, self._probes, self._nodes):
                 del cut[fits:]
 
     def discard(self, slot: int, actor: ActorHandle[Any] | None = None) -> bool:
@@ -321,6 +359,7 @@ class Pool:
                     ray.kill(current)
                 self._actors[slot] = None
                 self._holds[slot], self._ready[slot], self._probes[slot] = None, False, None
+                self._nodes[slot] = None
             return True
 
     def close(self) -> None:

@@ -36,7 +36,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
-from ._actor import Item, Outcome, read_reply, weight
+from ._actor import Item, NodeMemory, Outcome, read_reply, weight
 from ._errors import (
     ActorPlacementError,
     ConcurrencyReducedWarning,
@@ -67,9 +67,17 @@ _PLACEMENT_NOTICE_SECONDS = 10.0
 """An actor Ray has not placed after this long is reported: a ConcurrencyReducedWarning while
 others run, a log line and a progress-bar note while none does."""
 _START_FAILURES = 3
+_INNOCENT_USE = 128 << 20
+"""A worker Ray killed for memory while using at most this much above an idle actor's
+footprint was killed beside the one that used it (Ray kills several at once, and the newest
+first): its rows are run again uncharged."""
 """An actor slot whose new actors die this many times in a row before starting fails the run."""
 _MEMORY_KILL = re.compile(r"low on memory|out of memory|OUT_OF_MEMORY|memory usage threshold",
                           re.IGNORECASE)
+_KILLED_AT = (re.compile(r"Selected to kill:[^\]]*?memory used\s*=\s*([0-9.]+)\s*(Gi?B)"),
+              re.compile(r"memory used\s*[=:]\s*([0-9.]+)\s*(Gi?B)", re.IGNORECASE))
+"""How much the killed worker used, in Ray's message of a memory kill: the worker it selected
+to kill when the message lists several, else the one it names."""
 
 
 class Store(Protocol):
@@ -98,6 +106,9 @@ class RunStats:
     """Seconds from the first call sent to the last result received."""
     busy_time: dict[str, float] = field(default_factory=dict)
     """Seconds each actor spent inside the user's function."""
+    peak_call_memory: int | None = None
+    """Bytes the largest call of this run used at its peak (its worker's resident memory
+    above what it was when the call started); None when no call was measured."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class Policy:
     placement_timeout: float | None = 600.0
     max_buffered: int | None = None
     max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES
+    memory_budget: int | str | None = "auto"
 
 
 class Batcher:
@@ -159,6 +171,10 @@ class _Call:
     slot: int
     actor: ActorHandle[Any]
     batch: list[Item]
+    need: int = 0
+    """Memory counted for it on its node while it runs (bytes; see :meth:`Dispatcher.need`)."""
+    exclusive: bool = False
+    """It runs alone on its node (a row killed for memory, run again)."""
     orphaned: bool = False
     """Its run has ended: the call is left to finish (or was cancelled) and its outcome is
     dropped when it comes."""
@@ -247,6 +263,8 @@ class Run:
         self.attempts: dict[int, int] = {}
         self.deaths: dict[int, int] = {}
         self.suspects: set[int] = set()  # rows held by an actor that died: run alone
+        self.memory_suspects: dict[int, int] = {}  # killed for memory -> bytes used then
+        self.memory_kills: dict[int, int] = {}  # times each row was killed for memory
         self.order: deque[int] = deque()  # rows read and not yet handed out (ordered mode)
         self.held_back: dict[int, Outcome] = {}  # finished early, waiting for their turn
         self.held_bytes = 0  # pickled results in ``held_back``
@@ -313,6 +331,8 @@ class Run:
         """The final outcomes; failed rows with retries left go back into the retry queue."""
         if self.suspects:
             self.suspects.difference_update(item.row for item in batch)
+            for item in batch:
+                self.memory_suspects.pop(item.row, None)
         if all(record.ok for record in records):
             return records
         final: list[Outcome] = []
@@ -392,6 +412,59 @@ class Run:
         annotate(error, item, self.name, "")
         self.deliver([Outcome(index, False, error, now, now, "")], "")
 
+    def resend(self, held: list[Item]) -> None:
+        """Rows of this run on a worker Ray killed for memory it barely used: killed beside
+        the worker that used it (Ray kills several at once, idle ones too). They run again,
+        not charged and not suspected."""
+        self.stats.worker_deaths += 1
+        self.retry_queue.extendleft(reversed(held))
+        self.wake.set()
+
+    def killed_for_memory(self, held: list[Item], used: int) -> None:
+        """Rows of this run on a worker Ray killed for memory (it used ``used`` bytes, 0 when
+        unknown): each runs again alone on its node, where the rest of the node's budget is
+        its own. Not charged as a death of the row: the node was short, not the row wrong."""
+        self.stats.worker_deaths += 1
+        self.stats.retries += len(held)
+        self.batcher.reset()
+        for item in held:
+            self.suspects.add(item.row)
+            self.memory_suspects[item.row] = max(used, self.memory_suspects.get(item.row, 0))
+            self.memory_kills[item.row] = self.memory_kills.get(item.row, 0) + 1
+        log.warning("Ray killed a worker of %r for memory (it used %s): row%s %s run%s again "
+                    "alone on its node", self.name,
+                    f"{used / 2**30:.2f} GiB" if used else "an unknown amount",
+                    "s" if len(held) > 1 else "", ", ".join(str(i.row) for i in held),
+                    "" if len(held) > 1 else "s")
+        self.retry_queue.extendleft(reversed(held))
+        self.wake.set()
+
+    def too_large(self, item: Item, used: int, budget: int, node: NodeMemory | None) -> None:
+        """Row ``item`` was killed for memory while running alone on its node, using more
+        than the node's ``budget`` for calls: it fails."""
+        self.stats.worker_deaths += 1
+        self.stats.failures += 1
+        used = max(used, self.memory_suspects.pop(item.row, 0))
+        self.suspects.discard(item.row)
+        needed = f"it used {used / 2**30:.2f} GiB when killed" if used else \
+            "its use when killed is unknown"
+        if node is None:
+            has = "the node's memory is unknown"
+        else:
+            has = (f"the node has {node.total / 2**30:.2f} GiB, Ray's memory monitor kills "
+                   f"above {node.threshold:.0%} of it ({node.threshold * node.total / 2**30:.2f}"
+                   f" GiB), {node.used / 2**30:.2f} GiB were in use outside the calls: "
+                   f"{budget / 2**30:.2f} GiB for calls")
+        error = WorkerDiedError(
+            f"row {item.row} needs more memory than its node can give even to it alone: Ray "
+            f"killed it for memory while it ran alone ({needed}; {has}; killed "
+            f"{self.memory_kills.get(item.row, 0) + 1} times). Free memory on the "
+            "node, run it on a larger node, or split the row", index=item.row,
+            deaths=self.memory_kills.get(item.row, 0) + 1)
+        annotate(error, item, self.name, "")
+        now = time.time()
+        self.deliver([Outcome(item.row, False, error, now, now, "")], "")
+
     def fail(self, error: BaseException) -> None:
         """The run cannot go on: its driver raises ``error``."""
         if self.error is None:
@@ -442,6 +515,16 @@ class Dispatcher:
         self.busy_slots = 0  # actors with a call
         self.timed = False  # an open run has a timeout: lanes are checked for deadlines
         self.wakes: tuple[_Wake, ...] = ()  # of the open runs, read by Ray's callback thread
+        # memory admission (see need/admits): bytes counted per node, per busy slot
+        self.memory_mode: int | str | None = None  # the open runs' memory_budget
+        self.slot_need = [0] * self.size
+        self.slot_node = [""] * self.size
+        self.node_use: dict[str, int] = {}
+        self.readings: dict[str, NodeMemory] = {}  # a node's memory when none of ours ran
+        self.started_since: dict[str, int] = {}  # actors of ours started there since then
+        self.settling: dict[str, set[int]] = {}  # node -> workers killed there, maybe alive
+        self.settles: dict[ray.ObjectRef[Any], tuple[int, ActorHandle[Any], str, set[int]]] \
+            = {}
 
     # -- runs ------------------------------------------------------------------------------
 
@@ -455,6 +538,7 @@ class Dispatcher:
                     self.generation = self.pool.generation
                     self.ready.clear()
                     self.probes.clear()
+                    self.settles.clear()
                     self.waiting_since.clear()
                     self.tokens.clear()
                 self.retired.clear()
@@ -498,6 +582,10 @@ class Dispatcher:
     def runs_changed(self) -> None:
         self.wakes = tuple(run.wake for run in self.runs)  # replaced whole: safe to read
         self.timed = any(run.policy.timeout is not None for run in self.runs)
+        budgets = [run.policy.memory_budget for run in self.runs]
+        given = [b for b in budgets if isinstance(b, int)]
+        self.memory_mode = min(given) if given else (
+            "auto" if "auto" in budgets else None)
 
     def stop_orphans(self, slot: int) -> None:
         """Stop the calls on ``slot`` whose runs ended, by killing the actor (ours) when no
@@ -557,7 +645,7 @@ class Dispatcher:
         slot, actor = self.probes.pop(probe)
         self.waiting_since.pop(slot, None)
         try:
-            ray.get(probe) if future is None else future.result()
+            reading = ray.get(probe) if future is None else future.result()
         except RayActorError as exc:
             if getattr(exc, "actor_init_failed", False):
                 raise ThreadChunksError(
@@ -577,13 +665,108 @@ class Dispatcher:
         except RayError as exc:
             raise ThreadChunksError(
                 f"the actors could not load {self.names()!r}: {exc}") from exc
-        if self.pool.confirm(slot, actor):
+        node = reading if isinstance(reading, NodeMemory) else None
+        if self.pool.confirm(slot, actor, node):
+            self.note_node(node)
             self.mark_ready(slot, actor)
         elif slot not in self.ready and slot not in self.retired and self.runs:
             self.enlist(slot)  # replaced meanwhile: wait for the new one
 
     def names(self) -> str:
         return self.runs[0].name if self.runs else "function"
+
+    # -- memory ----------------------------------------------------------------------------
+
+    def note_node(self, node: NodeMemory | None) -> None:
+        """An actor started on ``node``: its reading becomes the node's when none of our calls
+        runs there (so the reading holds only memory in use outside them); else the actor
+        is counted, to take its idle footprint off the budget."""
+        if node is None:
+            return
+        if node.node not in self.readings or not self.node_use.get(node.node):
+            self.readings[node.node] = node
+            self.started_since[node.node] = 0
+        else:
+            self.started_since[node.node] += 1
+
+    def settle(self, slot: int, actor: ActorHandle[Any]) -> bool:
+        """Ask ``slot``'s idle actor to wait until the worker killed for memory on its node
+        is gone (see :meth:`LabelledActor._tc_settle`), unless one is asked already: until
+        then nothing starts on the node."""
+        key = self.node_key(slot)
+        if any(node == key for _, _, node, _ in self.settles.values()):
+            return False
+        pids = set(self.settling[key])
+        ref = actor._tc_settle.remote(sorted(pids))
+        self.settles[ref] = (slot, actor, key, pids)
+        self.watch(ref)
+        return True
+
+    def on_settle(self, ref: ray.ObjectRef[Any],
+                  future: concurrent.futures.Future[Any] | None) -> None:
+        """A killed worker's process is gone from its node (or the actor asked died)."""
+        slot, actor, key, pids = self.settles.pop(ref)
+        try:
+            reading = ray.get(ref) if future is None else future.result()
+        except RayError:  # killed too (Ray kills idle workers beside the one it chose)
+            if self.ready.get(slot) is actor:
+                self.lost(slot, actor)  # the node stays settling: another actor is asked
+            return
+        left = self.settling.get(key, set()) - pids
+        if left:
+            self.settling[key] = left
+        else:
+            self.settling.pop(key, None)
+        if isinstance(reading, NodeMemory) and not self.node_use.get(key):
+            self.readings[key] = reading  # its memory now, with every actor of ours started
+            self.started_since[key] = 0
+        if self.ready.get(slot) is actor and slot not in self.retired:
+            self.tokens.append(slot)
+
+    def node_key(self, slot: int) -> str:
+        node = self.pool.node(slot)
+        return f"?{slot}" if node is None else node.node
+
+    def budget(self, slot: int) -> int | None:
+        """Bytes the calls on ``slot``'s node may use together (None: no admission)."""
+        mode = self.memory_mode
+        if mode is None or isinstance(mode, int):
+            return mode
+        node = self.pool.node(slot)
+        if node is None:
+            return None
+        reading = self.readings.get(node.node, node)
+        return max(0, reading.budget() - self.started_since.get(node.node, 0) * reading.worker)
+
+    def need(self, run: Run, head: Item | None, budget: int) -> tuple[int, bool]:
+        """The memory counted for the next call of ``run`` (``head``: the suspect row it
+        will run alone) and whether it runs alone on its node.
+
+        The expected peak of the function's calls (the largest measured, or
+        ``memory_per_call``); a row killed for memory takes the whole budget of its node;
+        so does a call while nothing is known: one call per node runs first, to learn."""
+        if head is not None and head.row in run.memory_suspects:
+            return budget, True
+        expected = self.pool.expected_peak()
+        return (budget, False) if expected is None else (expected, False)
+
+    def admits(self, slot: int, need: int, budget: int) -> bool:
+        """Whether a call needing ``need`` fits beside the calls running on ``slot``'s node.
+        A call alone on its node always runs (nothing better can be done for it)."""
+        key = self.slot_node[slot] if self.slot_need[slot] else self.node_key(slot)
+        others = self.node_use.get(key, 0) - self.slot_need[slot]
+        return others <= 0 or others + max(self.slot_need[slot], need) <= budget
+
+    def count_need(self, slot: int) -> None:
+        """Count the memory of the calls on ``slot`` (the largest: they run one by one)."""
+        lane = self.lanes[slot]
+        need = max((self.inflight[ref].need for ref in lane), default=0)
+        if need != self.slot_need[slot]:
+            if not self.slot_need[slot]:
+                self.slot_node[slot] = self.node_key(slot)
+            key = self.slot_node[slot]
+            self.node_use[key] = self.node_use.get(key, 0) + need - self.slot_need[slot]
+            self.slot_need[slot] = need
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -623,9 +806,23 @@ class Dispatcher:
                     continue
                 self.tokens.appendleft(slot)
                 break
-            if run.retry_queue and run.retry_queue[0].row in run.suspects:
-                if lane:
-                    continue  # a suspect runs alone on its actor (release gives it back)
+            suspect = bool(run.retry_queue) and run.retry_queue[0].row in run.suspects
+            if suspect and lane:
+                continue  # a suspect runs alone on its actor (release gives it back)
+            if self.settling and self.node_key(slot) in self.settling:
+                if not queued and self.settle(slot, actor):
+                    continue  # its token comes back with the answer
+                deferred.append(slot)  # memory of a killed worker: nothing starts there
+                continue
+            budget = self.budget(slot)
+            need, exclusive = 0, False
+            if budget is not None:
+                need, exclusive = self.need(run, run.retry_queue[0] if suspect else None,
+                                            budget)
+                if not self.admits(slot, need, budget):
+                    deferred.append(slot)  # memory: it waits for calls on its node to end
+                    continue
+            if suspect:
                 batch = [run.retry_queue.popleft()]
                 self.isolated_slots.add(slot)
             else:
@@ -633,20 +830,23 @@ class Dispatcher:
             if not batch:
                 self.tokens.appendleft(slot)  # that run had no work after all: next run
                 continue
-            self.send(run, slot, actor, batch)
+            self.send(run, slot, actor, batch, need, exclusive)
         self.tokens.extend(deferred)
         for run in self.runs:
             if self.busy_slots > run.stats.peak_concurrency:
                 run.stats.peak_concurrency = self.busy_slots
 
-    def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item]) -> None:
+    def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item],
+             need: int = 0, exclusive: bool = False) -> None:
         ref = actor._tc_run_batch.remote(run.wire.send(batch))
         lane = self.lanes[slot]
         if not lane:
             self.running_since[slot] = time.monotonic()
             self.busy_slots += 1
         lane.append(ref)
-        self.inflight[ref] = _Call(run, slot, actor, batch)
+        self.inflight[ref] = _Call(run, slot, actor, batch, need, exclusive)
+        if need:
+            self.count_need(slot)
         run.inflight_calls += 1
         run.inflight_rows += len(batch)
         self.watch(ref)
@@ -660,6 +860,8 @@ class Dispatcher:
         lane = self.lanes[call.slot]
         was_running = bool(lane) and lane[0] == ref
         lane.remove(ref)
+        if call.need:
+            self.count_need(call.slot)
         if was_running and lane:
             self.running_since[call.slot] = time.monotonic()
         if not lane:
@@ -718,6 +920,8 @@ class Dispatcher:
             future = self.futures.pop(ref, None)
             if ref in self.probes:
                 self.on_probe(ref, future)
+            elif ref in self.settles:
+                self.on_settle(ref, future)
             elif ref in self.inflight:
                 self.on_reply(ref, future)
         deadline = self.deadline()
@@ -743,12 +947,25 @@ class Dispatcher:
             return
         run = call.run
         records = read_reply(reply)
+        self.learn(run, records, call.exclusive)
         run.batcher.observe(records)
         final = run.settle(records, call.batch)
         label = actor_label(call.slot)
         busy = run.stats.busy_time
         busy[label] = busy.get(label, 0.0) + sum(r.ended - r.started for r in records)
         run.deliver(final, label)
+
+    def learn(self, run: Run, records: list[Outcome], exclusive: bool) -> None:
+        """The peaks measured for ``records``: the run's statistics, and what calls of the
+        function are expected to need (not from a row run alone after a memory kill: one
+        row far above the others must not hold every later call to its size)."""
+        peak = max((r.memory for r in records if r.memory is not None), default=None)
+        if peak is None:
+            return
+        if run.stats.peak_call_memory is None or peak > run.stats.peak_call_memory:
+            run.stats.peak_call_memory = peak
+        if not exclusive:
+            self.pool.learn_peak(peak)
 
     def died(self, ref: ray.ObjectRef[Any], exc: RayActorError | OutOfMemoryError) -> None:
         """The actor of call ``ref`` died: replace it and run the rows it held again.
@@ -770,14 +987,45 @@ class Dispatcher:
                 if not each.orphaned:
                     each.run.fail(error)
             return
-        if isinstance(exc, OutOfMemoryError) or _MEMORY_KILL.search(str(exc)):
-            self.shrink(call.slot)
+        memory = isinstance(exc, OutOfMemoryError) or bool(_MEMORY_KILL.search(str(exc)))
+        budget = self.budget(call.slot) if memory else None
+        admitted = budget is not None
+        node = self.pool.node(call.slot)
+        used = _killed_at(str(exc), node.pid if node is not None else None)
+        reading = None if node is None else self.readings.get(node.node, node)
+        if memory and node is not None and node.pid:  # nothing starts there until it is gone
+            self.settling.setdefault(node.node, set()).add(node.pid)
+        idle = 0 if reading is None else reading.worker
+        innocent = memory and 0 < used <= idle + _INNOCENT_USE  # killed beside the worker
+        if memory and not admitted:
+            self.shrink(call.slot)  # no memory admission: the last resort
         self.lost(call.slot, call.actor)
         live = [each for each in calls if not each.orphaned]
         alone = len(calls) == 1 and len(call.batch) == 1
         for run in {id(each.run): each.run for each in live}.values():
             held = [item for each in live if each.run is run for item in each.batch]
-            run.charge_death(held, exc, alone)
+            if budget is None:
+                run.charge_death(held, exc, alone)
+            elif innocent:
+                run.resend(held)
+            elif alone and call.exclusive and self.beyond(run, held[0], used, budget, reading):
+                run.too_large(held[0], used, budget, reading)
+            else:
+                run.killed_for_memory(held, used)
+
+    @staticmethod
+    def beyond(run: Run, item: Item, used: int, budget: int, node: NodeMemory | None) -> bool:
+        """Whether a row killed for memory while alone on its node is beyond the node: it
+        used what the node can give a call at all (up to Ray's threshold, less what was in
+        use outside our calls: the budget's margin included), or it was killed
+        ``max_worker_deaths`` times. A row killed alone using less is run again: Ray kills
+        by the time calls started, so a row that starts while memory of a worker killed a
+        moment before is still held, or while something else on the node grows, may be
+        killed though it fits."""
+        kills = run.memory_kills.get(item.row, 0) + 1
+        most = budget if node is None else max(budget, int(
+            node.threshold * node.total) - node.used)
+        return used >= most or kills >= run.policy.max_worker_deaths
 
     def shrink(self, slot: int) -> None:
         """A worker was killed for memory: one call fewer at once from now on (never 0)."""
@@ -917,6 +1165,17 @@ class Dispatcher:
                     "was killed and replaced"), wall - timeout, wall, "")
                 for item in call.batch]
             run.deliver(run.settle(timed_out, call.batch), "")
+
+
+def _killed_at(message: str, pid: int | None = None) -> int:
+    """The bytes the worker ``pid`` used when Ray killed it for memory, from Ray's message
+    (which may list several workers killed at once); 0 when it does not say."""
+    mine = None if pid is None else re.search(
+        rf"pid={pid}, actual memory used\s*=\s*([0-9.]+)\s*(Gi?B)", message)
+    found = mine or _KILLED_AT[0].search(message) or _KILLED_AT[1].search(message)
+    if found is None:
+        return 0
+    return int(float(found.group(1)) * (2**30 if found.group(2).lower() == "gib" else 1e9))
 
 
 def run(pool: Pool, state: Run) -> Generator[Outcome, None, None]:

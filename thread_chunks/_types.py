@@ -22,6 +22,9 @@ Kwargs: TypeAlias = "dict[str, Any]"
 OnError: TypeAlias = Literal["raise", "return"]
 
 ChunkSize: TypeAlias = "int | Literal['auto']"
-"""A positive number of calls at once, or "auto" (sized from ``memory_per_call``)."""
+"""A positive number of calls at once, or "auto" (the CPUs available, and the calls of
+``memory_per_call`` that fit when it is given)."""
+MemoryBudget: TypeAlias = "int | Literal['auto'] | None"
+"""Bytes the calls at once on one node may use together; "auto": from the node; None: off."""
 
 RetryOn: TypeAlias = "type[BaseException] | tuple[type[BaseException], ...]"
