@@ -40,7 +40,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/shared.py
-	$(PY) benchmarks/checkpoint.py
+	$(PY) benchmarks/checkpoint.py --million
 	$(PY) benchmarks/results.py
 	$(PY) benchmarks/sweeps.py
 	$(PY) benchmarks/memory.py

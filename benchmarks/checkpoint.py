@@ -2,9 +2,13 @@
 
     python benchmarks/checkpoint.py            # make bench runs it
     python benchmarks/checkpoint.py --quick
+    python benchmarks/checkpoint.py --only scale [--million]
 
 1. checkpoint / no checkpoint: the same 8000 tiny calls with and without ``path=`` (median
-   of 3; goal <= 1.5);
+   of 3; goal <= 1.5); then at scale (issue 19), 200,000 calls of ``2*x``, alternating rounds
+   (median of 3): ``.map`` with a new checkpoint / without (goal <= 1.3), and the same list
+   again with every row reused / without (goal <= 0.3); with ``--million`` (make bench passes
+   it) 10^6 rows, checkpointed ``.map`` / streamed ``.imap`` from a generator (goal <= 1.3);
 2. opening a checkpoint of 100,000 finished rows and matching a 100,000-row list of small
    arguments built anew (keys, open, match: what a rerun pays before its first call; goal
    well under 2 s), and the same with 10 new rows appended; then ``thread-chunks inspect``
@@ -23,7 +27,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +69,64 @@ def overhead(count: int, repeats: int) -> None:
           f"ratio {b / a:.2f} (goal <= 1.5)")
 
 
+def _settle() -> float:
+    """Wait for the checkpoints' closing threads (they finish folding a run's results into
+    the file in the background); the seconds waited."""
+    start = time.perf_counter()
+    for thread in threading.enumerate():
+        if thread.name.startswith("thread-chunks checkpoint"):
+            thread.join()
+    return time.perf_counter() - start
+
+
+def scale(count: int, repeats: int, million: bool) -> None:
+    rows = [[i] for i in range(count)]
+    f = thread_chunks.chunked(chunk_size=2, progress_bar=False)(workloads.double)
+    f.map(rows[:2000])  # warm the actors
+    plain, saved, reused, settle = [], [], [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for r in range(repeats):  # alternating rounds: the machine's load hits all alike
+            path = Path(folder, f"scale{r}.ckpt")
+            start = time.perf_counter()
+            f.map(rows)
+            plain.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            f.map(rows, path=path)
+            saved.append(time.perf_counter() - start)
+            settle.append(_settle())
+            start = time.perf_counter()
+            again = f.map(rows, path=path)
+            reused.append(time.perf_counter() - start)
+            assert f.stats.calls == 0 and again[-1] == 2 * (count - 1), f.stats
+            _settle()
+    a, b, c = (statistics.median(x) for x in (plain, saved, reused))
+    print(f"1. {count} calls of 2*x: no checkpoint {a:.2f} s, new checkpoint {b:.2f} s "
+          f"(then {statistics.median(settle):.2f} s closing in the background), every row "
+          f"reused {c:.2f} s")
+    print(f"   {count} rows: checkpointed / plain {b / a:.2f} (goal <= 1.3); every row "
+          f"reused / plain {c / a:.2f} (goal <= 0.3)")
+    if not million:
+        return
+    n = 1_000_000
+
+    def stream() -> Iterator[list[int]]:
+        for i in range(n):
+            yield [i]
+
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        total = sum(f.imap(stream()))
+        streamed = time.perf_counter() - start
+        assert total == n * (n - 1), total
+        start = time.perf_counter()
+        f.map([[i] for i in range(n)], path=Path(folder, "million.ckpt"))
+        checkpointed = time.perf_counter() - start
+        _settle()
+    print(f"   10^6 rows: streamed .imap {streamed:.1f} s, checkpointed .map "
+          f"{checkpointed:.1f} s; checkpointed / streamed {checkpointed / streamed:.2f} "
+          "(goal <= 1.3)")
+
+
 def _items(n: int, extra: int = 0) -> tuple[list[list[object]], list[Item]]:
     rows: list[list[object]] = [[i, float(i) / 7] for i in range(n + extra)]
     return rows, [Item(i, tuple(r), {}) for i, r in enumerate(rows)]
@@ -98,7 +162,7 @@ def _fill(path: str, rows: list[list[object]], items: list[Item]) -> None:
                               now + i * 1e-6, "actor-0")
                       for i in range(start, min(len(items), start + 1000))], "actor-0")
     store.close()
-    time.sleep(0.5)  # let the background close fold the WAL
+    _settle()  # the background close folds the staged results and the WAL
 
 
 def inspect_large(n: int) -> None:
@@ -143,12 +207,20 @@ def digest_rate(rows: int, megabytes: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--million", action="store_true",
+                        help="also 10^6 rows checkpointed against streamed (minutes)")
+    parser.add_argument("--only", choices=["scale"],
+                        help="only the checkpoint cost at scale")
     args = parser.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
-        overhead(1000 if args.quick else 8000, 1 if args.quick else 3)
+        if args.only is None:
+            overhead(1000 if args.quick else 8000, 1 if args.quick else 3)
+        scale(20_000 if args.quick else 200_000, 1 if args.quick else 3, args.million)
     finally:
         ray.shutdown()
+    if args.only is not None:
+        return
     open_and_match(10_000 if args.quick else 100_000)
     inspect_large(100_000 if args.quick else 1_000_000)
     digest_rate(100 if args.quick else 1000, 1)

@@ -60,7 +60,9 @@ def recorded(path: Path) -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            return int(conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0])
+            return int(conn.execute(  # stored, or staged by the run going on
+                "SELECT count(*) FROM (SELECT key FROM results WHERE ok = 1 "
+                "UNION SELECT key FROM staged WHERE ok = 1)").fetchone()[0])
     except sqlite3.Error:
         return 0
 

@@ -20,7 +20,7 @@ from tests import workloads as w
 from tests.conftest import ROOT, local_env
 from thread_chunks import Checkpoint, RemoteLabelledActor, WorkerDiedError, chunked
 from thread_chunks._actor import NodeMemory
-from thread_chunks._checkpoint import FORMAT_VERSION, summary
+from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
 from thread_chunks._run import _killed_at
 
 pytestmark = pytest.mark.usefixtures("ray_running")
@@ -100,7 +100,9 @@ def test_a_format_4_checkpoint_without_memory_is_read_and_upgraded(tmp_path: Pat
     f = chunked(chunk_size=2)(w.square)
     rows = [[i] for i in range(20)]
     f.map(rows, path=path)
-    with sqlite3.connect(path) as conn:  # as format 4 wrote it: no memory column
+    _wait_for_close(str(path))  # the store folds its staged results as it closes
+    with sqlite3.connect(path) as conn:  # as format 4 wrote it: no memory column, no staging
+        conn.execute("DROP TABLE staged")
         conn.execute("ALTER TABLE results DROP COLUMN memory")
         conn.execute("UPDATE meta SET value = 4 WHERE key = 'format_version'")
     view = Checkpoint.load(path)
@@ -113,7 +115,7 @@ def test_a_format_4_checkpoint_without_memory_is_read_and_upgraded(tmp_path: Pat
     assert view.memory[:20] == [None] * 20 and view.memory[20] is not None
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
-                            ).fetchone()[0] == FORMAT_VERSION == 5
+                            ).fetchone()[0] == FORMAT_VERSION == 6
     f.close()
 
 

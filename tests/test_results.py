@@ -104,8 +104,9 @@ def test_inspect_reads_no_result(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.fail_on)
     f.map([[i] for i in range(10)], path=ckpt, on_error="return")
-    with sqlite3.connect(ckpt) as conn:  # results nobody could unpickle
+    with sqlite3.connect(ckpt) as conn:  # results nobody could unpickle, folded or not yet
         conn.execute("UPDATE results SET value = x'00'")
+        conn.execute("UPDATE staged SET value = x'00'")
     info = json.loads(_cli("inspect", str(ckpt), "--json").stdout)
     assert (info["done"], info["total"], info["failed"], info["rows_stored"]) == (9, 10, 1, 9)
     assert info["rate_per_second"] > 0 and info["eta_seconds"] is not None

@@ -6,6 +6,10 @@ The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA applicati
 - ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
   finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
   ``value`` the pickled result (as the actor pickled it) or exception.
+- ``staged``: the same columns, no index: results of small values recorded by the latest run,
+  appended as they arrive, folded into ``results`` in that order (the latest of a key wins)
+  when the run's store closes or, after a kill, when the next run opens the file. Readers see
+  ``results`` and ``staged`` as one (:func:`_reading`).
 - ``run(row, key, ok)``: the latest run's list, one key per row, and the row's state as the
   run knows it (1 done, 0 failed, NULL not yet), kept as results are recorded.
 - ``meta``: the format, the digest scheme, the function (name and body digest) the results
@@ -17,7 +21,12 @@ A run opens the file, computes every row's key, and finds in SQL (``run`` joined
 ``results``) the rows recorded as a success; it sends only the others, and reads the reused
 results back in row order, a few MB at a time, as they are handed out (:meth:`Store.reused`).
 Each batch of results is one small transaction (O(1) work per result), so a kill -9 at any
-instant leaves a consistent file that lost at most the calls that were in flight. The summary
+instant leaves a consistent file that lost at most the calls that were in flight. Small results
+go to ``staged`` rather than straight into ``results``: keys are digests, so every result
+recorded into the key index lands on a random page of it, and once the index outgrows a batch
+each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at 200,000 rows);
+appended to ``staged`` a row costs its own bytes, and one fold per run writes each page of
+the index once. The summary
 (``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
 are pickled: load checkpoints only from a trusted source.
 """
@@ -33,24 +42,33 @@ import warnings
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from operator import itemgetter
 from typing import Any
 
 from ._actor import Item, Outcome, in_band, pack, unpack, weight
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
-from ._wire import is_large
+from ._wire import SHARE_AT_BYTES, is_large
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 5
-"""5: each result's measured peak memory (``results.memory``); 4: the latest run's keys in
-the ``run`` table (3 kept them in one ``meta`` blob). Files of formats 3 and 4 are upgraded
-when a run opens them, and read as they are."""
+FORMAT_VERSION = 6
+"""6: small results staged before they are folded into ``results``; 5: each result's
+measured peak memory (``results.memory``); 4: the latest run's keys in the ``run`` table (3
+kept them in one ``meta`` blob). Files of formats 3 to 5 are upgraded when a run opens them,
+and read as they are."""
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
 MAX_RECORD_BYTES = 1_000_000_000
 """The largest pickled result recorded (SQLite's own limit on a value and a row, 1 GB by
 default): a larger one is returned but not recorded, with a warning."""
+_STAGE_MAX_BYTES = 4096
+"""Results pickled to at most this many bytes are staged (appended, folded in later); a larger
+one is written into ``results`` at once: its index entry costs little beside its bytes, and a
+fold would copy them."""
+_FOLD_CACHE_KIB = 64 << 10
+"""SQLite's page cache while staged results are folded in (at most; the default is 2 MB):
+the key index of ~2 million results."""
 _REUSED_CHUNK_BYTES = 8 << 20
 _REUSED_CHUNK_ROWS = 500
 """Reused results are read back this many bytes (or rows) at a time, at most (one larger
@@ -72,8 +90,10 @@ CREATE TABLE IF NOT EXISTS results (
 """
 _RUN = ("CREATE TABLE IF NOT EXISTS run "
         "(row INTEGER PRIMARY KEY, key BLOB NOT NULL, ok INTEGER);")
+_STAGED = "CREATE TABLE IF NOT EXISTS staged AS SELECT * FROM results WHERE 0;"
+"""``results``' columns (whatever they are), without its key index."""
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
-           + _RESULTS + _RUN)
+           + _RESULTS + _STAGED + _RUN)
 
 
 def _unpickle(blob: bytes | None) -> Any:
@@ -216,6 +236,7 @@ def _reset(conn: sqlite3.Connection, func_name: str, func_digest: str, by_hand: 
     """Forget everything: the file now belongs to this function (inside a transaction)."""
     conn.execute("DROP TABLE IF EXISTS results")
     conn.execute(_RESULTS)
+    _renew_staged(conn)
     conn.execute("DELETE FROM run")
     conn.execute("DELETE FROM meta")
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
@@ -228,11 +249,12 @@ def _split(blob: bytes) -> list[bytes]:
 
 
 def _upgrade(conn: sqlite3.Connection) -> None:
-    """A file of format 3 (the latest run's keys in one ``meta`` blob) or 4 (no memory
-    column) becomes format 5 (in a transaction): nothing recorded is lost."""
+    """A file of format 3 (the latest run's keys in one ``meta`` blob), 4 (no memory
+    column) or 5 (no staged results) becomes format 6 (in a transaction): nothing recorded
+    is lost."""
     meta = _meta(conn, "format_version", "keys")
     version = meta.get("format_version")
-    if version not in (3, 4):
+    if version not in (3, 4, 5):
         return
     if version == 3:
         conn.execute("DELETE FROM run")
@@ -241,7 +263,32 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM meta WHERE key = 'keys'")
     if not _has_memory(conn):
         conn.execute("ALTER TABLE results ADD COLUMN memory INTEGER")
+    _renew_staged(conn)  # with the memory column (a staged table there is a newer version's)
     conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (FORMAT_VERSION,))
+
+
+def _renew_staged(conn: sqlite3.Connection) -> None:
+    """An empty ``staged`` with ``results``' columns as they are now (inside a transaction)."""
+    conn.execute("DROP TABLE IF EXISTS staged")
+    conn.execute(_STAGED)
+
+
+def _fold(conn: sqlite3.Connection) -> None:
+    """Move the staged results into ``results`` (inside a transaction), in the order they
+    were recorded: the latest of a key wins (``INSERT OR REPLACE``, as recording into
+    ``results`` does), and a run's results lie in ``results`` about in its rows' order, so a
+    rerun of the list reads them back page after page. The key index, updated at random, is
+    held in a page cache of :data:`_FOLD_CACHE_KIB` meanwhile: each of its pages is written
+    once."""
+    columns = ", ".join(name for _, name, *_ in conn.execute("PRAGMA table_info(staged)"))
+    (cache,) = conn.execute("PRAGMA cache_size").fetchone()
+    conn.execute(f"PRAGMA cache_size = -{_FOLD_CACHE_KIB}")
+    try:
+        conn.execute(f"INSERT OR REPLACE INTO results ({columns}) SELECT {columns} "
+                     "FROM staged ORDER BY rowid")
+        conn.execute("DELETE FROM staged")
+    finally:
+        conn.execute(f"PRAGMA cache_size = {int(cache)}")
 
 
 def _has_memory(conn: sqlite3.Connection) -> bool:
@@ -253,11 +300,16 @@ def _unpicklable(row: int, value: object) -> str:
     return f"<row {row}: not recorded, {type(value).__name__} cannot be pickled>"
 
 
-def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool) -> bytes:
+def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool,
+                 opaque: Sequence[int] | None = None) -> bytes:
     """The parameter list, pickled once. Rows that cannot be pickled (and undigestable rows,
     which may hold Ray references) are replaced by a description; so are large arguments
-    when ``light`` (the rows' identity is their digest: the file needs no copy of them)."""
-    listed = [_without_large(row) for row in rows] if light else list(rows)
+    when ``light`` (the rows' identity is their digest: the file needs no copy of them),
+    looked for only in the ``opaque`` rows when they are known (:class:`RowKeys`)."""
+    listed = list(rows)
+    if light:
+        for i in range(len(listed)) if opaque is None else opaque:
+            listed[i] = _without_large(listed[i])
     for i in undigestable:
         listed[i] = _unpicklable(i, listed[i])
     try:
@@ -274,63 +326,98 @@ def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool) 
 
 
 def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
-               undigestable: Sequence[int], *, light: bool = True, table: bool = True) -> None:
-    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. The
-    ``run`` table is emptied, and filled with the keys when ``table``."""
+               undigestable: Sequence[int], *, light: bool = True, table: bool = True,
+               opaque: Sequence[int] | None = None) -> None:
+    """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. When
+    ``table``, the ``run`` table is emptied and filled with the keys (else the caller does it:
+    :func:`_find_reused`)."""
     count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-        ("parameters", _pickle_rows(rows, undigestable, light)), ("count", count),
+        ("parameters", _pickle_rows(rows, undigestable, light, opaque)), ("count", count),
         ("reused", 0), ("run_started", time.time())])
-    conn.execute("DELETE FROM run")
     if table:
-        _insert_keys(conn, keys)
+        conn.execute("DELETE FROM run")
+        _insert_run(conn, keys)
 
 
-def _insert_keys(conn: sqlite3.Connection, keys: bytes,
-                 states: Sequence[int | None] | None = None) -> None:
-    """The ``run`` table's rows: each row's key and, when known, its state."""
-    conn.executemany("INSERT INTO run VALUES (?, ?, ?)",
-                     ((row, keys[row * KEY_BYTES:(row + 1) * KEY_BYTES],
-                       None if states is None else states[row])
-                      for row in range(len(keys) // KEY_BYTES)))
+_UNKNOWN = 2
+"""A row's state in the ``states`` given to :func:`_insert_run`: not known (NULL)."""
 
 
-def _find_reused(conn: sqlite3.Connection, keys: bytes) -> tuple[array[int], array[int]]:
-    """Fill the ``run`` table with ``keys`` and each row's state; the rows whose key is
-    recorded as a success, ascending, and the size of each one's pickled result (no result
-    is read). Inside a transaction.
+_STATE = "CASE substr(?2, row + 1, 1) WHEN x'01' THEN 1 WHEN x'00' THEN 0 END"
+"""Row ``row``'s state in the ``states`` blob ``?2`` (see :func:`_insert_run`), in SQL."""
+
+
+def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
+    """Make the ``run`` table hold ``keys`` in ``states`` (see :func:`_insert_run`). When it
+    holds these keys already (the same list run again, compared by SQLite), only the states
+    that changed are written: no row is rewritten."""
+    count = len(keys) // KEY_BYTES
+    (same,) = conn.execute(
+        f"SELECT count(*) = ?2 AND count(CASE WHEN key != substr(?1, row * {KEY_BYTES} + 1, "
+        f"{KEY_BYTES}) THEN 1 END) = 0 FROM run", (keys, count)).fetchone()
+    if same:
+        conn.execute(f"UPDATE run SET ok = {_STATE} WHERE ok IS NOT {_STATE}", (b"", states))
+        return
+    conn.execute("DELETE FROM run")
+    _insert_run(conn, keys, states)
+
+
+def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> None:
+    """The ``run`` table's rows: each row's key and its state (one byte a row: 1 done, 0
+    failed, :data:`_UNKNOWN` or none given: NULL), cut from the two blobs by SQLite itself (no
+    Python per row)."""
+    count = len(keys) // KEY_BYTES
+    if count:
+        conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?3) "
+            f"INSERT INTO run SELECT i, substr(?1, i * {KEY_BYTES} + 1, {KEY_BYTES}), "
+            f"{_STATE.replace('row', 'i')} FROM n",
+            (keys, states, count))
+
+
+def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes
+                 ) -> tuple[array[int], array[int], array[int]]:
+    """Fill the ``run`` table with the keys (``blob``: ``keys`` joined) and each row's state;
+    the rows whose key is recorded as a success, ascending, the size of each one's pickled
+    result and its rowid in ``results`` (no result is read). Inside a transaction, with
+    nothing staged.
 
     When the file holds not many more results than the list has rows, one scan of the
     results' keys into memory matches them (no lookup per row: SQLite's costs ~2.5 us);
     otherwise the run's keys are joined with the results (the work follows the list).
     """
-    rows, sizes = array("q"), array("q")
-    states: list[tuple[int, int]] = []
-    count = len(keys) // KEY_BYTES
+    rows, sizes, ids = array("q"), array("q"), array("q")
+    count = len(keys)
     if conn.execute("SELECT count(*) FROM results").fetchone()[0] <= 4 * count:
-        known = {key: (ok, size) for key, ok, size in conn.execute(
-            "SELECT key, ok, length(value) FROM results")}
-        found: list[int | None] = [None] * count
-        for row in range(count):
-            ok, size = known.get(keys[row * KEY_BYTES:(row + 1) * KEY_BYTES], (None, 0))
-            found[row] = ok
-            if ok:
-                rows.append(row)
-                sizes.append(size or 0)
+        # key -> a success's rowid and size in one int (-1: a failure): the dict is built,
+        # and probed, in C
+        known = dict(conn.execute(
+            "SELECT key, CASE WHEN ok = 1 THEN rowid << 32 | "
+            "min(coalesce(length(value), 0), 4294967295) ELSE -1 END FROM results"))
+        hits = list(map(known.get, keys))
         del known
-        _insert_keys(conn, keys, found)
-        return rows, sizes
-    _insert_keys(conn, keys)
-    for row, ok, size in conn.execute(
-            "SELECT r.row, s.ok, length(s.value) FROM run AS r JOIN results AS s "
+        rows.extend([row for row, hit in enumerate(hits) if hit is not None and hit >= 0])
+        packed = [hit for hit in hits if hit is not None and hit >= 0]
+        ids.extend([hit >> 32 for hit in packed])
+        sizes.extend([hit & 0xFFFFFFFF for hit in packed])
+        states = bytes([_UNKNOWN if hit is None else 0 if hit < 0 else 1 for hit in hits])
+        _renew_run(conn, blob, states)
+        return rows, sizes, ids
+    conn.execute("DELETE FROM run")
+    _insert_run(conn, blob)
+    found: list[tuple[int, int]] = []
+    for row, ok, size, rowid in conn.execute(
+            "SELECT r.row, s.ok, length(s.value), s.rowid FROM run AS r JOIN results AS s "
             "ON s.key = r.key ORDER BY r.row"):
-        states.append((ok, row))
+        found.append((ok, row))
         if ok:
             rows.append(row)
             sizes.append(size or 0)
-    conn.executemany("UPDATE run SET ok = ? WHERE row = ?", states)
-    return rows, sizes
+            ids.append(rowid)
+    conn.executemany("UPDATE run SET ok = ? WHERE row = ?", found)
+    return rows, sizes, ids
 
 
 def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
@@ -342,7 +429,7 @@ def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
     parameters = list(_unpickle(meta["parameters"]))
     old = [key for (key,) in conn.execute("SELECT key FROM run ORDER BY row")]
     rows = [normalised for normalised in map(_as_call, parameters)]
-    new, _ = row_keys(binder, rows)
+    new = row_keys(binder, rows).keys
     conn.executemany("UPDATE OR REPLACE results SET key = ? WHERE key = ?",
                      [(n, o) for n, o in zip(new, old, strict=True) if n != o])
     conn.execute("UPDATE meta SET value = 0 WHERE key = 'by_hand'")
@@ -378,6 +465,8 @@ class Store:
         self.reused: array[int] = array("q")
         """The rows of this run already recorded as a success (ascending): not run again."""
         self._sizes: array[int] = array("q")
+        self._ids: array[int] = array("q")  # each reused row's rowid in results
+        self._staged = 0  # results this store staged and did not fold yet
         self.peak_memory: int | None = None
         """The largest peak memory measured for a call of this function, in the file."""
 
@@ -393,14 +482,15 @@ class Store:
         :class:`CheckpointError` naming it.
         """
         path = os.fspath(path)
+        _wait_for_close(path)
         ours = _is_ours(path)
         func_name = getattr(func, "__name__", name) if func is not None else name
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
-        keys, undigestable = row_keys(binder, [(item.args, item.kwargs) for item in items])
+        keys, undigestable, opaque = row_keys(
+            binder, list(map(itemgetter(1, 2), items)), large=SHARE_AT_BYTES)
         conn = _connect(path, create=not ours)
         store = cls(path, conn, b"".join(keys))
-        del keys
         try:
             with _transaction(conn):
                 _upgrade(conn)
@@ -414,13 +504,16 @@ class Store:
                             CheckpointRestartWarning, stacklevel=4)
                     _reset(conn, func_name, func_digest, by_hand=False)
                 else:
+                    _fold(conn)  # what the previous run staged, if it could not fold it
+                    _renew_staged(conn)
                     if old.get("by_hand"):
                         _adopt(conn, binder)
                     if func_digest and not old.get("func_digest"):
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
                                      (func_digest,))
-                _write_run(conn, rows, store._keys, undigestable, table=False)
-                store.reused, store._sizes = _find_reused(conn, store._keys)
+                _write_run(conn, rows, store._keys, undigestable, table=False, opaque=opaque)
+                store.reused, store._sizes, store._ids = _find_reused(conn, keys, store._keys)
+                del keys
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
@@ -447,10 +540,13 @@ class Store:
         """``(row, pickled result)`` for every reused row, ascending, read from the file a
         few MB at a time (:data:`_REUSED_CHUNK_BYTES`), never all at once.
 
-        Read by key (the identity), through a connection of its own: each read is a short
-        transaction, so the file's write-ahead log is not held back between reads.
+        Read by rowid (found when the file was opened; each checked against its key, the
+        identity), through a connection of its own: each read is a short transaction, so the
+        file's write-ahead log is not held back between reads. A rerun of the same list finds
+        its results in consecutive rowids (a fold keeps the order they were recorded in):
+        such a chunk is one range scan.
         """
-        rows, sizes, n = self.reused, self._sizes, len(self.reused)
+        rows, sizes, ids, n = self.reused, self._sizes, self._ids, len(self.reused)
         start = 0
         while start < n:
             end, weight = start + 1, sizes[start]
@@ -458,25 +554,37 @@ class Store:
                     weight + sizes[end] <= _REUSED_CHUNK_BYTES:
                 weight += sizes[end]
                 end += 1
-            wanted = {self._key(row): row for row in rows[start:end]}
+            wanted = ids[start:end].tolist()
             try:
-                reader = self._open_reader()
-                found = dict(reader.execute(
-                    "SELECT key, value FROM results WHERE ok = 1 AND key IN "
-                    f"({', '.join('?' * len(wanted))})", list(wanted)))
+                found = self._read(wanted)
             except sqlite3.Error as exc:
                 raise CheckpointError(
                     f"cannot read the reused results of checkpoint {self.path!r}: {exc}"
                 ) from exc
-            for row in rows[start:end]:
-                blob = found.get(self._key(row))
-                if blob is None:
+            for row, (key, blob) in zip(rows[start:end], found, strict=True):
+                if blob is None or key != self._key(row):
                     raise CheckpointError(
                         f"checkpoint {self.path!r} lost the result of row {row} during the "
                         "run (another process replaced its results?); run again to compute it")
                 yield row, blob
             del found
             start = end
+
+    def _read(self, wanted: list[int]) -> list[tuple[bytes | None, bytes | None]]:
+        """``(key, pickled result)`` of the successes at these rowids, in their order
+        (``(None, None)`` where there is none)."""
+        reader = self._open_reader()
+        first = wanted[0]
+        if wanted == list(range(first, first + len(wanted))):
+            found: list[tuple[bytes | None, bytes | None]] = reader.execute(
+                "SELECT key, value FROM results WHERE rowid BETWEEN ? AND ? AND ok = 1",
+                (first, wanted[-1])).fetchall()
+            if len(found) == len(wanted):  # each rowid of the range, once, in order
+                return found
+        by_id = {rowid: (key, value) for rowid, key, value in reader.execute(
+            "SELECT rowid, key, value FROM results WHERE ok = 1 AND rowid IN "
+            f"({', '.join('?' * len(wanted))})", wanted)}
+        return [by_id.get(rowid, (None, None)) for rowid in wanted]
 
     def _open_reader(self) -> sqlite3.Connection:
         if self._reader is None:
@@ -487,7 +595,12 @@ class Store:
     def record(self, records: list[Outcome], actor: str) -> None:
         """Save finished calls in one transaction; a success's result is saved as the actor
         pickled it. A result too large to record is skipped with a warning naming its row;
-        any other failure warns once and stops saving."""
+        any other failure warns once and stops saving.
+
+        A batch of small results is appended to ``staged``; a batch holding a larger one
+        folds what is staged first, then goes into ``results`` (so the latest of a key is
+        always the one folded last). Each run of consecutive rows' states is one ``UPDATE``
+        of the ``run`` table."""
         if self._conn is None:
             return
         now, limit = time.time(), self._limit - 4096  # room for the rest of the row
@@ -502,12 +615,15 @@ class Store:
                 continue
             rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now,
                          r.memory))
+        staged = all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
         try:
             with _transaction(self._conn):
-                self._conn.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-                self._conn.executemany("UPDATE run SET ok = ? WHERE row = ?",
-                                       [(r.ok, r.row) for r in records])
+                if not staged and self._staged:
+                    _fold(self._conn)
+                _insert_results(self._conn, "staged" if staged else "results", rows)
+                self._conn.executemany("UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
+                                       _spans(records))
+            self._staged = self._staged + len(rows) if staged else 0
         except Exception as exc:
             self._give_up(exc)
 
@@ -536,11 +652,18 @@ class Store:
         self._stop_saving()
 
     def _stop_saving(self) -> None:
-        """Closing folds the WAL back into the file (a few ms of I/O), done in a background
-        thread so results are not held up by it (the interpreter waits for it at exit)."""
+        """Closing folds the staged results into ``results`` (about 2 us a row) and the WAL
+        back into the file (a few ms of I/O), done in a background thread so results are not
+        held up by it (the interpreter waits for it at exit; a run opening the same file in
+        this process waits for it first, another process waits for its lock). Killed
+        meanwhile, nothing is lost: the next run folds them."""
         if self._conn is not None:
-            threading.Thread(target=_close_quietly, args=(self._conn,),
-                             name="thread-chunks checkpoint close").start()
+            closing_thread = threading.Thread(
+                target=_fold_and_close, args=(self._conn, self._staged),
+                name="thread-chunks checkpoint close")
+            with _closing_lock:
+                _closing[os.path.realpath(self.path)] = closing_thread
+                closing_thread.start()
             self._conn = None
 
 
@@ -558,6 +681,59 @@ def _close_quietly(conn: sqlite3.Connection) -> None:
         pass
 
 
+def _insert_results(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Record ``rows`` (each a value for every column, in order) into ``results`` (the
+    latest of a key replacing the one before) or ``staged`` (appended)."""
+    if rows:
+        verb = "INSERT OR REPLACE" if table == "results" else "INSERT"
+        conn.executemany(f"{verb} INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def _spans(records: Sequence[Outcome]) -> list[list[int]]:
+    """``[ok, first, last]`` for each run of consecutive rows in the same state (the latest
+    outcome of a row counts): one ``UPDATE`` each, where a batch usually needs one."""
+    if not records:
+        return []
+    rows, first = [r.row for r in records], records[0].row
+    if rows == list(range(first, first + len(rows))) and len({r.ok for r in records}) == 1:
+        return [[int(records[0].ok), first, rows[-1]]]  # the usual batch: one span
+    states = {r.row: int(r.ok) for r in records}
+    spans: list[list[int]] = []
+    for row in sorted(states):
+        ok = states[row]
+        if spans and spans[-1][0] == ok and spans[-1][2] == row - 1:
+            spans[-1][2] = row
+        else:
+            spans.append([ok, row, row])
+    return spans
+
+
+_closing: dict[str, threading.Thread] = {}
+"""Per file (its real path), the thread closing this process's latest store of it."""
+_closing_lock = threading.Lock()
+
+
+def _wait_for_close(path: str) -> None:
+    """Let this process's store of ``path`` closing in the background finish its fold."""
+    with _closing_lock:
+        pending = _closing.pop(os.path.realpath(path), None)
+    if pending is not None:
+        pending.join()
+
+
+def _fold_and_close(conn: sqlite3.Connection, staged: int) -> None:
+    """What a store does when it closes, in its background thread (see ``_stop_saving``)."""
+    try:
+        if staged:
+            with _transaction(conn):
+                _fold(conn)
+    except sqlite3.Error as exc:  # the results stay staged: the next run folds them
+        log.warning("checkpoint: folding %d staged results failed (%s); the next run "
+                    "folds them", staged, exc)
+    finally:
+        _close_quietly(conn)
+
+
 def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | None:
     """None when the results in the file belong to this function; else why not ("" for a
     new, empty file: nothing to warn about)."""
@@ -573,11 +749,23 @@ def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | No
     return None
 
 
+_STAGED_VIEW = (
+    "CREATE TEMP TABLE latest AS SELECT key, max(rowid) AS id FROM main.staged GROUP BY key",
+    "CREATE UNIQUE INDEX temp.latest_key ON latest (key)",
+    "CREATE TEMP VIEW results AS "
+    "SELECT * FROM main.results WHERE key NOT IN (SELECT key FROM temp.latest) "
+    "UNION ALL SELECT s.* FROM temp.latest AS l JOIN main.staged AS s ON s.rowid = l.id")
+"""For a reader of a file with staged results: ``results`` as the fold will make it, a view
+that shadows the table (the latest staged result of a key in place of the stored one), read
+in the same snapshot as the rest."""
+
+
 @contextmanager
 def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection, dict[str, Any]]]:
     """A read-only connection to our checkpoint at ``path`` holding a run, and its meta (the
     parameter list left out). Every failure is a CheckpointError naming the file. A file of
-    format 3 is read through a temporary ``run`` table (the file is not changed)."""
+    format 3 is read through a temporary ``run`` table, staged results through a temporary
+    view (:data:`_STAGED_VIEW`): the file is not changed."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path!r}")
@@ -585,6 +773,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
         raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
     try:
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            conn.execute("BEGIN")  # one snapshot for every read: a fold may commit meanwhile
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
             version = meta.get("format_version")
             if version == 3:
@@ -594,10 +783,14 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
                                  enumerate(_split(meta.get("keys", b""))))
                 conn.execute("UPDATE temp.run SET ok = (SELECT s.ok FROM results AS s "
                              "WHERE s.key = temp.run.key)")
-            elif version not in (4, FORMAT_VERSION):
+            elif version == FORMAT_VERSION:
+                if conn.execute("SELECT 1 FROM staged LIMIT 1").fetchone() is not None:
+                    for statement in _STAGED_VIEW:  # not executescript: it would commit
+                        conn.execute(statement)
+            elif version not in (4, 5):
                 raise CheckpointError(
                     f"checkpoint {path!r} was written by another version of thread-chunks "
-                    f"(format {version}, this version reads 3 to {FORMAT_VERSION})")
+                    f"(format {version}, this version reads formats 3 to {FORMAT_VERSION})")
             meta["_memory"] = "s.memory" if _has_memory(conn) else "NULL"
             if "count" not in meta:
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
@@ -662,6 +855,7 @@ class Checkpoint:
             raise ValueError("path: no path given and this Checkpoint has none")
         if not (len(self.output) == len(self.completed) == len(self.parameters)):
             raise ValueError("parameters, output and completed must have the same length")
+        _wait_for_close(target)
         ours = _is_ours(target)
         keys = _hand_keys(len(self.parameters))
         try:

@@ -200,7 +200,9 @@ class Chunker:
             name = function_name(held) if held is not None else name
         store = Store.open(path, held, name, listed, materialised)
         del materialised
-        if store.reused:
+        if len(store.reused) == len(listed):
+            listed = []  # every row known: nothing to compute
+        elif store.reused:
             skip = bytearray(len(listed))
             for row in store.reused:
                 skip[row] = 1

@@ -39,7 +39,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from types import CodeType, FunctionType
-from typing import Any
+from typing import Any, NamedTuple
 
 import cloudpickle
 
@@ -335,12 +335,81 @@ def position_key(list_digest: bytes, row: int) -> bytes:
 
 
 _PLACEHOLDER = b"\xff" * KEY_BYTES
+_FLUSH_BYTES = 4 << 20
+"""Row keys are hashed from one buffer of encodings, emptied when it holds this much."""
 
 
-def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]]
-             ) -> tuple[list[bytes], list[int]]:
-    """Every row's key, and the rows that were undigestable (keyed by position)."""
-    keys: list[bytes | None] = [binder.key(args, kwargs) for args, kwargs in rows]
+class _CountingEncoder(_Encoder):
+    """The common encoder, counting the objects it reduces itself: everything but the
+    builtin types the C pickler writes on its own (numbers, str, bytes, bytearray, None and
+    the builtin containers)."""
+
+    reduced = 0
+
+    def reducer_override(self, obj: object) -> Any:
+        self.reduced += 1
+        return _override(obj)
+
+
+class RowKeys(NamedTuple):
+    """The keys of a list of rows (:func:`row_keys`)."""
+
+    keys: list[bytes]
+    """Every row's key, in order."""
+    undigestable: list[int]
+    """The rows that could not be encoded (keyed by position, see :func:`position_key`)."""
+    opaque: list[int]
+    """The rows holding something other than builtin data, or whose encoding is at least
+    ``large`` bytes: the only rows that can hold a large argument (an array, a buffer)."""
+
+
+def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+             large: int | None = None) -> RowKeys:
+    """Every row's key, in bulk: one encoder writes every row's encoding into one buffer,
+    hashed a few MB at a time, and rows that give every parameter by position skip the
+    binder. The keys are those of :meth:`Binder.key`, row by row."""
+    keys: list[bytes | None] = [None] * len(rows)
+    opaque: list[int] = []
+    every = len(binder.defaults) if (binder.signature is not None and binder.simple and
+                                     len(binder.defaults) <= binder.positional) else -1
+    buffer = io.BytesIO()
+    pickler = _new_counting(buffer)
+    pending: list[tuple[int, int]] = []  # (row, end of its encoding in buffer)
+    sha256, large = hashlib.sha256, large or sys.maxsize
+
+    def flush() -> None:
+        data = memoryview(buffer.getvalue())
+        start = 0
+        for row, end in pending:
+            keys[row] = sha256(data[start:end]).digest()[:KEY_BYTES]
+            start = end
+        pending.clear()
+        buffer.seek(0)
+        buffer.truncate()
+
+    start = 0  # where the next encoding begins in buffer
+    for row, (args, kwargs) in enumerate(rows):
+        bound = (("bound", tuple(args)) if not kwargs and len(args) == every
+                 else binder.bind(args, kwargs))
+        reduced = pickler.reduced
+        try:
+            pickler.dump(bound)
+        except Exception:  # what the fast path cannot say: the one-row way, from scratch
+            buffer.seek(start)
+            buffer.truncate()
+            pickler = _new_counting(buffer)
+            keys[row] = value_key(bound)
+            opaque.append(row)
+            continue
+        end = buffer.tell()
+        if pickler.reduced != reduced or end - start >= large:
+            opaque.append(row)
+        pending.append((row, end))
+        start = end
+        if end >= _FLUSH_BYTES:
+            flush()
+            start = 0
+    flush()
     missing = [i for i, key in enumerate(keys) if key is None]
     if missing:
         whole = hashlib.sha256(len(keys).to_bytes(8, "little"))
@@ -349,4 +418,10 @@ def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]
         list_digest = whole.digest()
         for i in missing:
             keys[i] = position_key(list_digest, i)
-    return [k for k in keys if k is not None], missing
+    return RowKeys([k for k in keys if k is not None], missing, opaque)
+
+
+def _new_counting(buffer: io.BytesIO) -> _CountingEncoder:
+    pickler = _CountingEncoder(buffer, _PROTOCOL)
+    pickler.fast = True  # no memo, as in _new
+    return pickler

@@ -112,8 +112,12 @@ def normalise(row: object, index: int) -> tuple[Args, Kwargs]:
 def items(rows: Iterable[Any], start: int = 0) -> Iterator[Item]:
     """Number and validate rows lazily: a bad row fails when it is reached."""
     for index, row in enumerate(rows, start):
-        args, kwargs = normalise(row, index)
-        yield Item(index, args, kwargs)
+        kind = type(row)
+        if kind is list or kind is tuple:  # the common row, without a call
+            yield Item(index, tuple(row), {})
+        else:
+            args, kwargs = normalise(row, index)
+            yield Item(index, args, kwargs)
 
 
 _short = reprlib.Repr()

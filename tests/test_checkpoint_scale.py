@@ -1,0 +1,227 @@
+"""Checkpoints at scale (issue 19): small results staged and folded, keys in bulk, reused
+results read by rowid. The store is driven directly (no actor needed) where the point is the
+file; a real run where it is the run."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests import workloads as w
+from thread_chunks import Checkpoint, CheckpointError, chunked
+from thread_chunks._actor import Item, Outcome, pack
+from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, _spans, summary, timeline
+from thread_chunks._digest import Binder, row_keys
+
+
+def _open(path: Path, rows: list[list[Any]]) -> Store:
+    items = [Item(i, tuple(r), {}) for i, r in enumerate(rows)]
+    return Store.open(path, w.square, "square", items, rows)
+
+
+def _outcome(row: int, value: object, ok: bool = True) -> Outcome:
+    blob = pack(value) if ok else pack(ValueError(value))
+    return Outcome(row, ok, blob if ok else ValueError(value), 1.0 + row, 2.0 + row, "a")
+
+
+def _count(path: Path, table: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def _settle() -> None:
+    for thread in threading.enumerate():
+        if thread.name == "thread-chunks checkpoint close":
+            thread.join()
+
+
+def test_staged_results_are_read_before_and_after_the_fold(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[i] for i in range(10)]
+    store = _open(ckpt, rows)
+    store.record([_outcome(i, i * i) for i in range(6)], "a")
+    store.record([_outcome(6, "no", ok=False)], "a")
+    assert _count(ckpt, "staged") == 7 and _count(ckpt, "results") == 0  # not folded yet
+
+    def seen() -> tuple[Any, ...]:
+        view = Checkpoint.load(ckpt)
+        info = summary(ckpt)
+        return (view.output, view.completed, str(view.failed[6]), view.stored,
+                info["done"], info["failed"], info["rows_stored"], len(timeline(ckpt)))
+
+    before = seen()
+    assert before == ([0, 1, 4, 9, 16, 25, None, None, None, None], [True] * 6 + [False] * 4,
+                      "no", 6, 6, 1, 6, 7)
+    store.close()
+    _settle()
+    assert _count(ckpt, "staged") == 0 and _count(ckpt, "results") == 7
+    assert seen() == before
+    again = _open(ckpt, rows)  # every success reused, read by rowid
+    assert list(again.reused) == list(range(6))
+    assert [row for row, _ in again.read_reused()] == list(range(6))
+    again.close()
+
+
+def test_a_killed_runs_staged_results_are_folded_when_the_file_is_opened(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[i] for i in range(5)]
+    store = _open(ckpt, rows)
+    store.record([_outcome(i, i * i) for i in range(3)], "a")
+    store._conn = None  # as a kill leaves it: nothing folded, nothing closed
+    again = _open(ckpt, rows)
+    assert list(again.reused) == [0, 1, 2]
+    assert _count(ckpt, "staged") == 0 and _count(ckpt, "results") == 3
+    assert [(row, blob) for row, blob in again.read_reused()] == [
+        (i, pack(i * i)) for i in range(3)]
+    again.close()
+
+
+@pytest.mark.parametrize("large_first", [True, False])
+def test_the_latest_result_of_a_key_wins(tmp_path: Path, large_first: bool) -> None:
+    """Rows 0 and 1 are the same call: a large success (written into results at once) and a
+    small failure (staged), in either order; the one recorded last is what the file keeps,
+    as when every result went into results."""
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[3], [3]]
+    big = np.zeros(1000)  # pickles to ~8 KB: not staged
+    first, last = (_outcome(0, big), _outcome(1, "no", ok=False)) if large_first else (
+        _outcome(0, "no", ok=False), _outcome(1, big))
+    store = _open(ckpt, rows)
+    store.record([first], "a")
+    store.record([last], "a")
+    while_open = Checkpoint.load(ckpt).completed[1]
+    store.close()
+    _settle()
+    assert Checkpoint.load(ckpt).completed[1] is while_open is (not large_first)
+    assert _count(ckpt, "results") == 1 and _count(ckpt, "staged") == 0
+
+
+def test_a_reused_result_replaced_meanwhile_is_an_error_not_another_rows_value(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[i] for i in range(3)]
+    store = _open(ckpt, rows)
+    store.record([_outcome(i, i * i) for i in range(3)], "a")
+    store.close()
+    _settle()
+    again = _open(ckpt, rows)
+    with sqlite3.connect(ckpt) as conn:  # another process: row 2's result gone, its rowid
+        top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0]  # reused by
+        conn.execute("DELETE FROM results WHERE rowid = ?", (top,))  # another key
+        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL)", (pack(-1),))
+        assert conn.execute("SELECT max(rowid) FROM results").fetchone()[0] == top
+    with pytest.raises(CheckpointError, match="lost the result"):
+        list(again.read_reused())
+    again.close()
+
+
+def test_row_keys_in_bulk_are_the_keys_of_each_row() -> None:
+    lock = threading.Lock()
+
+    def f(x: object, y: object = 2, *, z: object = 3) -> None: ...
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1,), {}), ((1, 2), {}), ((1,), {"y": 2}), ((), {"x": 1}), ((1, 2, 3), {}),
+        ((np.arange(3),), {}), ((lock,), {}), ((lambda q: q,), {}), ((b"x" * 5000,), {}),
+        (("s", 2.5, None, True, [1, (2,)], {"k": {1, 2}}), {}), ((1.0,), {}), ((1,), {}),
+    ]
+    for func in (f, w.square, None, len):
+        binder = Binder(func)
+        keyed = row_keys(binder, calls, large=4096)
+        expected = [binder.key(args, kwargs) for args, kwargs in calls]
+        assert keyed.undigestable == [6]
+        assert [k for i, k in enumerate(keyed.keys) if i != 6] == [
+            k for i, k in enumerate(expected) if i != 6]
+        assert keyed.opaque == [5, 6, 7, 8]  # an array, a lock, a lambda, 5 KB of bytes
+        assert keyed.keys[0] != keyed.keys[10] and keyed.keys[11] == keyed.keys[0]
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_a_format_5_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.square)
+    rows = [[i] for i in range(50)]
+    f.map(rows, path=ckpt)
+    _settle()
+    with sqlite3.connect(ckpt) as conn:  # as format 5 wrote it: every result in results
+        conn.execute("DROP TABLE staged")
+        conn.execute("UPDATE meta SET value = 5 WHERE key = 'format_version'")
+    assert Checkpoint.load(ckpt).output == [i * i for i in range(50)]  # read as it is
+    assert f.map([*rows, [50]], path=ckpt) == [i * i for i in range(51)]
+    assert f.stats.calls == 1
+    with sqlite3.connect(ckpt) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
+                            ).fetchone()[0] == FORMAT_VERSION
+    f.close()
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_a_rerun_in_the_same_process_waits_for_the_fold(tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    f = chunked(chunk_size=2)(w.square)
+    rows = [[i] for i in range(3000)]
+    f.map(rows, path=ckpt)
+    start = time.perf_counter()
+    assert f.map(rows, path=ckpt)[-1] == 2999 ** 2  # no lock error, whatever the fold's pace
+    assert f.stats.calls == 0, (f.stats, time.perf_counter() - start)
+    f.close()
+
+
+def test_the_same_list_again_keeps_its_run_table_and_updates_only_changed_states(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    rows = [[i] for i in range(5)]
+    store = _open(ckpt, rows)
+    store.record([_outcome(i, i * i) for i in range(3)] + [_outcome(3, "no", ok=False)], "a")
+    store.close()
+    _settle()
+    with sqlite3.connect(ckpt) as conn:  # row 1's result gone (another process, say)
+        conn.execute("DELETE FROM results WHERE value = ?", (pack(1),))
+        before = conn.execute("SELECT rowid, row, key FROM run ORDER BY row").fetchall()
+    again = _open(ckpt, rows)
+    assert list(again.reused) == [0, 2]
+    info = summary(ckpt)
+    assert (info["done"], info["failed"], info["total"]) == (2, 1, 5)
+    with sqlite3.connect(f"file:{ckpt}?mode=ro", uri=True) as conn:
+        assert conn.execute("SELECT rowid, row, key FROM run ORDER BY row").fetchall() == before
+        assert [ok for (ok,) in conn.execute("SELECT ok FROM run ORDER BY row")] == [
+            1, None, 1, 0, None]
+    again.close()
+    other = _open(ckpt, rows[:4])  # another list: the run table is the new one
+    assert summary(ckpt)["total"] == 4 and list(other.reused) == [0, 2]
+    other.close()
+
+
+def test_a_reader_keeps_one_snapshot_while_a_fold_commits(tmp_path: Path) -> None:
+    """inspect or Checkpoint.load reading while a run's close folds its results: every
+    query of the reader sees the file as it was when the reader began."""
+    ckpt = tmp_path / "run.ckpt"
+    store = _open(ckpt, [[i] for i in range(6)])
+    store.record([_outcome(i, i * i) for i in range(6)], "a")
+    with _reading(ckpt) as (conn, _):
+        assert conn.execute("SELECT count(*) FROM main.staged").fetchone()[0] == 6
+        store.close()  # folds in its thread, committed while the reader reads
+        _settle()
+        assert _count(ckpt, "staged") == 0
+        assert conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0] == 6
+        assert conn.execute("SELECT count(*) FROM run AS r JOIN results AS s "
+                            "ON s.key = r.key").fetchone()[0] == 6
+
+
+def test_run_states_are_written_per_span_of_rows() -> None:
+    def o(row: int, ok: bool = True) -> Outcome:
+        return Outcome(row, ok, b"", 0.0, 0.0, "")
+
+    assert _spans([]) == []
+    assert _spans([o(3), o(4), o(5)]) == [[1, 3, 5]]
+    assert _spans([o(5), o(3), o(4)]) == [[1, 3, 5]]
+    assert _spans([o(3), o(4, False), o(5)]) == [[1, 3, 3], [0, 4, 4], [1, 5, 5]]
+    assert _spans([o(3), o(3, False)]) == [[0, 3, 3]]  # the latest outcome of a row counts
+    assert _spans([o(1), o(7)]) == [[1, 1, 1], [1, 7, 7]]
