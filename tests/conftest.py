@@ -75,3 +75,11 @@ def wait_until_recorded(proc: subprocess.Popen[str], path: Path, count: int,
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, f"no {count} calls recorded in {timeout} s"
         time.sleep(0.05)
+
+
+def why_it_failed(stderr: str) -> str:
+    """What a driver run in a subprocess printed when it failed: its traceback when it has
+    one (Ray's long memory-kill reports would push it out of a plain tail), else the tail."""
+    at = stderr.rfind("Traceback (most recent call last)")
+    return stderr[at:][-3000:] if at >= 0 else stderr[-3000:]
+

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests import workloads as w
-from tests.conftest import ROOT, local_env, wait_until_recorded
+from tests.conftest import ROOT, local_env, wait_until_recorded, why_it_failed
 from thread_chunks import Checkpoint, Chunker, WorkerDiedError, chunk, chunked
 
 pytestmark = pytest.mark.usefixtures("ray_running")
@@ -189,17 +189,18 @@ print("\\n".join(shrunk), file=sys.stderr)
 
 def test_memory_kills_reduce_concurrency_and_lose_nothing() -> None:
     """The last resort, without memory admission (``memory_budget=None``; with it, see
-    test_learned_memory): Ray's memory monitor, with a threshold about 2.4 GB above the
-    memory in use, and calls sized (once Ray runs) so that one fits and two do not."""
+    test_learned_memory): Ray's memory monitor, with a threshold 4 GiB above the memory in
+    use (the driver's own Ray takes 1.3-2 GiB of it), and calls sized once Ray runs so that
+    one fits with half a call to spare and two do not."""
     memory = psutil.virtual_memory()
     used = memory.total - memory.available
-    threshold = (used + 2.4 * 2**30) / memory.total
+    threshold = (used + 4 * 2**30) / memory.total
     env = local_env()
     env.update(RAY_memory_usage_threshold=f"{threshold:.4f}",
                RAY_memory_monitor_refresh_ms="100")
     proc = subprocess.run([sys.executable, "-c", MEMORY_DRIVER, f"{threshold:.4f}"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why_it_failed(proc.stderr)
     line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
     assert line.startswith("RESULT [0, 1, 2, 3, 4, 5] "), line  # nothing lost, in order
     deaths, final, warned = (int(x) for x in line.split()[-3:])

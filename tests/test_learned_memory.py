@@ -17,7 +17,7 @@ import pytest
 import ray
 
 from tests import workloads as w
-from tests.conftest import ROOT, local_env
+from tests.conftest import ROOT, local_env, why_it_failed
 from thread_chunks import Checkpoint, RemoteLabelledActor, WorkerDiedError, chunked
 from thread_chunks._actor import NodeMemory
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
@@ -213,7 +213,7 @@ def test_six_large_calls_at_once_never_meet_rays_memory_monitor() -> None:
            "RAY_memory_monitor_refresh_ms": "100"}
     proc = subprocess.run([sys.executable, "-c", DRIVER, "1500", "2500"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why_it_failed(proc.stderr)
     lines = [x.split()[1:] for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert len(lines) == 2, proc.stdout
     for megabytes, right, deaths, peak, at_once, shrunk in lines:
@@ -256,7 +256,7 @@ def test_a_row_far_above_the_others_runs_again_alone_and_one_too_large_fails_cle
            "RAY_memory_monitor_refresh_ms": "100"}
     proc = subprocess.run([sys.executable, "-c", OUTLIER_DRIVER, "400", "2500", "7000"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, why_it_failed(proc.stderr)
     outlier = next(x for x in proc.stdout.splitlines() if x.startswith("OUTLIER")).split()
     # (whether the outlier's node ran out depends on the memory in use beside the test: only
     # that nothing was lost or failed is asserted; the row below is killed for sure)

@@ -168,23 +168,31 @@ class LabelledActor:
                 time.sleep(0.01)
         return node_memory()
 
-    def _tc_usage(self, pid: int) -> int:
-        """The private memory process ``pid`` on this node (a worker running a call) has
-        held at most since its call started (its high-water mark, which the worker reset
-        then, less file and shared pages); its resident memory where that is not readable;
-        0 when neither is."""
+    def _tc_usage(self, pid: int) -> tuple[int, float, bool]:
+        """What process ``pid`` on this node (a worker running a call) is doing: the private
+        memory it has held at most since its call started (its high-water mark, which the
+        worker reset then, less file and shared pages; its resident memory where that is
+        not readable; 0 when neither is), the CPU seconds it has used, and whether it is
+        asleep (waiting, not starved of CPU)."""
         try:
             with open(f"/proc/{pid}/status", "rb") as status:
                 high, _, mapped = _status_fields(status.read())
-            return max(0, high - mapped)
-        except (OSError, ValueError):
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                fields = stat.read().rpartition(b")")[2].split()
+            ticks = os.sysconf("SC_CLK_TCK")  # state is field 3, utime and stime 14 and 15
+            return max(0, high - mapped), (int(fields[11]) + int(fields[12])) / ticks, \
+                fields[0] in (b"S", b"I")
+        except (OSError, ValueError, IndexError):
             pass
         try:
             import psutil
 
-            return int(psutil.Process(pid).memory_info().rss)
+            process = psutil.Process(pid)
+            times = process.cpu_times()
+            return int(process.memory_info().rss), float(times.user + times.system), \
+                process.status() in (psutil.STATUS_SLEEPING, psutil.STATUS_IDLE)
         except Exception:
-            return 0
+            return 0, 0.0, False
 
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""

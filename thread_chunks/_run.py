@@ -71,10 +71,15 @@ _INNOCENT_USE = 128 << 20
 _LEARN_SECONDS = 2.0
 """While nothing is known of a function's memory, the first call on a node runs alone for up
 to this long; then what it uses is read every :data:`_SAMPLE_SECONDS`, and once it holds
-still (grows by less than 5 %, or :data:`_STILL_BYTES`), it is counted for that call and
+still (grows by less than 5 %, or :data:`_STILL_BYTES`, while it ran or slept), it is
+counted for that call and
 for each call admitted beside it (most calls take their memory early; one that grows later
 may still be killed, and its rows run again alone)."""
 _SAMPLE_SECONDS = 0.5
+_WORKED_SECONDS = 0.1
+"""A first call's memory holds still only if, between two readings, it is asleep or it ran
+this long: one starved of CPU on a loaded machine has not had the time to grow."""
+_GONE = object()  # what an actor that died answers (see Dispatcher.answer)
 _STILL_BYTES = 16 << 20
 """A worker Ray killed for memory while using at most this much above an idle actor's
 footprint was killed beside the one that used it (Ray kills several at once, and the newest
@@ -181,6 +186,8 @@ class _Learning:
     """When its memory is read next (monotonic seconds)."""
     seen: int = -1
     """What it had used at the last reading (bytes; -1: not read yet)."""
+    cpu: float = 0.0
+    """The CPU seconds its worker had used then."""
     asked: bool = False
     """A reading is on its way."""
 
@@ -734,12 +741,9 @@ class Dispatcher:
                   future: concurrent.futures.Future[Any] | None) -> None:
         """A killed worker's process is gone from its node (or the actor asked died)."""
         slot, actor, key, pids = self.settles.pop(ref)
-        try:
-            reading = ray.get(ref) if future is None else future.result()
-        except RayError:  # killed too (Ray kills idle workers beside the one it chose)
-            if self.ready.get(slot) is actor:
-                self.lost(slot, actor)  # the node stays settling: another actor is asked
-            return
+        reading = self.answer(ref, future, slot, actor)
+        if reading is _GONE:
+            return  # the node stays settling: another actor is asked
         left = self.settling.get(key, set()) - pids
         if left:
             self.settling[key] = left
@@ -748,8 +752,21 @@ class Dispatcher:
         if isinstance(reading, NodeMemory) and not self.node_use.get(key):
             self.readings[key] = reading  # its memory now, with every actor of ours started
             self.started_since[key] = 0
+
+    def answer(self, ref: ray.ObjectRef[Any], future: concurrent.futures.Future[Any] | None,
+               slot: int, actor: ActorHandle[Any]) -> Any:
+        """The value of a question put to ``slot``'s idle actor (see :meth:`settle`,
+        :meth:`sample`), whose token then comes back; ``_GONE`` when the actor died (killed
+        too: Ray kills idle workers beside the one it chose), and it is replaced."""
+        try:
+            value = ray.get(ref) if future is None else future.result()
+        except RayError:
+            if self.ready.get(slot) is actor:
+                self.lost(slot, actor)
+            return _GONE
         if self.ready.get(slot) is actor and slot not in self.retired:
             self.tokens.append(slot)
+        return value
 
     def node_key(self, slot: int) -> str:
         node = self.pool.node(slot)
@@ -816,20 +833,17 @@ class Dispatcher:
         first = self.learning.get(key)
         if first is not None:
             first.asked = False
-        try:
-            usage = ray.get(ref) if future is None else future.result()
-        except RayError:
-            if self.ready.get(slot) is actor:
-                self.lost(slot, actor)
+        usage = self.answer(ref, future, slot, actor)
+        if usage is _GONE or first is None:
             return
-        if self.ready.get(slot) is actor and slot not in self.retired:
-            self.tokens.append(slot)
-        used = max(0, int(usage) - idle)  # less the worker's own footprint
-        if first is None:
+        rss, cpu, asleep = usage
+        used = max(0, int(rss) - idle)  # less the worker's own footprint
+        still = first.seen >= 0 and used <= first.seen + max(first.seen // 20, _STILL_BYTES)
+        if not still or not (asleep or cpu - first.cpu >= _WORKED_SECONDS):
+            # growing, read once, or starved of CPU meanwhile (a loaded machine): read again
+            first.seen, first.cpu = max(used, first.seen), cpu
+            first.due = time.monotonic() + _SAMPLE_SECONDS
             return
-        if first.seen < 0 or used > first.seen + max(first.seen // 20, _STILL_BYTES):
-            first.seen, first.due = used, time.monotonic() + _SAMPLE_SECONDS  # growing (or
-            return  # read once): read it again
         self.provisional[key] = used = max(used, first.seen)
         for call in list(self.inflight.values()):  # the first call: what it uses so far
             if not call.exclusive and call.need > used and self.slot_node[call.slot] == key:
