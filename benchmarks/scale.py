@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -168,8 +169,10 @@ print("RESULT " + json.dumps(runs))
 
 
 def warm(count: int, repeats: int) -> None:
+    paths = os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", WARM, str(HERE), str(HERE.parent), str(count),
-                           str(repeats)], capture_output=True, text=True, timeout=3600)
+                           str(repeats)], capture_output=True, text=True, timeout=3600,
+                          env={**os.environ, "PYTHONPATH": paths})  # for Ray's workers
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(f"the warm benchmark failed:\n{proc.stderr[-3000:]}")

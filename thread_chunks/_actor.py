@@ -100,41 +100,59 @@ class LabelledActor:
         """
         if isinstance(items, bytes):
             items = unpack_batch(items, refs)
-        values = _resolve(items)
+            values = _resolve(items) if refs else {}  # every reference is among ``refs``
+        else:
+            values = _resolve(items)
         outcomes: list[tuple[int, bool, Any, float, float, str]] = []
         peaks: list[int] = []  # the measured peak of each row in outcomes, once measured
         buffers: list[pickle.PickleBuffer] = []
+        aside = _aside(buffers)
+        size = 0  # bytes of the pickled results
+        plain = True  # every row succeeded, every result in band
         call = self._tc_call()
         meter = _meter()
         meter.reset()
-        for index, args, kwargs in items:
+        measured = time.time()
+        last = len(items) - 1
+        for position, (index, args, kwargs) in enumerate(items):
             start = time.time()
             try:
                 if values:
                     args, kwargs = _substitute(args, kwargs, values)
                 value = call(index, args, kwargs)
             except Exception as exc:  # the user's error travels back as a value
-                outcomes.append((index, False, _pack_error(exc), start, time.time(),
+                plain = False
+                ended = time.time()
+                outcomes.append((index, False, _pack_error(exc), start, ended,
                                  traceback.format_exc()))
             else:
                 ended = time.time()
                 try:
-                    payload = _pack_out_of_band(value, buffers)
+                    payload = _pack_out_of_band(value, buffers, aside)
                 except Exception as exc:
+                    plain = False
                     error = ResultError(
                         f"row {index} of {function_name(self._func)} returned a "
                         f"{_type_name(value)}, which cannot be pickled to travel back: "
                         f"{type(exc).__name__}: {exc}")
                     outcomes.append((index, False, _pack_error(error), start, ended, ""))
                 else:
+                    if isinstance(payload, bytes):
+                        size += len(payload)
+                    else:
+                        plain = False
+                        size += len(payload[0]) + sum(
+                            b.raw().nbytes for b in buffers[payload[1]:payload[1] + payload[2]])
                     outcomes.append((index, True, payload, start, ended, ""))
                 del value
-            if time.time() - outcomes[len(peaks)][3] >= _MEASURE_EVERY or \
-                    len(outcomes) == len(items):
+            if ended - measured >= _MEASURE_EVERY or position == last:
                 peak = meter.peak()  # the peak of these rows (one, unless they are tiny)
                 peaks.extend([peak] * (len(outcomes) - len(peaks)))
                 meter.reset()
-        listed = pickle.dumps((outcomes, peaks), protocol=5)
+                measured = time.time()
+        rows = list(map(tuple.__add__, outcomes, ((peak,) for peak in peaks)))
+        busy = outcomes[-1][4] - outcomes[0][3] if outcomes else 0.0
+        listed = pickle.dumps((rows, plain, size, max(peaks, default=0), busy), protocol=5)
         return (listed, buffers) if buffers else listed
 
     def _tc_call(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
@@ -392,7 +410,7 @@ def unpack_batch(payload: bytes, refs: Sequence[ray.ObjectRef[Any]]) -> list[Ite
         rows: list[tuple[int, Args, Kwargs]] = pickle.loads(payload)
     finally:
         _unpacking.refs = ()
-    return [Item(*row) for row in rows]
+    return list(map(_ITEM, rows))
 
 
 def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:
@@ -476,11 +494,9 @@ def in_band(payload: Payload) -> bytes:
     return pack(unpack(payload)) if isinstance(payload, Packed) else payload
 
 
-def _pack_out_of_band(value: object, buffers: list[pickle.PickleBuffer]
-                      ) -> bytes | tuple[bytes, int, int]:
-    """``value`` pickled, its buffers of :data:`OUT_OF_BAND_BYTES` or more appended to
-    ``buffers``: the pickle alone, or (pickle, first buffer, count)."""
-    first = len(buffers)
+def _aside(buffers: list[pickle.PickleBuffer]) -> Callable[[pickle.PickleBuffer], bool]:
+    """The pickler's buffer callback that puts buffers of :data:`OUT_OF_BAND_BYTES` or more
+    into ``buffers`` (out of band) and keeps the others in the pickle."""
 
     def aside(buffer: pickle.PickleBuffer) -> bool:
         if buffer.raw().nbytes < OUT_OF_BAND_BYTES:
@@ -488,6 +504,16 @@ def _pack_out_of_band(value: object, buffers: list[pickle.PickleBuffer]
         buffers.append(buffer)
         return False
 
+    return aside
+
+
+def _pack_out_of_band(value: object, buffers: list[pickle.PickleBuffer],
+                      aside: Callable[[pickle.PickleBuffer], bool]
+                      ) -> bytes | tuple[bytes, int, int]:
+    """``value`` pickled, its buffers of :data:`OUT_OF_BAND_BYTES` or more appended to
+    ``buffers`` (by ``aside``, made by :func:`_aside` for them): the pickle alone, or
+    (pickle, first buffer, count)."""
+    first = len(buffers)
     try:
         header = pickle.dumps(value, protocol=5, buffer_callback=aside)
     except Exception:
@@ -524,29 +550,53 @@ def _pack_error(exc: BaseException) -> bytes:
     return payload
 
 
-def read_reply(reply: Reply) -> list[Outcome]:
+class Replied(NamedTuple):
+    """One :meth:`LabelledActor._tc_run_batch` reply, read (by :func:`read_reply`)."""
+
+    outcomes: list[Outcome]
+    ok: bool
+    """Every row succeeded."""
+    size: int
+    """Bytes of the pickled results (of the rows that succeeded)."""
+    peak: int
+    """The highest peak memory measured among the rows."""
+    busy: float
+    """Seconds from the first row's start to the last row's end."""
+
+
+_OUTCOME = functools.partial(tuple.__new__, Outcome)
+"""An :class:`Outcome` from a tuple of its fields, made in C (no Python frame per row)."""
+_ITEM = functools.partial(tuple.__new__, Item)
+
+
+def read_reply(reply: Reply) -> Replied:
     """The outcomes of one :meth:`LabelledActor._tc_run_batch` reply: successes keep their
-    pickled result (unpickled when handed out), failures carry their exception."""
+    pickled result (unpickled when handed out), failures carry their exception. A reply
+    whose rows all succeeded with results in band (the common case) costs no Python per row
+    here."""
     listed, buffers = (reply, []) if isinstance(reply, bytes) else reply
-    fields: list[tuple[int, bool, Any, float, float, str]]
-    peaks: list[int]
-    fields, peaks = pickle.loads(listed)
-    outcomes = [Outcome(*each, peak) for each, peak in zip(fields, peaks, strict=True)]
+    rows: list[tuple[Any, ...]]
+    rows, plain, size, peak, busy = pickle.loads(listed)
+    outcomes: list[Outcome] = list(map(_OUTCOME, rows))
+    if plain:
+        return Replied(outcomes, True, size, peak, busy)
+    ok = True
     for position, outcome in enumerate(outcomes):
         if outcome.ok:
             if type(outcome.value) is tuple:
                 header, first, count = outcome.value
                 views = tuple(buffers[first:first + count])
-                size = len(header) + sum(memoryview(v).nbytes for v in views)
-                outcomes[position] = outcome._replace(value=Packed(header, views, size))
+                nbytes = len(header) + sum(memoryview(v).nbytes for v in views)
+                outcomes[position] = outcome._replace(value=Packed(header, views, nbytes))
         else:
+            ok = False
             try:
                 error = unpack(outcome.value)
             except Exception as exc:
                 error = RuntimeError(f"the exception raised by row {outcome.row} could not "
                                      f"be unpickled here: {type(exc).__name__}: {exc}")
             outcomes[position] = outcome._replace(value=error)
-    return outcomes
+    return Replied(outcomes, ok, size, peak, busy)
 
 
 RemoteLabelledActor = ray.remote(LabelledActor)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import pickle
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
@@ -21,7 +23,7 @@ from ._errors import ResultError
 from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool
 from ._progress import Progress
-from ._rows import items, iterate
+from ._rows import Rows, iterate, numbered
 from ._run import Run, RunStats, arun, run
 from ._session import ray_session
 from ._types import ChunkSize, OnError
@@ -190,9 +192,9 @@ class Chunker:
         name = function_name(held) if held is not None else "function"
         total = len(parameters) if isinstance(parameters, Sequence) else None
         if path is None and total is None:
-            return _Plan(items(rows), None, None, name)
+            return _Plan(Rows(rows), None, None, name)
         materialised = list(rows)
-        listed = list(items(materialised))  # validates every row before any call starts
+        listed = numbered(materialised)  # validates every row before any call starts
         if path is None:
             return _Plan(iter(listed), len(listed), None, name)
         if held is None:  # actors handed in: ask them what they hold
@@ -233,8 +235,8 @@ class Chunker:
             stack.enter_context(self._pool.lease(self._func))
             state = self._open(plan, ordered, show, stack)
             records = stack.enter_context(closing(run(self._pool, state)))
-            for outcome in _Merge(plan.known(), ordered).all(records):
-                yield _value(outcome, on_error, plan.name)
+            yield from map(functools.partial(_value, on_error=on_error, name=plan.name),
+                           _Merge(plan.known(), ordered).all(records))
 
     async def _aexecute(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                         path: PathLike | None, ordered: bool, show: bool, on_error: OnError
@@ -321,6 +323,9 @@ class _Merge:
 
     def all(self, records: Iterator[Outcome]) -> Iterator[Outcome]:
         """Every outcome, reused and computed, in the order they are handed out."""
+        if self.next is None:  # nothing reused: the computed rows as they come
+            yield from records
+            return
         yield from self.head()
         for record in records:
             yield from self.push(record)
@@ -392,7 +397,8 @@ def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:
     or returned."""
     if outcome.ok:
         try:
-            return unpack(outcome.value)
+            value = outcome.value
+            return pickle.loads(value) if type(value) is bytes else unpack(value)
         except Exception as exc:
             error: BaseException = ResultError(
                 f"row {outcome.row} of {name}: its result could not be unpickled here: "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from itertools import islice, repeat
 from typing import Any, Generic
 
 from ._actor import Item
@@ -109,15 +111,46 @@ def normalise(row: object, index: int) -> tuple[Args, Kwargs]:
     raise TypeError(f"parameters row {index}: expected {_EXPECTED}, got {describe(row)}")
 
 
-def items(rows: Iterable[Any], start: int = 0) -> Iterator[Item]:
-    """Number and validate rows lazily: a bad row fails when it is reached."""
+_NO_KWARGS: Kwargs = {}
+"""The keyword arguments of every positional row (one dict, never changed: an actor spreads
+it into the call, which makes the function's own)."""
+_POSITIONAL = frozenset({list, tuple})
+_ITEM = functools.partial(tuple.__new__, Item)
+
+
+def numbered(rows: list[Any], start: int = 0) -> list[Item]:
+    """``rows`` numbered from ``start`` and validated (a TypeError names the first bad one).
+    Rows that are all lists or tuples, the common case, cost no Python per row."""
+    if _POSITIONAL.issuperset(map(type, rows)):
+        return list(map(_ITEM, zip(range(start, start + len(rows)), map(tuple, rows),
+                                   repeat(_NO_KWARGS))))
+    out: list[Item] = []
     for index, row in enumerate(rows, start):
-        kind = type(row)
-        if kind is list or kind is tuple:  # the common row, without a call
-            yield Item(index, tuple(row), {})
-        else:
-            args, kwargs = normalise(row, index)
-            yield Item(index, args, kwargs)
+        args, kwargs = normalise(row, index)
+        out.append(Item(index, args, kwargs))
+    return out
+
+
+class Rows(Iterator[Item]):
+    """The user's rows, read lazily (a bad row fails when it is reached), numbered and
+    validated; :meth:`take` reads several at once."""
+
+    def __init__(self, rows: Iterable[Any], start: int = 0) -> None:
+        self._rows = iter(rows)
+        self._next = start
+
+    def take(self, n: int) -> list[Item]:
+        """The next ``n`` rows (fewer at the end), reading no more from the input."""
+        chunk = list(islice(self._rows, n))
+        first = self._next
+        self._next += len(chunk)
+        return numbered(chunk, first)
+
+    def __next__(self) -> Item:
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
 
 
 _short = reprlib.Repr()

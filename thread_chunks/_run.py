@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
+import operator
 import re
 import threading
 import time
@@ -36,7 +37,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
-from ._actor import Item, NodeMemory, Outcome, read_reply, weight
+from ._actor import Item, NodeMemory, Outcome, Replied, read_reply, weight
 from ._errors import (
     ActorPlacementError,
     ConcurrencyReducedWarning,
@@ -45,7 +46,7 @@ from ._errors import (
 )
 from ._pool import Pool
 from ._progress import Progress
-from ._rows import annotate
+from ._rows import Rows, annotate
 from ._wire import Wire, pack_batch
 
 log = logging.getLogger("thread_chunks")
@@ -157,16 +158,16 @@ class Batcher:
         self.pipelined = False
         self.row_bytes = 0
 
-    def observe(self, records: list[Outcome]) -> None:
-        if not records:
+    def observe(self, reply: Replied) -> None:
+        rows = len(reply.outcomes)
+        if not rows:
             return
-        took = records[-1].ended - records[0].started
+        took = reply.busy
         if took < _PIPELINE_BELOW_SECONDS:
             self.pipelined = True
-        size = sum(weight(r.value) for r in records if r.ok)
-        self.row_bytes = max(size // len(records), self.row_bytes // 2)
+        self.row_bytes = max(reply.size // rows, self.row_bytes // 2)
         if self.fixed is None:
-            per_row = max(took / len(records), 1e-7)
+            per_row = max(took / rows, 1e-7)
             ideal = min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row),
                         _TARGET_BATCH_BYTES // max(self.row_bytes, 1))
             self.size = max(1, min(ideal, self.size * 2))
@@ -207,6 +208,10 @@ class _Call:
     orphaned: bool = False
     """Its run has ended: the call is left to finish (or was cancelled) and its outcome is
     dropped when it comes."""
+
+
+_ROW = operator.itemgetter(0)
+"""An :class:`Outcome`'s row (in C)."""
 
 
 def actor_label(slot: int) -> str:
@@ -294,7 +299,9 @@ class Run:
         self.suspects: set[int] = set()  # rows held by an actor that died: run alone
         self.memory_suspects: dict[int, int] = {}  # killed for memory -> bytes used then
         self.memory_kills: dict[int, int] = {}  # times each row was killed for memory
-        self.order: deque[int] = deque()  # rows read and not yet handed out (ordered mode)
+        self.order: deque[list[int]] = deque()
+        """Ordered mode: the rows read and not yet handed out, as spans [start, stop),
+        ascending (rows reused from a checkpoint are not read: they leave gaps)."""
         self.held_back: dict[int, Outcome] = {}  # finished early, waiting for their turn
         self.held_bytes = 0  # pickled results in ``held_back``
         self.ready: deque[Outcome] = deque()  # to hand out
@@ -336,7 +343,9 @@ class Run:
         want = min(n - len(batch), self.room())
         if want > 0 and not self.exhausted:
             try:
-                fresh = list(islice(self.source, want))
+                source = self.source
+                fresh = source.take(want) if isinstance(source, Rows) else \
+                    list(islice(source, want))
             except Exception as exc:  # a bad row, or the user's generator raised
                 self.exhausted = True
                 self.fail(exc)
@@ -344,10 +353,23 @@ class Run:
             self.pulled += len(fresh)
             if len(fresh) < want:
                 self.exhausted = True
-            if self.ordered:
-                self.order.extend(item.row for item in fresh)
+            if self.ordered and fresh:
+                self.line_up(fresh)
             batch.extend(fresh)
         return batch
+
+    def line_up(self, fresh: list[Item]) -> None:
+        """Rows just read join the line to be handed out in order."""
+        first, last, order = fresh[0].row, fresh[-1].row, self.order
+        if last - first == len(fresh) - 1:  # consecutive (rows are read in ascending order)
+            spans = [(first, last + 1)]
+        else:
+            spans = [(item.row, item.row + 1) for item in fresh]
+        for start, stop in spans:
+            if order and order[-1][1] == start:
+                order[-1][1] = stop
+            else:
+                order.append([start, stop])
 
     def done(self) -> bool:
         """Nothing left: every row read, run and handed over."""
@@ -356,13 +378,15 @@ class Run:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def settle(self, records: list[Outcome], batch: list[Item]) -> list[Outcome]:
-        """The final outcomes; failed rows with retries left go back into the retry queue."""
+    def settle(self, records: list[Outcome], batch: list[Item], ok: bool = False
+               ) -> list[Outcome]:
+        """The final outcomes; failed rows with retries left go back into the retry queue.
+        ``ok``: every row is known to have succeeded."""
         if self.suspects:
             self.suspects.difference_update(item.row for item in batch)
             for item in batch:
                 self.memory_suspects.pop(item.row, None)
-        if all(record.ok for record in records):
+        if ok or all(record.ok for record in records):
             return records
         final: list[Outcome] = []
         for record, item in zip(records, batch, strict=True):
@@ -396,6 +420,15 @@ class Run:
         if not self.ordered:
             return final
         held, order = self.held_back, self.order
+        if not held and order:  # the common case, in O(1) Python: the next rows, in order
+            span, count = order[0], len(final)
+            start = span[0]
+            if start + count <= span[1] and all(map(operator.eq, map(_ROW, final),
+                                                    range(start, start + count))):
+                span[0] = start + count
+                if span[0] == span[1]:
+                    order.popleft()
+                return final
         for record in final:
             replaced = held.get(record.row)
             if replaced is not None and replaced.ok:  # a duplicate report of a row
@@ -404,11 +437,17 @@ class Run:
             if record.ok:
                 self.held_bytes += weight(record.value)
         out: list[Outcome] = []
-        while order and order[0] in held:
-            record = held.pop(order.popleft())
-            if record.ok:
-                self.held_bytes -= weight(record.value)
-            out.append(record)
+        while order:
+            span = order[0]
+            found = held.pop(span[0], None)
+            if found is None:
+                break
+            if found.ok:
+                self.held_bytes -= weight(found.value)
+            out.append(found)
+            span[0] += 1
+            if span[0] == span[1]:
+                order.popleft()
         return out
 
     def charge_death(self, held: list[Item], exc: BaseException, alone: bool) -> None:
@@ -1057,22 +1096,20 @@ class Dispatcher:
         if call.orphaned:
             return
         run = call.run
-        records = read_reply(reply)
-        self.learn(run, records, call.exclusive)
-        run.batcher.observe(records)
-        final = run.settle(records, call.batch)
+        replied = read_reply(reply)
+        if replied.outcomes:
+            self.learn(run, replied.peak, call.exclusive)
+        run.batcher.observe(replied)
+        final = run.settle(replied.outcomes, call.batch, replied.ok)
         label = actor_label(call.slot)
         busy = run.stats.busy_time
-        busy[label] = busy.get(label, 0.0) + sum(r.ended - r.started for r in records)
+        busy[label] = busy.get(label, 0.0) + replied.busy
         run.deliver(final, label)
 
-    def learn(self, run: Run, records: list[Outcome], exclusive: bool) -> None:
-        """The peaks measured for ``records``: the run's statistics, and what calls of the
-        function are expected to need (not from a row run alone after a memory kill: one
-        row far above the others must not hold every later call to its size)."""
-        peak = max((r.memory for r in records if r.memory is not None), default=None)
-        if peak is None:
-            return
+    def learn(self, run: Run, peak: int, exclusive: bool) -> None:
+        """The highest peak measured among a call's rows: the run's statistics, and what
+        calls of the function are expected to need (not from a row run alone after a memory
+        kill: one row far above the others must not hold every later call to its size)."""
         if run.stats.peak_call_memory is None or peak > run.stats.peak_call_memory:
             run.stats.peak_call_memory = peak
         if not exclusive:
@@ -1311,9 +1348,8 @@ def run(pool: Pool, state: Run) -> Generator[Outcome, None, None]:
         while (out := dispatcher.turn(state)) is not None:
             if not out:
                 state.wake.wait(dispatcher.time_left())
-            for outcome in out:
-                yield outcome
-                state.handed += 1
+            yield from out  # counted as handed out once all are: the read-ahead bound
+            state.handed += len(out)  # holds while the user holds one (it lags, never leads)
     finally:
         dispatcher.close(state)
 

@@ -17,13 +17,19 @@ is dropped when the run ends, so what a run put into the object store is freed w
 from __future__ import annotations
 
 import io
+import operator
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import cloudpickle
 import ray
 
 from ._actor import Item, _ref_at
+
+_SMALL = frozenset({int, float, complex, bool, str, type(None)})
+"""Types never shared (a ``str`` is pickled with its row: only buffers are put)."""
+_ARGS, _KWARGS = operator.itemgetter(1), operator.itemgetter(2)
 
 SHARE_AT_BYTES = 1 << 20
 """Arguments of at least this many bytes are put into the object store once per run."""
@@ -57,6 +63,9 @@ class Wire:
 
     def send(self, batch: list[Item]) -> list[Item]:
         """``batch`` as it goes to an actor: large arguments replaced by references."""
+        if not any(map(_KWARGS, batch)) and \
+                _SMALL.issuperset(map(type, chain.from_iterable(map(_ARGS, batch)))):
+            return batch  # positional scalars only (checked in C): nothing to share
         out: list[Item] | None = None
         for position, item in enumerate(batch):
             args, kwargs = item.args, item.kwargs
@@ -131,7 +140,7 @@ def pack_batch(batch: list[Item]) -> tuple[bytes, list[ray.ObjectRef[Any]]] | No
     buffer = io.BytesIO()
     refs: list[ray.ObjectRef[Any]] = []
     try:
-        _Packer(buffer, refs).dump([(item.row, item.args, item.kwargs) for item in batch])
+        _Packer(buffer, refs).dump(list(map(tuple, batch)))  # plain tuples: no class
     except Exception:
         return None
     return buffer.getvalue(), refs
