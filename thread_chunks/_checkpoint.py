@@ -36,12 +36,15 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import threading
 import time
 import warnings
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
+from itertools import repeat
+from operator import eq as _eq
 from operator import itemgetter
 from typing import Any
 
@@ -75,6 +78,11 @@ _REUSED_CHUNK_ROWS = 500
 result is read alone)."""
 
 log = logging.getLogger("thread_chunks")
+
+_ROW, _OK, _VALUE, _STARTED, _ENDED, _MEMORY = map(itemgetter, (0, 1, 2, 3, 4, 6))
+"""An :class:`Outcome`'s fields, read in C."""
+_FIRST, _SECOND = _ROW, _OK
+_BYTES = frozenset({bytes})
 
 _RESULTS = """
 CREATE TABLE IF NOT EXISTS results (
@@ -546,6 +554,12 @@ class Store:
         its results in consecutive rowids (a fold keeps the order they were recorded in):
         such a chunk is one range scan.
         """
+        for rows, blobs in self.reused_chunks():
+            yield from zip(rows, blobs, strict=True)
+
+    def reused_chunks(self) -> Iterator[tuple[list[int], list[bytes]]]:
+        """:meth:`read_reused` a chunk at a time: the rows and their pickled results (each
+        chunk checked against its keys in C)."""
         rows, sizes, ids, n = self.reused, self._sizes, self._ids, len(self.reused)
         start = 0
         while start < n:
@@ -561,14 +575,25 @@ class Store:
                 raise CheckpointError(
                     f"cannot read the reused results of checkpoint {self.path!r}: {exc}"
                 ) from exc
-            for row, (key, blob) in zip(rows[start:end], found, strict=True):
-                if blob is None or key != self._key(row):
-                    raise CheckpointError(
-                        f"checkpoint {self.path!r} lost the result of row {row} during the "
-                        "run (another process replaced its results?); run again to compute it")
-                yield row, blob
+            chunk = rows[start:end].tolist()
+            blobs = list(map(_SECOND, found))
+            if list(map(_FIRST, found)) != self._keys_of(chunk) or None in blobs:
+                row = next(row for row, (key, blob) in zip(chunk, found, strict=True)
+                           if blob is None or key != self._key(row))
+                raise CheckpointError(
+                    f"checkpoint {self.path!r} lost the result of row {row} during the "
+                    "run (another process replaced its results?); run again to compute it")
             del found
+            yield chunk, blobs
             start = end
+
+    def _keys_of(self, rows: list[int]) -> list[bytes]:
+        """The keys of ``rows`` (built in C when they are consecutive)."""
+        first, count = rows[0], len(rows)
+        if rows[-1] - first == count - 1:  # ascending, so consecutive
+            return list(map(_FIRST, struct.iter_unpack(
+                f"{KEY_BYTES}s", self._keys[first * KEY_BYTES:(first + count) * KEY_BYTES])))
+        return [self._key(row) for row in rows]
 
     def _read(self, wanted: list[int]) -> list[tuple[bytes | None, bytes | None]]:
         """``(key, pickled result)`` of the successes at these rowids, in their order
@@ -604,8 +629,9 @@ class Store:
         if self._conn is None:
             return
         now, limit = time.time(), self._limit - 4096  # room for the rest of the row
-        rows: list[tuple[Any, ...]] = []
-        for r in records:
+        rows = self._plain_rows(records, actor, now)
+        plain = staged = bool(rows)  # consecutive rows, all succeeded, every result small
+        for r in () if plain else records:
             if r.ok and weight(r.value) > limit:
                 self._skip(r.row, weight(r.value))
                 continue
@@ -615,17 +641,32 @@ class Store:
                 continue
             rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now,
                          r.memory))
-        staged = all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
+        staged = staged or all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
         try:
             with _transaction(self._conn):
                 if not staged and self._staged:
                     _fold(self._conn)
                 _insert_results(self._conn, "staged" if staged else "results", rows)
-                self._conn.executemany("UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
-                                       _spans(records))
+                self._conn.executemany(
+                    "UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
+                    [[1, records[0].row, records[-1].row]] if plain else _spans(records))
             self._staged = self._staged + len(rows) if staged else 0
         except Exception as exc:
             self._give_up(exc)
+
+    def _plain_rows(self, records: list[Outcome], actor: str, now: float
+                    ) -> list[tuple[Any, ...]]:
+        """The rows to record for a batch of consecutive rows that all succeeded with small
+        results pickled in band (the usual batch), built in C; [] for any other batch."""
+        first, count = records[0].row, len(records)
+        values = list(map(_VALUE, records))
+        if not (all(map(_OK, records)) and _BYTES.issuperset(map(type, values))
+                and max(map(len, values)) <= _STAGE_MAX_BYTES
+                and all(map(_eq, map(_ROW, records), range(first, first + count)))):
+            return []
+        keys = self._keys_of(list(map(_ROW, records)))
+        return list(zip(keys, repeat(1), values, map(_STARTED, records), map(_ENDED, records),
+                        repeat(actor), repeat(now), map(_MEMORY, records)))
 
     def _skip(self, row: int, size: int) -> None:
         warnings.warn(

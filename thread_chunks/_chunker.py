@@ -6,9 +6,11 @@ import asyncio
 import functools
 import os
 import pickle
+from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
+from itertools import repeat
 from types import TracebackType
 from typing import Any
 
@@ -17,7 +19,7 @@ from ray.actor import ActorHandle
 from typing_extensions import Unpack
 
 from . import config
-from ._actor import Item, Outcome, function_name, unpack
+from ._actor import _OUTCOME, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
 from ._errors import ResultError
 from ._options import Options, RunOptions, check_on_error
@@ -44,9 +46,10 @@ class _Plan:
     def reused(self) -> int:
         return 0 if self.store is None else len(self.store.reused)
 
-    def known(self) -> Iterator[tuple[int, bytes]]:
-        """``(row, pickled result)`` of the reused rows, ascending, read as they are taken."""
-        return iter(()) if self.store is None else self.store.read_reused()
+    def known(self) -> Iterator[tuple[list[int], list[bytes]]]:
+        """The reused rows, ascending, and their pickled results, a chunk at a time, read as
+        they are taken."""
+        return iter(()) if self.store is None else self.store.reused_chunks()
 
 
 class Chunker:
@@ -316,14 +319,34 @@ class _Merge:
     MB at a time), and every result is unpickled only as it is handed out.
     """
 
-    def __init__(self, known: Iterator[tuple[int, bytes]], ordered: bool) -> None:
+    def __init__(self, known: Iterator[tuple[list[int], list[bytes]]], ordered: bool) -> None:
         self.known = known
         self.ordered = ordered
-        self.next: tuple[int, bytes] | None = next(self.known, None)
+        self.rows: list[int] = []  # the chunk of reused rows being handed out, from ``at``
+        self.blobs: list[bytes] = []
+        self.at = 0
+        self.more = self.load()
+
+    def load(self) -> bool:
+        """Whether reused rows are left (the next chunk is read when this one is done)."""
+        while self.at >= len(self.rows):
+            chunk = next(self.known, None)
+            if chunk is None:
+                return False
+            (self.rows, self.blobs), self.at = chunk, 0
+        return True
+
+    def hand(self, end: int) -> Iterator[Outcome]:
+        """The reused rows of this chunk up to ``end`` (built in C)."""
+        at, self.at = self.at, end
+        count = end - at
+        return map(_OUTCOME, zip(self.rows[at:end], repeat(True), self.blobs[at:end],
+                                 repeat(0.0, count), repeat(0.0, count), repeat(""),
+                                 repeat(None)))
 
     def all(self, records: Iterator[Outcome]) -> Iterator[Outcome]:
         """Every outcome, reused and computed, in the order they are handed out."""
-        if self.next is None:  # nothing reused: the computed rows as they come
+        if not self.more:  # nothing reused: the computed rows as they come
             yield from records
             return
         yield from self.head()
@@ -351,10 +374,14 @@ class _Merge:
 
     def upto(self, stop: int | None) -> Iterator[Outcome]:
         """The reused rows below ``stop`` (all that are left when None)."""
-        while self.next is not None and (stop is None or self.next[0] < stop):
-            row, blob = self.next
-            self.next = next(self.known, None)
-            yield _reused(row, blob)
+        while self.load():
+            rows = self.rows
+            end = len(rows) if stop is None else bisect_left(rows, stop, self.at)
+            if end == self.at:
+                return
+            yield from self.hand(end)
+            if end < len(rows):
+                return
 
     def head(self) -> Iterator[Outcome]:
         """What can be handed out before any call finishes: ordered, the reused rows
@@ -363,11 +390,22 @@ class _Merge:
             yield from self.upto(None)
             return
         first = 0
-        while self.next is not None and self.next[0] == first:
-            row, blob = self.next
-            self.next = next(self.known, None)
-            first += 1
-            yield _reused(row, blob)
+        while self.load():
+            rows, at = self.rows, self.at
+            # rows ascend, so rows[at + k] == first + k holds for k below some m: find m
+            low, high = 0, len(rows) - at
+            while low < high:
+                middle = (low + high + 1) // 2
+                if rows[at + middle - 1] == first + middle - 1:
+                    low = middle
+                else:
+                    high = middle - 1
+            if low == 0:
+                return
+            yield from self.hand(at + low)
+            first += low
+            if self.at < len(rows):
+                return
 
     def push(self, record: Outcome) -> Iterator[Outcome]:
         """A computed row arrived: what to hand out now, in order."""
@@ -386,10 +424,6 @@ def _close_unused(task: asyncio.Future[_Plan]) -> None:
         store = task.result().store
         if store is not None:
             store.close()
-
-
-def _reused(row: int, blob: bytes) -> Outcome:
-    return Outcome(row, True, blob, 0.0, 0.0, "")
 
 
 def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Any, Protocol
 
 import ray
@@ -302,7 +302,9 @@ class Run:
         self.order: deque[list[int]] = deque()
         """Ordered mode: the rows read and not yet handed out, as spans [start, stop),
         ascending (rows reused from a checkpoint are not read: they leave gaps)."""
-        self.held_back: dict[int, Outcome] = {}  # finished early, waiting for their turn
+        self.held_back: dict[int, tuple[list[Outcome], int]] = {}
+        """Finished early, waiting for their turn: consecutive rows by the first of them,
+        and the bytes of their pickled results."""
         self.held_bytes = 0  # pickled results in ``held_back``
         self.ready: deque[Outcome] = deque()  # to hand out
         self.error: BaseException | None = None  # fails the run when its driver sees it
@@ -403,52 +405,55 @@ class Run:
             final.append(record)
         return final
 
-    def deliver(self, final: list[Outcome], actor: str) -> None:
-        """Record final outcomes (checkpoint, progress, stats); queue those to hand out."""
+    def deliver(self, final: list[Outcome], actor: str, size: int | None = None) -> None:
+        """Record final outcomes (checkpoint, progress, stats); queue those to hand out.
+        ``size``: the bytes of their pickled results, when known."""
         if not final:
             return
         if self.store is not None:
             self.store.record(final, actor)
         self.progress.update(len(final))
         self.stats.calls += len(final)
-        self.ready.extend(self.releasable(final))
+        self.ready.extend(self.releasable(final, size))
         self.wake.set()
 
-    def releasable(self, final: list[Outcome]) -> list[Outcome]:
+    def releasable(self, final: list[Outcome], size: int | None = None) -> list[Outcome]:
         """What can be handed out now: everything when unordered; in order, what is next in
-        line (holding back only what arrived early)."""
+        line (holding back only what arrived early). A batch of consecutive rows, the usual
+        one, is held and released whole: O(1) Python however many rows it has."""
         if not self.ordered:
             return final
         held, order = self.held_back, self.order
-        if not held and order:  # the common case, in O(1) Python: the next rows, in order
-            span, count = order[0], len(final)
-            start = span[0]
-            if start + count <= span[1] and all(map(operator.eq, map(_ROW, final),
-                                                    range(start, start + count))):
-                span[0] = start + count
-                if span[0] == span[1]:
-                    order.popleft()
-                return final
-        for record in final:
-            replaced = held.get(record.row)
-            if replaced is not None and replaced.ok:  # a duplicate report of a row
-                self.held_bytes -= weight(replaced.value)
-            held[record.row] = record
-            if record.ok:
-                self.held_bytes += weight(record.value)
-        out: list[Outcome] = []
+        first, count = final[0].row, len(final)
+        if all(map(operator.eq, map(_ROW, final), range(first, first + count))):
+            if size is None:
+                size = sum(weight(r.value) for r in final if r.ok)
+            self.hold(first, final, size)
+        else:
+            for record in final:
+                self.hold(record.row, [record], weight(record.value) if record.ok else 0)
+        parts: list[list[Outcome]] = []
         while order:
             span = order[0]
             found = held.pop(span[0], None)
             if found is None:
                 break
-            if found.ok:
-                self.held_bytes -= weight(found.value)
-            out.append(found)
-            span[0] += 1
-            if span[0] == span[1]:
+            rows, nbytes = found
+            self.held_bytes -= nbytes
+            parts.append(rows)
+            span[0] += len(rows)
+            if span[0] >= span[1]:
                 order.popleft()
-        return out
+        return parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
+
+    def hold(self, first: int, rows: list[Outcome], size: int) -> None:
+        """Hold back consecutive ``rows`` from ``first`` (``size`` bytes of results) until
+        it is their turn (a row reported again replaces its first report)."""
+        replaced = self.held_back.get(first)
+        if replaced is not None:
+            self.held_bytes -= replaced[1]
+        self.held_back[first] = (rows, size)
+        self.held_bytes += size
 
     def charge_death(self, held: list[Item], exc: BaseException, alone: bool) -> None:
         """Rows of this run held by an actor that died. ``alone``: they were the only rows
@@ -1104,7 +1109,7 @@ class Dispatcher:
         label = actor_label(call.slot)
         busy = run.stats.busy_time
         busy[label] = busy.get(label, 0.0) + replied.busy
-        run.deliver(final, label)
+        run.deliver(final, label, replied.size if final is replied.outcomes else None)
 
     def learn(self, run: Run, peak: int, exclusive: bool) -> None:
         """The highest peak measured among a call's rows: the run's statistics, and what
