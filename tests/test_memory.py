@@ -16,7 +16,7 @@ import ray
 from tests import workloads as w
 from thread_chunks import chunked
 from thread_chunks._actor import Item, unpack_batch
-from thread_chunks._wire import pack_batch
+from thread_chunks._wire import IDLE_KEEP, Wire, pack_batch
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -139,6 +139,22 @@ def test_a_batch_travels_as_one_payload_with_its_references_beside_it() -> None:
     assert back[0].row == 0 and back[0].args[:2] == (ref, [ref]) and back[0].args[2]() == 1
     assert back[1] == batch[1]
     assert pack_batch([Item(0, (threading.Lock(),), {})]) is None  # Ray's path says why
+
+
+def test_puts_left_idle_are_dropped_by_batches_that_share_nothing() -> None:
+    """A run switching from rows with large arrays to rows of plain numbers keeps no more
+    than IDLE_KEEP idle puts in the object store (the scalar batches skip the scan, not the
+    trim)."""
+    wire = Wire()
+    arrays = [np.full(1 << 18, i, dtype=np.float64) for i in range(5)]  # 2 MiB each
+    batches = [[Item(i, (a, i), {})] for i, a in enumerate(arrays)]
+    sent = [wire.send(batch) for batch in batches]
+    assert wire.held == 5 and all(isinstance(b[0].args[0], ray.ObjectRef) for b in sent)
+    for batch in batches:
+        wire.done(batch)  # every call ended: all five idle
+    assert wire.send([Item(5, (1, 2.5, "x"), {})]) == [Item(5, (1, 2.5, "x"), {})]
+    assert wire.held == IDLE_KEEP
+    wire.close()
 
 
 def _tracked(n: int, counts: dict[str, int], make: Any) -> Iterator[Any]:

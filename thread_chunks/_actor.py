@@ -108,6 +108,7 @@ class LabelledActor:
         buffers: list[pickle.PickleBuffer] = []
         aside = _aside(buffers)
         size = 0  # bytes of the pickled results
+        busy = 0.0  # seconds inside the function
         plain = True  # every row succeeded, every result in band
         call = self._tc_call()
         meter = _meter()
@@ -123,10 +124,12 @@ class LabelledActor:
             except Exception as exc:  # the user's error travels back as a value
                 plain = False
                 ended = time.time()
+                busy += ended - start
                 outcomes.append((index, False, _pack_error(exc), start, ended,
                                  traceback.format_exc()))
             else:
                 ended = time.time()
+                busy += ended - start
                 try:
                     payload = _pack_out_of_band(value, buffers, aside)
                 except Exception as exc:
@@ -151,8 +154,9 @@ class LabelledActor:
                 meter.reset()
                 measured = time.time()
         rows = list(map(tuple.__add__, outcomes, ((peak,) for peak in peaks)))
-        busy = outcomes[-1][4] - outcomes[0][3] if outcomes else 0.0
-        listed = pickle.dumps((rows, plain, size, max(peaks, default=0), busy), protocol=5)
+        took = outcomes[-1][4] - outcomes[0][3] if outcomes else 0.0
+        listed = pickle.dumps((rows, plain, size, max(peaks, default=0), busy, took),
+                              protocol=5)
         return (listed, buffers) if buffers else listed
 
     def _tc_call(self) -> Callable[[Any, tuple[Any, ...], dict[str, Any]], Any]:
@@ -561,6 +565,8 @@ class Replied(NamedTuple):
     peak: int
     """The highest peak memory measured among the rows."""
     busy: float
+    """Seconds spent inside the function, all rows together."""
+    took: float
     """Seconds from the first row's start to the last row's end."""
 
 
@@ -576,10 +582,10 @@ def read_reply(reply: Reply) -> Replied:
     here."""
     listed, buffers = (reply, []) if isinstance(reply, bytes) else reply
     rows: list[tuple[Any, ...]]
-    rows, plain, size, peak, busy = pickle.loads(listed)
+    rows, plain, size, peak, busy, took = pickle.loads(listed)
     outcomes: list[Outcome] = list(map(_OUTCOME, rows))
     if plain:
-        return Replied(outcomes, True, size, peak, busy)
+        return Replied(outcomes, True, size, peak, busy, took)
     ok = True
     for position, outcome in enumerate(outcomes):
         if outcome.ok:
@@ -596,7 +602,7 @@ def read_reply(reply: Reply) -> Replied:
                 error = RuntimeError(f"the exception raised by row {outcome.row} could not "
                                      f"be unpickled here: {type(exc).__name__}: {exc}")
             outcomes[position] = outcome._replace(value=error)
-    return Replied(outcomes, ok, size, peak, busy)
+    return Replied(outcomes, ok, size, peak, busy, took)
 
 
 RemoteLabelledActor = ray.remote(LabelledActor)

@@ -629,7 +629,7 @@ class Store:
         if self._conn is None:
             return
         now, limit = time.time(), self._limit - 4096  # room for the rest of the row
-        rows = self._plain_rows(records, actor, now)
+        rows = self._plain_rows(records, actor, now, limit)
         plain = staged = bool(rows)  # consecutive rows, all succeeded, every result small
         for r in () if plain else records:
             if r.ok and weight(r.value) > limit:
@@ -654,14 +654,14 @@ class Store:
         except Exception as exc:
             self._give_up(exc)
 
-    def _plain_rows(self, records: list[Outcome], actor: str, now: float
+    def _plain_rows(self, records: list[Outcome], actor: str, now: float, limit: int
                     ) -> list[tuple[Any, ...]]:
         """The rows to record for a batch of consecutive rows that all succeeded with small
         results pickled in band (the usual batch), built in C; [] for any other batch."""
         first, count = records[0].row, len(records)
         values = list(map(_VALUE, records))
         if not (all(map(_OK, records)) and _BYTES.issuperset(map(type, values))
-                and max(map(len, values)) <= _STAGE_MAX_BYTES
+                and max(map(len, values)) <= min(_STAGE_MAX_BYTES, limit)
                 and all(map(_eq, map(_ROW, records), range(first, first + count)))):
             return []
         keys = self._keys_of(list(map(_ROW, records)))

@@ -162,7 +162,7 @@ class Batcher:
         rows = len(reply.outcomes)
         if not rows:
             return
-        took = reply.busy
+        took = reply.took
         if took < _PIPELINE_BELOW_SECONDS:
             self.pipelined = True
         self.row_bytes = max(reply.size // rows, self.row_bytes // 2)
@@ -441,6 +441,9 @@ class Run:
             rows, nbytes = found
             self.held_bytes -= nbytes
             parts.append(rows)
+            if len(rows) > 1 and held:  # a row of these reported again on its own: drop it
+                for row in [r for r in held if span[0] < r < span[0] + len(rows)]:
+                    self.held_bytes -= held.pop(row)[1]
             span[0] += len(rows)
             if span[0] >= span[1]:
                 order.popleft()
@@ -448,10 +451,15 @@ class Run:
 
     def hold(self, first: int, rows: list[Outcome], size: int) -> None:
         """Hold back consecutive ``rows`` from ``first`` (``size`` bytes of results) until
-        it is their turn (a row reported again replaces its first report)."""
+        it is their turn. A row reported again replaces its first report (rows held from
+        the same first row beyond the new ones are kept)."""
         replaced = self.held_back.get(first)
         if replaced is not None:
             self.held_bytes -= replaced[1]
+            beyond = replaced[0][len(rows):]
+            if beyond:
+                rows = rows + beyond
+                size += sum(weight(r.value) for r in beyond if r.ok)
         self.held_back[first] = (rows, size)
         self.held_bytes += size
 

@@ -65,7 +65,8 @@ class Wire:
         """``batch`` as it goes to an actor: large arguments replaced by references."""
         if not any(map(_KWARGS, batch)) and \
                 _SMALL.issuperset(map(type, chain.from_iterable(map(_ARGS, batch)))):
-            return batch  # positional scalars only (checked in C): nothing to share
+            self.trim()  # positional scalars only (checked in C): nothing to share
+            return batch
         out: list[Item] | None = None
         for position, item in enumerate(batch):
             args, kwargs = item.args, item.kwargs
@@ -77,10 +78,14 @@ class Wire:
                 if out is None:
                     out = list(batch)
                 out[position] = Item(item.row, args, kwargs)
-        while len(self._idle) > IDLE_KEEP:  # after the batch took back what it shares
+        self.trim()  # after the batch took back what it shares
+        return batch if out is None else out
+
+    def trim(self) -> None:
+        """Drop the oldest idle puts beyond :data:`IDLE_KEEP`."""
+        while len(self._idle) > IDLE_KEEP:
             oldest = next(iter(self._idle))
             del self._idle[oldest], self._puts[oldest]
-        return batch if out is None else out
 
     def _pin(self, value: object) -> ray.ObjectRef[Any]:
         key = id(value)
