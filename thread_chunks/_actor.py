@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 import os
 import pickle
 import threading
@@ -570,6 +571,16 @@ class Replied(NamedTuple):
     """Seconds from the first row's start to the last row's end."""
 
 
+def consecutive(outcomes: Sequence[Outcome]) -> bool:
+    """Whether ``outcomes`` are of rows n, n + 1, n + 2, ... (checked in C)."""
+    if not outcomes:
+        return False
+    first = outcomes[0].row
+    return all(map(operator.eq, map(_ROW, outcomes), range(first, first + len(outcomes))))
+
+
+_ROW = operator.itemgetter(0)
+"""An :class:`Outcome`'s row (in C)."""
 _OUTCOME = functools.partial(tuple.__new__, Outcome)
 """An :class:`Outcome` from a tuple of its fields, made in C (no Python frame per row)."""
 _ITEM = functools.partial(tuple.__new__, Item)

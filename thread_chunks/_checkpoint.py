@@ -44,11 +44,10 @@ from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from itertools import repeat
-from operator import eq as _eq
 from operator import itemgetter
 from typing import Any
 
-from ._actor import Item, Outcome, in_band, pack, unpack, weight
+from ._actor import Item, Outcome, consecutive, in_band, pack, unpack, weight
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
@@ -658,11 +657,10 @@ class Store:
                     ) -> list[tuple[Any, ...]]:
         """The rows to record for a batch of consecutive rows that all succeeded with small
         results pickled in band (the usual batch), built in C; [] for any other batch."""
-        first, count = records[0].row, len(records)
         values = list(map(_VALUE, records))
         if not (all(map(_OK, records)) and _BYTES.issuperset(map(type, values))
                 and max(map(len, values)) <= min(_STAGE_MAX_BYTES, limit)
-                and all(map(_eq, map(_ROW, records), range(first, first + count)))):
+                and consecutive(records)):
             return []
         keys = self._keys_of(list(map(_ROW, records)))
         return list(zip(keys, repeat(1), values, map(_STARTED, records), map(_ENDED, records),
@@ -735,9 +733,8 @@ def _spans(records: Sequence[Outcome]) -> list[list[int]]:
     outcome of a row counts): one ``UPDATE`` each, where a batch usually needs one."""
     if not records:
         return []
-    rows, first = [r.row for r in records], records[0].row
-    if rows == list(range(first, first + len(rows))) and len({r.ok for r in records}) == 1:
-        return [[int(records[0].ok), first, rows[-1]]]  # the usual batch: one span
+    if consecutive(records) and len({r.ok for r in records}) == 1:  # the usual batch: one span
+        return [[int(records[0].ok), records[0].row, records[-1].row]]
     states = {r.row: int(r.ok) for r in records}
     spans: list[list[int]] = []
     for row in sorted(states):

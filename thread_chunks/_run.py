@@ -21,7 +21,6 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-import operator
 import re
 import threading
 import time
@@ -37,7 +36,7 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
-from ._actor import Item, NodeMemory, Outcome, Replied, read_reply, weight
+from ._actor import Item, NodeMemory, Outcome, Replied, consecutive, read_reply, weight
 from ._errors import (
     ActorPlacementError,
     ConcurrencyReducedWarning,
@@ -208,10 +207,6 @@ class _Call:
     orphaned: bool = False
     """Its run has ended: the call is left to finish (or was cancelled) and its outcome is
     dropped when it comes."""
-
-
-_ROW = operator.itemgetter(0)
-"""An :class:`Outcome`'s row (in C)."""
 
 
 def actor_label(slot: int) -> str:
@@ -424,11 +419,10 @@ class Run:
         if not self.ordered:
             return final
         held, order = self.held_back, self.order
-        first, count = final[0].row, len(final)
-        if all(map(operator.eq, map(_ROW, final), range(first, first + count))):
+        if consecutive(final):
             if size is None:
                 size = sum(weight(r.value) for r in final if r.ok)
-            self.hold(first, final, size)
+            self.hold(final[0].row, final, size)
         else:
             for record in final:
                 self.hold(record.row, [record], weight(record.value) if record.ok else 0)
