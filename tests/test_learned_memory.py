@@ -19,7 +19,7 @@ import ray
 from tests import workloads as w
 from tests.conftest import ROOT, local_env, why_it_failed
 from thread_chunks import Checkpoint, RemoteLabelledActor, WorkerDiedError, chunked
-from thread_chunks._actor import NodeMemory
+from thread_chunks._actor import Item, NodeMemory, _marker, read_reply, unpack
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
 from thread_chunks._run import _killed_at
 
@@ -183,6 +183,41 @@ def test_a_worker_waits_for_a_killed_workers_process_to_be_gone() -> None:
         holder.kill()
         holder.wait()
         ray.kill(actor)
+
+
+def test_a_first_call_reads_as_started_only_once_its_worker_runs_it(tmp_path: Path) -> None:
+    """A worker Ray has not handed its call yet sleeps at its idle footprint, as a call
+    holding still would: the first call on a node marks its start, and its memory is read
+    as still only from then on. A marker left by a worker that died is cleared."""
+    runner = RemoteLabelledActor.remote(w.wait_for)
+    reader = RemoteLabelledActor.remote(None)
+    try:
+        pid = ray.get(runner._tc_identity.remote())[1]
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True)
+        stale = Path(_marker("gone", int(dead.stdout)))
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.touch()
+        assert ray.get(reader._tc_usage.remote(pid, "first"))[3] is False  # not sent yet
+        gate = tmp_path / "gate"
+        reply = runner._tc_run_batch.remote([Item(7, (7, str(gate)), {})], (), mark="first")
+        for _ in range(6000):  # until it runs (on a loaded machine: a while)
+            if ray.get(reader._tc_usage.remote(pid, "first"))[3]:
+                break
+        else:
+            raise AssertionError("the marked call never read as started")
+        assert Path(_marker("first", pid)).exists() and not stale.exists()
+        gate.touch()
+        (outcome,), *_ = read_reply(ray.get(reply))
+        assert outcome.ok and unpack(outcome.value) == 7
+        assert ray.get(reader._tc_usage.remote(pid, "first"))[3] is False  # ended: cleared
+        assert not Path(_marker("first", pid)).exists()
+        unmarked = runner._tc_run_batch.remote([Item(8, (8, str(gate)), {})])
+        assert read_reply(ray.get(unmarked))[0][0].ok
+        assert not list(stale.parent.glob(f"*.{pid}"))  # only a marked call leaves a marker
+    finally:
+        ray.kill(runner)
+        ray.kill(reader)
 
 
 DRIVER = """

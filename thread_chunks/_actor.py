@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import operator
 import os
 import pickle
+import tempfile
 import threading
 import time
 import traceback
@@ -83,11 +85,13 @@ class LabelledActor:
     # -- used by thread-chunks' scheduler; not part of the 1.0.5 surface --------------------
 
     def _tc_run_batch(self, items: Sequence[Item] | bytes,
-                      refs: Sequence[ray.ObjectRef[Any]] = ()) -> Reply:
+                      refs: Sequence[ray.ObjectRef[Any]] = (), mark: str = "") -> Reply:
         """Run several rows one after the other; their outcomes as one reply (read by
         :func:`read_reply`). ``items`` come as a list, or packed in one ``bytes`` object by
         the driver (:func:`thread_chunks._wire.pack_batch`) with the references in them
-        beside it (``refs``).
+        beside it (``refs``). ``mark``: while the batch runs, a marker file of that name
+        (:func:`_marker`) tells :meth:`_tc_usage` on this node that the call has started
+        (the first call on a node, whose memory is read while it runs, is marked).
 
         Each result is pickled here, on its own: a result that cannot be pickled fails only
         its row (a :class:`ResultError` naming it), and the driver learns every result's size
@@ -99,6 +103,24 @@ class LabelledActor:
         An ``ObjectRef`` that is a whole argument (positional or keyword) is replaced by its
         value, as Ray does for task arguments; refs nested inside other values stay refs.
         """
+        if not mark:
+            return self._tc_rows(items, refs)
+        marker = _marker(mark, os.getpid())
+        try:
+            _clear_markers(marker)
+            with open(marker, "x"):
+                pass
+        except OSError:
+            pass  # unmarked, the call is never read as started: its node waits for it
+        try:
+            return self._tc_rows(items, refs)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(marker)
+
+    def _tc_rows(self, items: Sequence[Item] | bytes,
+                 refs: Sequence[ray.ObjectRef[Any]]) -> Reply:
+        """The body of :meth:`_tc_run_batch`."""
         if isinstance(items, bytes):
             items = unpack_batch(items, refs)
             values = _resolve(items) if refs else {}  # every reference is among ``refs``
@@ -191,12 +213,19 @@ class LabelledActor:
                 time.sleep(0.01)
         return node_memory()
 
-    def _tc_usage(self, pid: int) -> tuple[int, float, bool]:
+    def _tc_usage(self, pid: int, mark: str) -> tuple[int, float, bool, bool]:
         """What process ``pid`` on this node (a worker running a call) is doing: the private
         memory it has held at most since its call started (its high-water mark, which the
         worker reset then, less file and shared pages; its resident memory where that is
-        not readable; 0 when neither is), the CPU seconds it has used, and whether it is
-        asleep (waiting, not starved of CPU)."""
+        not readable; 0 when neither is), the CPU seconds it has used, whether it is
+        asleep (waiting, not starved of CPU), and whether its call marked ``mark`` has
+        started (a worker Ray has not yet handed the call sleeps at its idle footprint
+        too)."""
+        started = os.path.exists(_marker(mark, pid))
+        return (*self._usage(pid), started)
+
+    @staticmethod
+    def _usage(pid: int) -> tuple[int, float, bool]:
         try:
             with open(f"/proc/{pid}/status", "rb") as status:
                 high, _, mapped = _status_fields(status.read())
@@ -220,6 +249,24 @@ class LabelledActor:
     def _tc_identity(self) -> tuple[str, int]:
         """The Ray node id and process id of this worker."""
         return ray.get_runtime_context().get_node_id(), os.getpid()
+
+
+def _marker(mark: str, pid: int) -> str:
+    """The file that tells a call marked ``mark`` runs in process ``pid`` (on its node)."""
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(tempfile.gettempdir(), f"thread-chunks-calls-{user}", f"{mark}.{pid}")
+
+
+def _clear_markers(marker: str) -> None:
+    """Make ``marker``'s directory, and remove the markers left there by workers that died
+    (Ray kills a worker for memory without its ``finally``)."""
+    directory = os.path.dirname(marker)
+    os.makedirs(directory, exist_ok=True)
+    for name in os.listdir(directory):
+        pid = name.rpartition(".")[2]
+        if pid.isdigit() and not _exists(int(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
 
 
 _SETTLE_SECONDS = 60.0
@@ -584,6 +631,7 @@ _ROW = operator.itemgetter(0)
 _OUTCOME = functools.partial(tuple.__new__, Outcome)
 """An :class:`Outcome` from a tuple of its fields, made in C (no Python frame per row)."""
 _ITEM = functools.partial(tuple.__new__, Item)
+"""An :class:`Item` from a tuple of its fields, made in C."""
 
 
 def read_reply(reply: Reply) -> Replied:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import reprlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from itertools import islice, repeat
 from typing import Any, Generic
 
-from ._actor import Item
+from ._actor import _ITEM, Item
 from ._types import Args, Kwargs, P
 
 _EXPECTED = ("a list or tuple of positional arguments, a dict of keyword arguments, or a "
@@ -115,7 +114,6 @@ _NO_KWARGS: Kwargs = {}
 """The keyword arguments of every positional row (one dict, never changed: an actor spreads
 it into the call, which makes the function's own)."""
 _POSITIONAL = frozenset({list, tuple})
-_ITEM = functools.partial(tuple.__new__, Item)
 
 
 def numbered(rows: list[Any], start: int = 0) -> list[Item]:

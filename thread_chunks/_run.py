@@ -24,6 +24,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 import warnings
 import weakref
 from collections import deque
@@ -190,6 +191,9 @@ class _Learning:
     """The CPU seconds its worker had used then."""
     asked: bool = False
     """A reading is on its way."""
+    mark: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """The marker its calls leave on the node while they run: a worker Ray has not handed
+    its call yet sleeps at its idle footprint too, which must not read as holding still."""
 
 
 @dataclass
@@ -865,7 +869,7 @@ class Dispatcher:
         if node is None or not node.pid:
             return False
         actor = self.ready[slot]
-        ref = actor._tc_usage.remote(node.pid)
+        ref = actor._tc_usage.remote(node.pid, first.mark)
         self.samples[ref] = (slot, actor, key, node.worker)
         first.asked = True
         self.watch(ref)
@@ -882,7 +886,10 @@ class Dispatcher:
         usage = self.answer(ref, future, slot, actor)
         if usage is _GONE or first is None:
             return
-        rss, cpu, asleep = usage
+        rss, cpu, asleep, started = usage
+        if not started:  # not handed to its worker yet (a loaded machine), or between calls
+            first.seen, first.due = -1, time.monotonic() + _SAMPLE_SECONDS
+            return
         used = max(0, int(rss) - idle)  # less the worker's own footprint
         still = first.seen >= 0 and used <= first.seen + max(first.seen // 20, _STILL_BYTES)
         if not still or not (asleep or cpu - first.cpu >= _WORKED_SECONDS):
@@ -961,7 +968,7 @@ class Dispatcher:
                 deferred.append(slot)  # memory of a killed worker: nothing starts there
                 continue
             budget = self.budget(slot)
-            need, exclusive = 0, False
+            need, exclusive, mark = 0, False, ""
             if budget is not None:
                 wanted, exclusive = self.need(run, run.retry_queue[0] if suspect else None,
                                               budget, slot)
@@ -972,8 +979,9 @@ class Dispatcher:
                     deferred.append(slot)  # memory: it waits for calls on its node to end
                     continue
                 if self.pool.expected_peak() is None:
-                    self.learning.setdefault(self.node_key(slot), _Learning(
+                    first = self.learning.setdefault(self.node_key(slot), _Learning(
                         slot, time.monotonic() + _LEARN_SECONDS))
+                    mark = first.mark if first.slot == slot else ""
             if suspect:
                 batch = [run.retry_queue.popleft()]
                 self.isolated_slots.add(slot)
@@ -982,18 +990,19 @@ class Dispatcher:
             if not batch:
                 self.tokens.appendleft(slot)  # that run had no work after all: next run
                 continue
-            self.send(run, slot, actor, batch, need, exclusive)
+            self.send(run, slot, actor, batch, need, exclusive, mark)
         self.tokens.extend(deferred)
         for run in self.runs:
             if self.busy_slots > run.stats.peak_concurrency:
                 run.stats.peak_concurrency = self.busy_slots
 
     def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item],
-             need: int = 0, exclusive: bool = False) -> None:
+             need: int = 0, exclusive: bool = False, mark: str = "") -> None:
         sent = run.wire.send(batch)
         packed = pack_batch(sent)
-        ref = actor._tc_run_batch.remote(sent) if packed is None else \
-            actor._tc_run_batch.remote(*packed)
+        arguments = (sent,) if packed is None else packed
+        ref = actor._tc_run_batch.remote(*arguments, mark=mark) if mark else \
+            actor._tc_run_batch.remote(*arguments)
         lane = self.lanes[slot]
         if not lane:
             self.running_since[slot] = time.monotonic()
