@@ -14,6 +14,8 @@ import ray
 import thread_chunks
 from tests import workloads as w
 from thread_chunks import Chunker, LabelledActor, RemoteLabelledActor, chunk
+from thread_chunks._actor import Outcome, Replied
+from thread_chunks._run import _DRIVER_CALLS_PER_SECOND, Batcher
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -45,6 +47,20 @@ def test_concurrency_bound_holds_with_automatic_batching() -> None:
     out = chunk(w.interval, [[i, 0.0005] for i in range(400)], chunk_size=1)
     assert w.max_overlap([(s, e) for _, s, e, _ in out]) == 1
     assert [r[0] for r in out] == list(range(400))
+
+
+@pytest.mark.parametrize(("actors", "rows"), [(2, 51), (12, 51), (100, 408), (1000, 1024)])
+def test_automatic_batches_grow_with_the_pool_so_one_driver_keeps_up(actors: int,
+                                                                     rows: int) -> None:
+    """Rows of ~1 ms (0.98): calls of ~50 ms on a small pool; on a large one, calls long enough that
+    replies come no faster than 250 a second (one driver handles ~500), up to 1,024 rows."""
+    batcher = Batcher(None, None)
+    for _ in range(20):
+        n = batcher.size
+        outcomes = [Outcome(i, True, b"", 0.0, 0.0, "", 0) for i in range(n)]
+        batcher.observe(Replied(outcomes, True, n, 0, n * 98e-5, n * 98e-5), actors)
+    assert batcher.size == rows
+    assert Batcher.target(actors) * _DRIVER_CALLS_PER_SECOND >= actors
 
 
 def test_chunker_reuses_its_actors_across_calls() -> None:

@@ -52,7 +52,12 @@ from ._wire import Wire, pack_batch
 log = logging.getLogger("thread_chunks")
 
 _TARGET_BATCH_SECONDS = 0.05
-"""Automatic batching aims for actor calls of about this long."""
+"""Automatic batching aims for actor calls of about this long, or longer for a large pool
+(:data:`_DRIVER_CALLS_PER_SECOND`)."""
+_DRIVER_CALLS_PER_SECOND = 250
+"""Calls a second one driver is kept to: half of what it sustains here (about 2 ms of
+driver CPU a call; docs/benchmarks.md), so a pool of ``n`` actors aims for calls of at
+least ``n / 250`` seconds (0.4 s for 100 actors) and the driver never sets the pace."""
 _TARGET_BATCH_BYTES = 4 << 20
 """... and for replies of at most about this many bytes of results (one larger result is
 one row a call)."""
@@ -143,7 +148,7 @@ class Batcher:
     """How many rows go into one actor call, and whether to queue a second call per actor.
 
     Fixed when the user says so; otherwise starts at 1 and grows (doubling) while a call's
-    rows take much less than ``_TARGET_BATCH_SECONDS`` and its results weigh much less than
+    rows take much less than :meth:`target` seconds and its results weigh much less than
     ``_TARGET_BATCH_BYTES``, so tiny calls stop paying Ray's per-call overhead one by one,
     and shrinks at once when rows get slower or their results bigger.
 
@@ -158,7 +163,13 @@ class Batcher:
         self.pipelined = False
         self.row_bytes = 0
 
-    def observe(self, reply: Replied) -> None:
+    @staticmethod
+    def target(actors: int) -> float:
+        """The seconds of work one call aims for on a pool of ``actors``: ~50 ms, more for a
+        pool whose replies at that length would come faster than one driver handles."""
+        return max(_TARGET_BATCH_SECONDS, actors / _DRIVER_CALLS_PER_SECOND)
+
+    def observe(self, reply: Replied, actors: int = 1) -> None:
         rows = len(reply.outcomes)
         if not rows:
             return
@@ -168,7 +179,7 @@ class Batcher:
         self.row_bytes = max(reply.size // rows, self.row_bytes // 2)
         if self.fixed is None:
             per_row = max(took / rows, 1e-7)
-            ideal = min(_MAX_BATCH, int(_TARGET_BATCH_SECONDS / per_row),
+            ideal = min(_MAX_BATCH, int(self.target(actors) / per_row),
                         _TARGET_BATCH_BYTES // max(self.row_bytes, 1))
             self.size = max(1, min(ideal, self.size * 2))
 
@@ -1115,7 +1126,7 @@ class Dispatcher:
         replied = read_reply(reply)
         if replied.outcomes:
             self.learn(run, replied.peak, call.exclusive)
-        run.batcher.observe(replied)
+        run.batcher.observe(replied, run.pool_size)
         final = run.settle(replied.outcomes, call.batch, replied.ok)
         label = actor_label(call.slot)
         busy = run.stats.busy_time
