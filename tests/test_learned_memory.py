@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -187,37 +189,41 @@ def test_a_worker_waits_for_a_killed_workers_process_to_be_gone() -> None:
 
 def test_a_first_call_reads_as_started_only_once_its_worker_runs_it(tmp_path: Path) -> None:
     """A worker Ray has not handed its call yet sleeps at its idle footprint, as a call
-    holding still would: the first call on a node marks its start, and its memory is read
-    as still only from then on. A marker left by a worker that died is cleared."""
+    holding still would: the first call on a node marks its start (once its arguments are
+    fetched), and its memory is read as still only from then on. A marker left by a worker
+    that died is cleared; what is not a marker is left alone."""
     runner = RemoteLabelledActor.remote(w.wait_for)
     reader = RemoteLabelledActor.remote(None)
+    mark, gone = uuid.uuid4().hex, uuid.uuid4().hex
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = Path(_marker(gone, int(dead.stdout)))
+    stale.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stale.touch()
+    other = stale.parent / f"notes.{dead.stdout.strip()}"
+    other.touch()
     try:
         pid = ray.get(runner._tc_identity.remote())[1]
-        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
-        stale = Path(_marker("gone", int(dead.stdout)))
-        stale.parent.mkdir(parents=True, exist_ok=True)
-        stale.touch()
-        assert ray.get(reader._tc_usage.remote(pid, "first"))[3] is False  # not sent yet
+        assert ray.get(reader._tc_usage.remote(pid, mark))[3] is False  # not sent yet
         gate = tmp_path / "gate"
-        reply = runner._tc_run_batch.remote([Item(7, (7, str(gate)), {})], (), mark="first")
-        for _ in range(6000):  # until it runs (on a loaded machine: a while)
-            if ray.get(reader._tc_usage.remote(pid, "first"))[3]:
-                break
-        else:
-            raise AssertionError("the marked call never read as started")
-        assert Path(_marker("first", pid)).exists() and not stale.exists()
+        reply = runner._tc_run_batch.remote([Item(7, (7, str(gate)), {})], (), mark=mark)
+        deadline = time.monotonic() + 120  # until it runs (on a loaded machine: a while)
+        while not ray.get(reader._tc_usage.remote(pid, mark))[3]:
+            assert time.monotonic() < deadline, "the marked call never read as started"
+            time.sleep(0.01)
+        assert Path(_marker(mark, pid)).exists() and not stale.exists() and other.exists()
         gate.touch()
         (outcome,), *_ = read_reply(ray.get(reply))
         assert outcome.ok and unpack(outcome.value) == 7
-        assert ray.get(reader._tc_usage.remote(pid, "first"))[3] is False  # ended: cleared
-        assert not Path(_marker("first", pid)).exists()
+        assert ray.get(reader._tc_usage.remote(pid, mark))[3] is False  # ended: cleared
+        assert not Path(_marker(mark, pid)).exists()
         unmarked = runner._tc_run_batch.remote([Item(8, (8, str(gate)), {})])
         assert read_reply(ray.get(unmarked))[0][0].ok
         assert not list(stale.parent.glob(f"*.{pid}"))  # only a marked call leaves a marker
     finally:
         ray.kill(runner)
         ray.kill(reader)
+        other.unlink(missing_ok=True)
 
 
 DRIVER = """

@@ -8,6 +8,8 @@ import inspect
 import operator
 import os
 import pickle
+import re
+import stat
 import tempfile
 import threading
 import time
@@ -89,9 +91,10 @@ class LabelledActor:
         """Run several rows one after the other; their outcomes as one reply (read by
         :func:`read_reply`). ``items`` come as a list, or packed in one ``bytes`` object by
         the driver (:func:`thread_chunks._wire.pack_batch`) with the references in them
-        beside it (``refs``). ``mark``: while the batch runs, a marker file of that name
-        (:func:`_marker`) tells :meth:`_tc_usage` on this node that the call has started
-        (the first call on a node, whose memory is read while it runs, is marked).
+        beside it (``refs``). ``mark``: from when its arguments are fetched until its rows have
+        run, a marker file of that name (:func:`_marker`) tells :meth:`_tc_usage` on this
+        node that the call has started (the first call on a node, whose memory is read while
+        it runs, is marked).
 
         Each result is pickled here, on its own: a result that cannot be pickled fails only
         its row (a :class:`ResultError` naming it), and the driver learns every result's size
@@ -103,24 +106,6 @@ class LabelledActor:
         An ``ObjectRef`` that is a whole argument (positional or keyword) is replaced by its
         value, as Ray does for task arguments; refs nested inside other values stay refs.
         """
-        if not mark:
-            return self._tc_rows(items, refs)
-        marker = _marker(mark, os.getpid())
-        try:
-            _clear_markers(marker)
-            with open(marker, "x"):
-                pass
-        except OSError:
-            pass  # unmarked, the call is never read as started: its node waits for it
-        try:
-            return self._tc_rows(items, refs)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(marker)
-
-    def _tc_rows(self, items: Sequence[Item] | bytes,
-                 refs: Sequence[ray.ObjectRef[Any]]) -> Reply:
-        """The body of :meth:`_tc_run_batch`."""
         if isinstance(items, bytes):
             items = unpack_batch(items, refs)
             values = _resolve(items) if refs else {}  # every reference is among ``refs``
@@ -136,46 +121,53 @@ class LabelledActor:
         call = self._tc_call()
         meter = _meter()
         meter.reset()
+        marker = _mark_start(mark) if mark else ""  # arguments fetched: it runs
         measured = time.time()
         last = len(items) - 1
-        for position, (index, args, kwargs) in enumerate(items):
-            start = time.time()
-            try:
-                if values:
-                    args, kwargs = _substitute(args, kwargs, values)
-                value = call(index, args, kwargs)
-            except Exception as exc:  # the user's error travels back as a value
-                plain = False
-                ended = time.time()
-                busy += ended - start
-                outcomes.append((index, False, _pack_error(exc), start, ended,
-                                 traceback.format_exc()))
-            else:
-                ended = time.time()
-                busy += ended - start
+        try:
+            for position, (index, args, kwargs) in enumerate(items):
+                start = time.time()
                 try:
-                    payload = _pack_out_of_band(value, buffers, aside)
-                except Exception as exc:
+                    if values:
+                        args, kwargs = _substitute(args, kwargs, values)
+                    value = call(index, args, kwargs)
+                except Exception as exc:  # the user's error travels back as a value
                     plain = False
-                    error = ResultError(
-                        f"row {index} of {function_name(self._func)} returned a "
-                        f"{_type_name(value)}, which cannot be pickled to travel back: "
-                        f"{type(exc).__name__}: {exc}")
-                    outcomes.append((index, False, _pack_error(error), start, ended, ""))
+                    ended = time.time()
+                    busy += ended - start
+                    outcomes.append((index, False, _pack_error(exc), start, ended,
+                                     traceback.format_exc()))
                 else:
-                    if isinstance(payload, bytes):
-                        size += len(payload)
-                    else:
+                    ended = time.time()
+                    busy += ended - start
+                    try:
+                        payload = _pack_out_of_band(value, buffers, aside)
+                    except Exception as exc:
                         plain = False
-                        size += len(payload[0]) + sum(
-                            b.raw().nbytes for b in buffers[payload[1]:payload[1] + payload[2]])
-                    outcomes.append((index, True, payload, start, ended, ""))
-                del value
-            if ended - measured >= _MEASURE_EVERY or position == last:
-                peak = meter.peak()  # the peak of these rows (one, unless they are tiny)
-                peaks.extend([peak] * (len(outcomes) - len(peaks)))
-                meter.reset()
-                measured = time.time()
+                        error = ResultError(
+                            f"row {index} of {function_name(self._func)} returned a "
+                            f"{_type_name(value)}, which cannot be pickled to travel back: "
+                            f"{type(exc).__name__}: {exc}")
+                        outcomes.append((index, False, _pack_error(error), start, ended, ""))
+                    else:
+                        if isinstance(payload, bytes):
+                            size += len(payload)
+                        else:
+                            plain = False
+                            first, count = payload[1], payload[2]
+                            size += len(payload[0]) + sum(
+                                b.raw().nbytes for b in buffers[first:first + count])
+                        outcomes.append((index, True, payload, start, ended, ""))
+                    del value
+                if ended - measured >= _MEASURE_EVERY or position == last:
+                    peak = meter.peak()  # the peak of these rows (one, unless they are tiny)
+                    peaks.extend([peak] * (len(outcomes) - len(peaks)))
+                    meter.reset()
+                    measured = time.time()
+        finally:
+            if marker:
+                with contextlib.suppress(OSError):
+                    os.unlink(marker)
         rows = list(map(tuple.__add__, outcomes, ((peak,) for peak in peaks)))
         took = outcomes[-1][4] - outcomes[0][3] if outcomes else 0.0
         listed = pickle.dumps((rows, plain, size, max(peaks, default=0), busy, took),
@@ -257,16 +249,35 @@ def _marker(mark: str, pid: int) -> str:
     return os.path.join(tempfile.gettempdir(), f"thread-chunks-calls-{user}", f"{mark}.{pid}")
 
 
-def _clear_markers(marker: str) -> None:
-    """Make ``marker``'s directory, and remove the markers left there by workers that died
-    (Ray kills a worker for memory without its ``finally``)."""
+_MARKER_NAME = re.compile(r"[0-9a-f]{32}\.([0-9]+)")
+
+
+def _mark_start(mark: str) -> str:
+    """Leave the marker of a call marked ``mark`` in this process (its path; "" when it
+    cannot be left: the call is then never read as started, and its node waits for it to
+    end). Its directory must be this user's own, writable by no one else, and not a link;
+    markers left in it by workers that died (Ray kills a worker for memory without its
+    ``finally``) are removed."""
+    marker = _marker(mark, os.getpid())
     directory = os.path.dirname(marker)
-    os.makedirs(directory, exist_ok=True)
-    for name in os.listdir(directory):
-        pid = name.rpartition(".")[2]
-        if pid.isdigit() and not _exists(int(pid)):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(directory, name))
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+        found = os.lstat(directory)
+        if not stat.S_ISDIR(found.st_mode) or stat.S_IMODE(found.st_mode) & 0o022 or (
+                hasattr(os, "getuid") and found.st_uid != os.getuid()):
+            return ""
+        if os.name != "nt":  # (os.kill(pid, 0) is no test of a process there)
+            for name in os.listdir(directory):
+                left = _MARKER_NAME.fullmatch(name)
+                if left and not _exists(int(left[1])):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
+        with open(marker, "x"):
+            pass
+    except OSError:
+        return ""
+    return marker
 
 
 _SETTLE_SECONDS = 60.0
