@@ -174,8 +174,9 @@ class Batcher:
         if not rows:
             return
         took = reply.took
-        if took < _PIPELINE_BELOW_SECONDS:
-            self.pipelined = True
+        if took < _PIPELINE_BELOW_SECONDS and (
+                self.fixed is not None or self.target(actors) < _PIPELINE_BELOW_SECONDS):
+            self.pipelined = True  # (not for a pool whose batches grow to longer calls)
         self.row_bytes = max(reply.size // rows, self.row_bytes // 2)
         if self.fixed is None:
             per_row = max(took / rows, 1e-7)
