@@ -141,6 +141,21 @@ def test_a_batch_travels_as_one_payload_with_its_references_beside_it() -> None:
     assert pack_batch([Item(0, (threading.Lock(),), {})]) is None  # Ray's path says why
 
 
+def test_types_given_to_ray_register_serializer_travel_its_way_in_batches() -> None:
+    """A batch is pickled by thread-chunks, not by Ray; a type whose owner gave Ray a
+    serializer of its own still travels by it, as it would through Ray."""
+    ray.util.register_serializer(w.Tagged, serializer=lambda t: t.via,
+                                 deserializer=w.registered_tagged)
+    try:
+        f = chunked(chunk_size=2, progress_bar=False)(w.via)
+        assert f.map([[w.Tagged()] for _ in range(6)]) == ["registered"] * 6
+        f.close()
+    finally:
+        ray.util.deregister_serializer(w.Tagged)
+    assert f.map([[w.Tagged()]]) == ["pickle"]  # deregistered: pickled its own way again
+    f.close()
+
+
 def test_puts_left_idle_are_dropped_by_batches_that_share_nothing() -> None:
     """A run switching from rows with large arrays to rows of plain numbers keeps no more
     than IDLE_KEEP idle puts in the object store (the scalar batches skip the scan, not the

@@ -337,3 +337,19 @@ def spans(directory: str | Path) -> list[tuple[float, float]]:
 def most_at_once(spans: list[tuple[float, float]], after: float = 0.0) -> int:
     """The most calls running at once from ``after`` on."""
     return max_overlap([(max(start, after), end) for start, end in spans if end > after])
+
+
+class Tagged:
+    """A value that tells how it travelled: by pickle (its own way) or by a serializer
+    given to ``ray.util.register_serializer``."""
+
+    def __init__(self, via: str = "pickle") -> None:
+        self.via = via
+
+
+def registered_tagged(_state: str) -> Tagged:
+    return Tagged("registered")
+
+
+def via(value: Tagged) -> str:
+    return value.via

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
-import cloudpickle
 import ray
+from ray.cloudpickle import CloudPickler
 
 from ._actor import Item, _ref_at
 
@@ -122,10 +122,13 @@ class Wire:
         self._idle.clear()
 
 
-class _Packer(cloudpickle.Pickler):
+class _Packer(CloudPickler):
     """Pickles a batch in one pass; each reference in it becomes its place in ``refs``,
     which travel beside the payload as Ray's own (so Ray counts them as borrowed by the
-    actor and keeps their objects alive)."""
+    actor and keeps their objects alive). It is the pickler of Ray's own copy of
+    cloudpickle, whose dispatch table holds the types given to
+    ``ray.util.register_serializer``: they travel the way their owner chose, as they do
+    through Ray."""
 
     def __init__(self, file: io.BytesIO, refs: list[ray.ObjectRef[Any]]) -> None:
         super().__init__(file, protocol=5)
