@@ -243,10 +243,14 @@ class LabelledActor:
         return ray.get_runtime_context().get_node_id(), os.getpid()
 
 
+_USER: int | None = os.getuid() if hasattr(os, "getuid") else None
+"""This process's user (None where there are no user ids)."""
+
+
 def _marker(mark: str, pid: int) -> str:
     """The file that tells a call marked ``mark`` runs in process ``pid`` (on its node)."""
-    user = os.getuid() if hasattr(os, "getuid") else 0
-    return os.path.join(tempfile.gettempdir(), f"thread-chunks-calls-{user}", f"{mark}.{pid}")
+    return os.path.join(tempfile.gettempdir(), f"thread-chunks-calls-{_USER or 0}",
+                        f"{mark}.{pid}")
 
 
 _MARKER_NAME = re.compile(r"[0-9a-f]{32}\.([0-9]+)")
@@ -265,7 +269,7 @@ def _mark_start(mark: str) -> str:
             os.mkdir(directory, 0o700)
         found = os.lstat(directory)
         if not stat.S_ISDIR(found.st_mode) or stat.S_IMODE(found.st_mode) & 0o022 or (
-                hasattr(os, "getuid") and found.st_uid != os.getuid()):
+                _USER is not None and found.st_uid != _USER):
             return ""
         if os.name != "nt":  # (os.kill(pid, 0) is no test of a process there)
             for name in os.listdir(directory):

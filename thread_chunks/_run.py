@@ -169,7 +169,7 @@ class Batcher:
         pool whose replies at that length would come faster than one driver handles."""
         return max(_TARGET_BATCH_SECONDS, actors / _DRIVER_CALLS_PER_SECOND)
 
-    def observe(self, reply: Replied, actors: int = 1) -> None:
+    def observe(self, reply: Replied, actors: int) -> None:
         rows = len(reply.outcomes)
         if not rows:
             return
