@@ -42,9 +42,10 @@ sys.path.insert(0, str(HERE.parent))
 import workloads  # noqa: E402
 
 import thread_chunks  # noqa: E402
-from thread_chunks._actor import Item, Outcome, pack  # noqa: E402
+from thread_chunks._actor import Outcome, pack  # noqa: E402
 from thread_chunks._checkpoint import Store  # noqa: E402
 from thread_chunks._digest import Binder, row_keys  # noqa: E402
+from thread_chunks._rows import Calls  # noqa: E402
 
 
 def simulate(x: int, y: float) -> float:
@@ -127,9 +128,9 @@ def scale(count: int, repeats: int, million: bool) -> None:
           "(goal <= 1.3)")
 
 
-def _items(n: int, extra: int = 0) -> tuple[list[list[object]], list[Item]]:
+def _items(n: int, extra: int = 0) -> tuple[list[list[object]], Calls]:
     rows: list[list[object]] = [[i, float(i) / 7] for i in range(n + extra)]
-    return rows, [Item(i, tuple(r), {}) for i, r in enumerate(rows)]
+    return rows, Calls.of(rows)
 
 
 def open_and_match(n: int) -> None:
@@ -145,7 +146,7 @@ def open_and_match(n: int) -> None:
             known = store.reused
             store.close()
             start = time.perf_counter()
-            row_keys(Binder(simulate), [(it.args, it.kwargs) for it in items])
+            row_keys(Binder(simulate), items)
             keyed = time.perf_counter() - start
             assert len(known) == n, len(known)
             print(f"2. open {n} stored rows + match {len(items)} ({label}): {took:.3f} s "
@@ -153,7 +154,7 @@ def open_and_match(n: int) -> None:
                   f"{len(known)} reused (goal well under 2 s)")
 
 
-def _fill(path: str, rows: list[list[object]], items: list[Item]) -> None:
+def _fill(path: str, rows: list[list[object]], items: Calls) -> None:
     """A checkpoint of ``rows``, every one finished, recorded as a run records them."""
     store = Store.open(path, simulate, "simulate", items, rows)
     now = time.time()

@@ -4,6 +4,7 @@ file; a real run where it is the run."""
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 import time
@@ -18,11 +19,11 @@ from thread_chunks import Checkpoint, CheckpointError, chunked
 from thread_chunks._actor import Item, Outcome, pack
 from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, _spans, summary, timeline
 from thread_chunks._digest import Binder, row_keys
+from thread_chunks._rows import Calls
 
 
 def _open(path: Path, rows: list[list[Any]]) -> Store:
-    items = [Item(i, tuple(r), {}) for i, r in enumerate(rows)]
-    return Store.open(path, w.square, "square", items, rows)
+    return Store.open(path, w.square, "square", Calls.of(rows), rows)
 
 
 def _outcome(row: int, value: object, ok: bool = True) -> Outcome:
@@ -225,3 +226,27 @@ def test_run_states_are_written_per_span_of_rows() -> None:
     assert _spans([o(3), o(4, False), o(5)]) == [[1, 3, 3], [0, 4, 4], [1, 5, 5]]
     assert _spans([o(3), o(3, False)]) == [[0, 3, 3]]  # the latest outcome of a row counts
     assert _spans([o(1), o(7)]) == [[1, 1, 1], [1, 7, 7]]
+
+
+@pytest.mark.usefixtures("ray_running")
+def test_a_long_list_becomes_items_only_as_its_rows_are_read(tmp_path: Path) -> None:
+    """A run of a list holds two flat lists of arguments, not an object per row: rows
+    become items (tracked by the garbage collector, whose full passes visit every object
+    held) only as they are read ahead. Half the rows are reused from a checkpoint, every
+    other one, so reused and computed rows are handed out interleaved, in order."""
+    n = 20_000
+    f = chunked(chunk_size=2, batch_size=100, max_buffered=1_000,
+                              progress_bar=False)(w.square)
+    path = tmp_path / "half.ckpt"
+    assert f.map([[i] for i in range(0, n, 2)], path=path) == [i * i for i in range(0, n, 2)]
+    _settle()
+    rows = [[i] for i in range(n)]
+    seen: list[int] = []
+    held: list[int] = []
+    for value in f.imap(rows, path=path):
+        seen.append(value)
+        if len(seen) in (1, n // 2, n - 10):
+            held.append(sum(type(o) is Item for o in gc.get_objects()))
+    assert seen == [i * i for i in range(n)]
+    assert f.stats.calls == n // 2
+    assert max(held) <= 1_000 + 2 * 100, held  # the read-ahead bound, not the 10,000 rows

@@ -41,13 +41,13 @@ import threading
 import time
 import warnings
 from array import array
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from ._actor import Item, Outcome, consecutive, in_band, pack, unpack, weight
+from ._actor import Outcome, consecutive, in_band, pack, unpack, weight
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
@@ -479,9 +479,11 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
-             items: Sequence[Item], rows: Sequence[Any]) -> Store:
-        """Open or create the checkpoint at ``path`` for a run of ``func`` over ``items``
-        (``rows`` are the same, as the user gave them: the 1.0.5 view shows them).
+             calls: Collection[tuple[Sequence[Any], dict[str, Any]]], rows: Sequence[Any]
+             ) -> Store:
+        """Open or create the checkpoint at ``path`` for a run of ``func`` over ``calls``
+        (each row's ``(args, kwargs)``; ``rows`` are the same, as the user gave them: the
+        1.0.5 view shows them).
 
         ``store.reused`` lists the rows already known, read back by :meth:`read_reused`. A
         checkpoint of another function, or whose function's body changed, is emptied first,
@@ -494,8 +496,7 @@ class Store:
         func_name = getattr(func, "__name__", name) if func is not None else name
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
-        keys, undigestable, opaque = row_keys(
-            binder, list(map(itemgetter(1, 2), items)), large=SHARE_AT_BYTES)
+        keys, undigestable, opaque = row_keys(binder, calls, large=SHARE_AT_BYTES)
         conn = _connect(path, create=not ours)
         store = cls(path, conn, b"".join(keys))
         try:
@@ -533,7 +534,7 @@ class Store:
             store.close()
             raise
         log.info("checkpoint %s: reused %d of %d rows (%d results stored)", path,
-                 len(store.reused), len(items), stored)
+                 len(store.reused), len(calls), stored)
         if undigestable:
             log.info("checkpoint %s: %d rows hold arguments that cannot be digested (first: "
                      "row %d); they are recorded by position, reused only for the same list",

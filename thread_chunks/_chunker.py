@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import operator
 import os
 import pickle
+from array import array
 from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
 from types import TracebackType
 from typing import Any
 
@@ -25,7 +27,7 @@ from ._errors import ResultError
 from ._options import Options, RunOptions, check_on_error
 from ._pool import Pool
 from ._progress import Progress
-from ._rows import Rows, iterate, numbered
+from ._rows import Calls, Rows, iterate
 from ._run import Run, RunStats, arun, run
 from ._session import ray_session
 from ._types import ChunkSize, OnError
@@ -197,22 +199,22 @@ class Chunker:
         if path is None and total is None:
             return _Plan(Rows(rows), None, None, name)
         materialised = list(rows)
-        listed = numbered(materialised)  # validates every row before any call starts
+        calls = Calls.of(materialised)  # validates every row before any call starts
         if path is None:
-            return _Plan(iter(listed), len(listed), None, name)
+            return _Plan(calls.source(), len(calls), None, name)
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
             name = function_name(held) if held is not None else name
-        store = Store.open(path, held, name, listed, materialised)
+        store = Store.open(path, held, name, calls, materialised)
         del materialised
-        if len(store.reused) == len(listed):
-            listed = []  # every row known: nothing to compute
-        elif store.reused:
-            skip = bytearray(len(listed))
+        todo: Sequence[int] | None = None
+        if store.reused:  # the rows not known, in C
+            skip = bytearray(len(calls))
             for row in store.reused:
                 skip[row] = 1
-            listed = [item for item in listed if not skip[item.row]]
-        return _Plan(iter(listed), len(listed) + len(store.reused), store, name)
+            todo = array("q", compress(range(len(calls)), map(operator.not_, skip)))
+        source = calls.source(todo)
+        return _Plan(source, len(source) + len(store.reused), store, name)
 
     def aimap(
         self,
@@ -238,8 +240,8 @@ class Chunker:
             stack.enter_context(self._pool.lease(self._func))
             state = self._open(plan, ordered, show, stack)
             records = stack.enter_context(closing(run(self._pool, state)))
-            yield from map(functools.partial(_value, on_error=on_error, name=plan.name),
-                           _Merge(plan.known(), ordered).all(records))
+            for values in _Merge(plan.known(), ordered, on_error, plan.name).all(records):
+                yield from values
 
     async def _aexecute(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                         path: PathLike | None, ordered: bool, show: bool, on_error: OnError
@@ -254,8 +256,9 @@ class Chunker:
             plan = await self._aplan(parameters, path)
             state = self._open(plan, ordered, show, stack)
             async with aclosing(arun(self._pool, state)) as records:
-                async for outcome in _Merge(plan.known(), ordered).aall(records):
-                    yield _value(outcome, on_error, plan.name)
+                async for value in _Merge(plan.known(), ordered, on_error,
+                                          plan.name).aall(records):
+                    yield value
 
     async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
         """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
@@ -310,18 +313,23 @@ class Chunker:
 
 
 class _Merge:
-    """The one way reused rows and computed rows come together.
+    """The one way reused rows and computed rows come together, and become what the user
+    gets (results, or exceptions raised or returned: ``on_error``).
 
     Reused rows (``known``, ascending) need no call. Ordered, each is handed out just before
     the first computed row that follows it, and those before the first row to compute at
-    once; unordered, all of them at once. ``run`` yields computed rows in ascending order
-    when ordered. Reused results are read from the checkpoint as they are handed out (a few
-    MB at a time), and every result is unpickled only as it is handed out.
+    once; unordered, all of them at once. ``run`` yields computed rows a part at a time, in
+    ascending order when ordered. Reused results are read from the checkpoint as they are
+    handed out (a few MB at a time), and every result is unpickled only as its part is
+    handed out: a part of small results at once, in C (:func:`_decoded`), a larger one a
+    result at a time.
     """
 
-    def __init__(self, known: Iterator[tuple[list[int], list[bytes]]], ordered: bool) -> None:
+    def __init__(self, known: Iterator[tuple[list[int], list[bytes]]], ordered: bool,
+                 on_error: OnError, name: str) -> None:
         self.known = known
         self.ordered = ordered
+        self.one = functools.partial(_value, on_error=on_error, name=name)
         self.rows: list[int] = []  # the chunk of reused rows being handed out, from ``at``
         self.blobs: list[bytes] = []
         self.at = 0
@@ -336,43 +344,58 @@ class _Merge:
             (self.rows, self.blobs), self.at = chunk, 0
         return True
 
-    def hand(self, end: int) -> Iterator[Outcome]:
-        """The reused rows of this chunk up to ``end`` (built in C)."""
+    def decode(self, part: list[Outcome]) -> Iterable[Any]:
+        """What the user gets for these computed rows."""
+        values = list(map(_VALUE, part))
+        if all(map(_OK, part)):
+            decoded = _decoded(values)
+            if decoded is not None:
+                return decoded
+        return map(self.one, part)
+
+    def hand(self, end: int) -> Iterable[Any]:
+        """What the user gets for the reused rows of this chunk up to ``end``."""
         at, self.at = self.at, end
+        blobs = self.blobs[at:end]
+        decoded = _decoded(blobs)
+        if decoded is not None:
+            return decoded
         count = end - at
-        return map(_OUTCOME, zip(self.rows[at:end], repeat(True), self.blobs[at:end],
-                                 repeat(0.0, count), repeat(0.0, count), repeat(""),
-                                 repeat(None)))
+        return map(self.one, map(_OUTCOME, zip(self.rows[at:end], repeat(True), blobs,
+                                               repeat(0.0, count), repeat(0.0, count),
+                                               repeat(""), repeat(None))))
 
-    def all(self, records: Iterator[Outcome]) -> Iterator[Outcome]:
-        """Every outcome, reused and computed, in the order they are handed out."""
+    def all(self, records: Iterator[list[Outcome]]) -> Iterator[Iterable[Any]]:
+        """Every row's value, reused and computed, in the order they are handed out, a part
+        at a time."""
         if not self.more:  # nothing reused: the computed rows as they come
-            yield from records
+            yield from map(self.decode, records)
             return
-        yield from self.head()
-        for record in records:
-            yield from self.push(record)
-        yield from self.upto(None)
+        yield self.head()
+        for part in records:
+            yield self.push(part)
+        yield self.upto(None)
 
-    async def aall(self, records: AsyncIterator[Outcome]) -> AsyncIterator[Outcome]:
-        """:meth:`all` for asyncio. Reused rows cost only unpickling, so many in a row (before,
-        between or after computed ones) would hold the loop: it gets a turn every
-        :data:`_LOOP_TURN_EVERY` outcomes."""
+    async def aall(self, records: AsyncIterator[list[Outcome]]) -> AsyncIterator[Any]:
+        """:meth:`all` for asyncio, a value at a time. Reused rows cost only unpickling, so
+        many in a row (before, between or after computed ones) would hold the loop: it gets a
+        turn every :data:`_LOOP_TURN_EVERY` values."""
         count = 0
-        async for outcomes in self._parts(records):
-            for outcome in outcomes:
-                yield outcome
+        async for values in self._parts(records):
+            for value in values:
+                yield value
                 count += 1
                 if count % _LOOP_TURN_EVERY == 0:
                     await asyncio.sleep(0)
 
-    async def _parts(self, records: AsyncIterator[Outcome]) -> AsyncIterator[Iterator[Outcome]]:
+    async def _parts(self, records: AsyncIterator[list[Outcome]]
+                     ) -> AsyncIterator[Iterable[Any]]:
         yield self.head()
-        async for record in records:
-            yield self.push(record)
+        async for part in records:
+            yield self.push(part)
         yield self.upto(None)
 
-    def upto(self, stop: int | None) -> Iterator[Outcome]:
+    def upto(self, stop: int | None) -> Iterator[Any]:
         """The reused rows below ``stop`` (all that are left when None)."""
         while self.load():
             rows = self.rows
@@ -383,7 +406,7 @@ class _Merge:
             if end < len(rows):
                 return
 
-    def head(self) -> Iterator[Outcome]:
+    def head(self) -> Iterator[Any]:
         """What can be handed out before any call finishes: ordered, the reused rows
         0, 1, 2, ... up to the first row to compute; unordered, every reused row."""
         if not self.ordered:
@@ -407,11 +430,39 @@ class _Merge:
             if self.at < len(rows):
                 return
 
-    def push(self, record: Outcome) -> Iterator[Outcome]:
-        """A computed row arrived: what to hand out now, in order."""
-        if self.ordered:
+    def push(self, part: list[Outcome]) -> Iterable[Any]:
+        """Computed rows arrived (ascending when ordered): what to hand out now, in order."""
+        return self._ordered(part) if self.ordered else self.decode(part)
+
+    def _ordered(self, part: list[Outcome]) -> Iterator[Any]:
+        yield from self.upto(part[0].row)
+        if not self.load() or self.rows[self.at] > part[-1].row:  # none reused among them
+            yield from self.decode(part)
+            return
+        for record in part:
             yield from self.upto(record.row)
-        yield record
+            yield from self.decode([record])
+
+
+_EAGER_BYTES = 1 << 20
+"""A part of results pickled in fewer bytes than this is unpickled at once (in C): a few MB
+at most beside the pickles, against a Python call per result."""
+
+
+def _decoded(blobs: list[Any]) -> list[Any] | None:
+    """The results pickled in band in ``blobs``, all unpickled at once when they are small;
+    None when one is not (or fails: then each is unpickled on its own, to say which)."""
+    if not _BYTES.issuperset(map(type, blobs)) or sum(map(len, blobs)) > _EAGER_BYTES:
+        return None
+    try:
+        return list(map(pickle.loads, blobs))
+    except Exception:
+        return None
+
+
+_VALUE, _OK = operator.itemgetter(2), operator.itemgetter(1)
+"""An :class:`Outcome`'s value and whether it succeeded (in C)."""
+_BYTES = frozenset({bytes})
 
 
 _LOOP_TURN_EVERY = 16

@@ -37,7 +37,7 @@ import io
 import pickle
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from types import CodeType, FunctionType
 from typing import Any, NamedTuple
 
@@ -363,7 +363,7 @@ class RowKeys(NamedTuple):
     ``large`` bytes: the only rows that can hold a large argument (an array, a buffer)."""
 
 
-def row_keys(binder: Binder, rows: Sequence[tuple[Sequence[Any], dict[str, Any]]],
+def row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any]]],
              large: int | None = None) -> RowKeys:
     """Every row's key, in bulk: one encoder writes every row's encoding into one buffer,
     hashed a few MB at a time, and rows that give every parameter by position skip the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import reprlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from itertools import islice, repeat
 from typing import Any, Generic
 
@@ -129,9 +129,23 @@ def numbered(rows: list[Any], start: int = 0) -> list[Item]:
     return out
 
 
-class Rows(Iterator[Item]):
+class Source(Iterator[Item]):
+    """Where a run reads its rows from: :meth:`take` reads several at once."""
+
+    def take(self, n: int) -> list[Item]:
+        """The next ``n`` rows (fewer at the end)."""
+        raise NotImplementedError
+
+    def __next__(self) -> Item:
+        taken = self.take(1)
+        if not taken:
+            raise StopIteration
+        return taken[0]
+
+
+class Rows(Source):
     """The user's rows, read lazily (a bad row fails when it is reached), numbered and
-    validated; :meth:`take` reads several at once."""
+    validated."""
 
     def __init__(self, rows: Iterable[Any], start: int = 0) -> None:
         self._rows = iter(rows)
@@ -144,11 +158,66 @@ class Rows(Iterator[Item]):
         self._next += len(chunk)
         return numbered(chunk, first)
 
-    def __next__(self) -> Item:
-        taken = self.take(1)
-        if not taken:
-            raise StopIteration
-        return taken[0]
+
+class Calls(Collection[tuple[Args, Kwargs]]):
+    """A list of rows, validated at once, as the arguments of each call (``(args,
+    kwargs)``, row by row): two flat lists, not an object per row. A run of a long list holds
+    these while it runs, and the garbage collector's full passes visit every object held, so
+    the rows become :class:`Item` objects only as they are taken (:meth:`source`)."""
+
+    def __init__(self, args: list[Args], kwargs: list[Kwargs]) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    @classmethod
+    def of(cls, rows: list[Any]) -> Calls:
+        """The calls of ``rows`` (a TypeError names the first bad row). Rows that are all
+        lists or tuples, the common case, cost no Python per row."""
+        if _POSITIONAL.issuperset(map(type, rows)):
+            return cls(list(map(tuple, rows)), [_NO_KWARGS] * len(rows))
+        args: list[Args] = []
+        kwargs: list[Kwargs] = []
+        for index, row in enumerate(rows):
+            a, k = normalise(row, index)
+            args.append(a)
+            kwargs.append(k)
+        return cls(args, kwargs)
+
+    def __len__(self) -> int:
+        return len(self.args)
+
+    def __iter__(self) -> Iterator[tuple[Args, Kwargs]]:
+        return zip(self.args, self.kwargs, strict=True)
+
+    def __contains__(self, call: object) -> bool:
+        return any(pair == call for pair in self)
+
+    def source(self, rows: Sequence[int] | None = None) -> Listed:
+        """The rows to run (``rows``, ascending; all when None), numbered as they are."""
+        return Listed(self, rows)
+
+
+class Listed(Source):
+    """Rows of :class:`Calls` to run, made into items as they are taken."""
+
+    def __init__(self, calls: Calls, rows: Sequence[int] | None) -> None:
+        self._calls = calls
+        self._rows = rows
+        self._at = 0
+
+    def __len__(self) -> int:
+        return len(self._calls) if self._rows is None else len(self._rows)
+
+    def take(self, n: int) -> list[Item]:
+        at, args, kwargs = self._at, self._calls.args, self._calls.kwargs
+        if self._rows is None:
+            end = min(at + n, len(args))
+            self._at = end
+            return list(map(_ITEM, zip(range(at, end), args[at:end], kwargs[at:end], strict=True)))
+        rows = self._rows[at:at + n]
+        self._at = at + len(rows)
+        return list(map(_ITEM, zip(rows, map(args.__getitem__, rows),
+                                   map(kwargs.__getitem__, rows), strict=True)))
 
 
 _short = reprlib.Repr()

@@ -46,7 +46,7 @@ from ._errors import (
 )
 from ._pool import Pool
 from ._progress import Progress
-from ._rows import Rows, annotate
+from ._rows import Source, annotate
 from ._wire import Wire, pack_batch
 
 log = logging.getLogger("thread_chunks")
@@ -357,7 +357,7 @@ class Run:
         if want > 0 and not self.exhausted:
             try:
                 source = self.source
-                fresh = source.take(want) if isinstance(source, Rows) else \
+                fresh = source.take(want) if isinstance(source, Source) else \
                     list(islice(source, want))
             except Exception as exc:  # a bad row, or the user's generator raised
                 self.exhausted = True
@@ -1359,16 +1359,19 @@ def _killed_at(message: str, pid: int | None = None) -> int:
     return int(float(found.group(1)) * (2**30 if found.group(2).lower() == "gib" else 1e9))
 
 
-def run(pool: Pool, state: Run) -> Generator[Outcome, None, None]:
+def run(pool: Pool, state: Run) -> Generator[list[Outcome], None, None]:
     """Run every item of ``state.source`` on ``pool``'s actors, sharing them with the other
     runs open on the pool: at most ``pool.size`` calls running at once in all.
 
     Waits on the run's wake-up (never polls). Calls go only to actors that have started, so
-    an actor Ray cannot place holds no rows. Yields one outcome per item, in input order
-    when ``ordered`` (holding back only what arrived early), else as they finish. Items are
-    pulled from ``source`` only when an actor can take them, and never more than
-    ``state.bound()`` (``policy.max_buffered``) ahead of the outcomes handed out. Closing the
-    generator early stops this run's calls (and no other run's).
+    an actor Ray cannot place holds no rows. Yields the outcomes, one per item, a part (a
+    non-empty list) at a time as they can be handed out: in input order when ``ordered``
+    (holding back only what arrived early), else as they finish. Items are pulled from
+    ``source`` only when an actor can take them, and never more than ``state.bound()``
+    (``policy.max_buffered``) ahead of the outcomes handed out; a part counts as handed out
+    once the next one is asked for, so the bound holds while the user holds a result (it
+    lags, never leads). Closing the generator early stops this run's calls (and no other
+    run's).
     """
     dispatcher = Dispatcher.of(pool)
     dispatcher.open(state)
@@ -1376,13 +1379,14 @@ def run(pool: Pool, state: Run) -> Generator[Outcome, None, None]:
         while (out := dispatcher.turn(state)) is not None:
             if not out:
                 state.wake.wait(dispatcher.time_left())
-            yield from out  # counted as handed out once all are: the read-ahead bound
-            state.handed += len(out)  # holds while the user holds one (it lags, never leads)
+                continue
+            yield out
+            state.handed += len(out)
     finally:
         dispatcher.close(state)
 
 
-async def arun(pool: Pool, state: Run) -> AsyncGenerator[Outcome, None]:
+async def arun(pool: Pool, state: Run) -> AsyncGenerator[list[Outcome], None]:
     """:func:`run` for asyncio: the same dispatcher, waiting on the event loop instead of
     in a thread, so the loop keeps running other tasks. Cancelling the task that iterates
     (or closing the generator) stops this run's calls, as closing :func:`run` does."""
@@ -1394,8 +1398,8 @@ async def arun(pool: Pool, state: Run) -> AsyncGenerator[Outcome, None]:
         while (out := dispatcher.turn(state)) is not None:
             if not out:
                 await wake.wait_async(dispatcher.time_left())
-            for outcome in out:
-                yield outcome
-                state.handed += 1
+                continue
+            yield out
+            state.handed += len(out)
     finally:
         dispatcher.close(state)
