@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 import workloads  # noqa: E402
 
 import thread_chunks  # noqa: E402
-from thread_chunks._actor import Outcome, pack  # noqa: E402
+from thread_chunks._actor import pack  # noqa: E402
 from thread_chunks._checkpoint import Store  # noqa: E402
 from thread_chunks._digest import Binder, row_keys  # noqa: E402
 from thread_chunks._rows import Calls  # noqa: E402
@@ -159,8 +159,8 @@ def _fill(path: str, rows: list[list[object]], items: Calls) -> None:
     store = Store.open(path, simulate, "simulate", items, rows)
     now = time.time()
     for start in range(0, len(items), 1000):  # in batches, as a run does
-        store.record([Outcome(i, True, pack(simulate(i, float(i) / 7)), now + i * 1e-6,
-                              now + i * 1e-6, "actor-0")
+        store.record([(i, True, pack(simulate(i, float(i) / 7)), now + i * 1e-6,
+                       now + i * 1e-6, "", None)
                       for i in range(start, min(len(items), start + 1000))], "actor-0")
     store.close()
     _settle()  # the background close folds the staged results and the WAL

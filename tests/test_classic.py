@@ -57,7 +57,7 @@ def test_automatic_batches_grow_with_the_pool_so_one_driver_keeps_up(actors: int
     batcher = Batcher(None, None)
     for _ in range(20):
         n = batcher.size
-        outcomes = [Outcome(i, True, b"", 0.0, 0.0, "", 0) for i in range(n)]
+        outcomes: list[Outcome] = [(i, True, b"", 0.0, 0.0, "", 0) for i in range(n)]
         batcher.observe(Replied(outcomes, True, n, 0, n * 98e-5, n * 98e-5), actors)
     assert batcher.size == rows
     assert batcher.pipelined is (rows * 98e-5 < 0.1)  # calls of 0.1 s or more are not queued

@@ -21,7 +21,7 @@ import ray
 from tests import workloads as w
 from tests.conftest import ROOT, local_env, why_it_failed
 from thread_chunks import Checkpoint, RemoteLabelledActor, WorkerDiedError, chunked
-from thread_chunks._actor import Item, NodeMemory, _marker, read_reply, unpack
+from thread_chunks._actor import OK, VALUE, NodeMemory, _marker, read_reply, unpack
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
 from thread_chunks._run import _killed_at
 
@@ -206,7 +206,7 @@ def test_a_first_call_reads_as_started_only_once_its_worker_runs_it(tmp_path: Pa
         pid = ray.get(runner._tc_identity.remote())[1]
         assert ray.get(reader._tc_usage.remote(pid, mark))[3] is False  # not sent yet
         gate = tmp_path / "gate"
-        reply = runner._tc_run_batch.remote([Item(7, (7, str(gate)), {})], (), mark=mark)
+        reply = runner._tc_run_batch.remote([(7, (7, str(gate)), {})], (), mark=mark)
         deadline = time.monotonic() + 120  # until it runs (on a loaded machine: a while)
         while not ray.get(reader._tc_usage.remote(pid, mark))[3]:
             assert time.monotonic() < deadline, "the marked call never read as started"
@@ -214,11 +214,11 @@ def test_a_first_call_reads_as_started_only_once_its_worker_runs_it(tmp_path: Pa
         assert Path(_marker(mark, pid)).exists() and not stale.exists() and other.exists()
         gate.touch()
         (outcome,), *_ = read_reply(ray.get(reply))
-        assert outcome.ok and unpack(outcome.value) == 7
+        assert outcome[OK] and unpack(outcome[VALUE]) == 7
         assert ray.get(reader._tc_usage.remote(pid, mark))[3] is False  # ended: cleared
         assert not Path(_marker(mark, pid)).exists()
-        unmarked = runner._tc_run_batch.remote([Item(8, (8, str(gate)), {})])
-        assert read_reply(ray.get(unmarked))[0][0].ok
+        unmarked = runner._tc_run_batch.remote([(8, (8, str(gate)), {})])
+        assert read_reply(ray.get(unmarked))[0][0][OK]
         assert not list(stale.parent.glob(f"*.{pid}"))  # only a marked call leaves a marker
     finally:
         ray.kill(runner)

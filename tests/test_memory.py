@@ -130,15 +130,15 @@ def test_a_batch_travels_as_one_payload_with_its_references_beside_it() -> None:
     """Ray walks a list of rows object by object; a batch goes as one ``bytes`` object,
     the references in it beside it (Ray's own, so it counts them borrowed), each once."""
     ref = ray.put(list(range(3)))
-    batch = [Item(0, (ref, [ref], lambda: 1), {}), Item(1, (2.5,), {"k": ref})]
+    batch: list[Item] = [(0, (ref, [ref], lambda: 1), {}), (1, (2.5,), {"k": ref})]
     packed = pack_batch(batch)
     assert packed is not None
     payload, refs = packed
     assert type(payload) is bytes and refs == [ref]
     back = unpack_batch(payload, refs)
-    assert back[0].row == 0 and back[0].args[:2] == (ref, [ref]) and back[0].args[2]() == 1
+    assert back[0][0] == 0 and back[0][1][:2] == (ref, [ref]) and back[0][1][2]() == 1
     assert back[1] == batch[1]
-    assert pack_batch([Item(0, (threading.Lock(),), {})]) is None  # Ray's path says why
+    assert pack_batch([(0, (threading.Lock(),), {})]) is None  # Ray's path says why
 
 
 def test_types_given_to_ray_register_serializer_travel_its_way_in_batches() -> None:
@@ -162,12 +162,12 @@ def test_puts_left_idle_are_dropped_by_batches_that_share_nothing() -> None:
     trim)."""
     wire = Wire()
     arrays = [np.full(1 << 18, i, dtype=np.float64) for i in range(5)]  # 2 MiB each
-    batches = [[Item(i, (a, i), {})] for i, a in enumerate(arrays)]
+    batches: list[list[Item]] = [[(i, (a, i), {})] for i, a in enumerate(arrays)]
     sent = [wire.send(batch) for batch in batches]
-    assert wire.held == 5 and all(isinstance(b[0].args[0], ray.ObjectRef) for b in sent)
+    assert wire.held == 5 and all(isinstance(b[0][1][0], ray.ObjectRef) for b in sent)
     for batch in batches:
         wire.done(batch)  # every call ended: all five idle
-    assert wire.send([Item(5, (1, 2.5, "x"), {})]) == [Item(5, (1, 2.5, "x"), {})]
+    assert wire.send([(5, (1, 2.5, "x"), {})]) == [(5, (1, 2.5, "x"), {})]
     assert wire.held == IDLE_KEEP
     wire.close()
 

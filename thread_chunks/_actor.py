@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 import cloudpickle
 import ray
@@ -23,31 +23,44 @@ import ray
 from ._errors import ResultError
 from ._types import Args, Kwargs
 
+Item: TypeAlias = "tuple[int, Args, Kwargs]"
+"""One row as sent to an actor: its number, positional and keyword arguments, read as
+``item[ROW]``, ``item[ARGS]``, ``item[KWARGS]``.
 
-class Item(NamedTuple):
-    """One row as sent to an actor: its number (``row``), positional and keyword arguments."""
+Rows and outcomes are exact tuples, not named ones: the garbage collector stops tracking an
+exact tuple of untracked values (numbers, strings, bytes, tuples of them, an empty dict) at
+its first pass, but never a tuple subclass. A run makes one of each per row, and they live
+across several batches, so as named tuples they reach the oldest generation and make its
+full passes (which visit every object the process holds) several times a run."""
 
-    row: int
-    args: Args
-    kwargs: Kwargs
+ROW: Final = 0
+ARGS: Final = 1
+KWARGS: Final = 2
+
+Outcome: TypeAlias = "tuple[int, bool, Any, float, float, str, int | None]"
+"""One row's outcome, as an actor reports it and the checkpoint records it: ``(row, ok,
+value, started, ended, traceback, memory)``, read as ``outcome[OK]`` and so on (an exact
+tuple, as :data:`Item` says why).
+
+- ``value``: when ``ok``, the result *pickled* on the actor (a :data:`Payload`: its size is
+  known, and it is unpickled only when handed out, by :func:`unpack`); otherwise the
+  exception.
+- ``started``, ``ended``: epoch seconds.
+- ``traceback``: the remote traceback (empty on success).
+- ``memory``: the call's peak memory: bytes its worker's resident memory rose above what it
+  was when the call started (None where not measured; see :class:`_Meter`)."""
+
+OK: Final = 1
+VALUE: Final = 2
+STARTED: Final = 3
+ENDED: Final = 4
+TRACEBACK: Final = 5
+MEMORY: Final = 6
 
 
-class Outcome(NamedTuple):
-    """One row's outcome, as an actor reports it and the checkpoint records it."""
-
-    row: int
-    ok: bool
-    value: Any
-    """When ``ok``, the result *pickled* on the actor (a :data:`Payload`: its size is known,
-    and it is unpickled only when handed out, by :func:`unpack`); otherwise the exception."""
-    started: float
-    ended: float
-    """Epoch seconds."""
-    traceback: str
-    """The remote traceback (empty on success)."""
-    memory: int | None = None
-    """The call's peak memory: bytes its worker's resident memory rose above what it was
-    when the call started (None where not measured; see :class:`_Meter`)."""
+def failed(row: int, error: BaseException, started: float, ended: float) -> Outcome:
+    """The outcome of a row that failed on the driver's side (no remote traceback)."""
+    return (row, False, error, started, ended, "", None)
 
 
 class LabelledActor:
@@ -474,10 +487,10 @@ def unpack_batch(payload: bytes, refs: Sequence[ray.ObjectRef[Any]]) -> list[Ite
     """The rows of a batch packed by :func:`thread_chunks._wire.pack_batch`."""
     _unpacking.refs = refs
     try:
-        rows: list[tuple[int, Args, Kwargs]] = pickle.loads(payload)
+        rows: list[Item] = pickle.loads(payload)
     finally:
         _unpacking.refs = ()
-    return list(map(_ITEM, rows))
+    return rows
 
 
 def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:
@@ -485,7 +498,7 @@ def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:
 
     A ref that cannot be fetched maps to the exception, so only its rows fail.
     """
-    refs = {a for item in items for a in (*item.args, *item.kwargs.values())
+    refs = {a for item in items for a in (*item[ARGS], *item[KWARGS].values())
             if isinstance(a, ray.ObjectRef)}
     if not refs:
         return {}
@@ -637,16 +650,12 @@ def consecutive(outcomes: Sequence[Outcome]) -> bool:
     """Whether ``outcomes`` are of rows n, n + 1, n + 2, ... (checked in C)."""
     if not outcomes:
         return False
-    first = outcomes[0].row
+    first = outcomes[0][ROW]
     return all(map(operator.eq, map(_ROW, outcomes), range(first, first + len(outcomes))))
 
 
-_ROW = operator.itemgetter(0)
-"""An :class:`Outcome`'s row (in C)."""
-_OUTCOME = functools.partial(tuple.__new__, Outcome)
-"""An :class:`Outcome` from a tuple of its fields, made in C (no Python frame per row)."""
-_ITEM = functools.partial(tuple.__new__, Item)
-"""An :class:`Item` from a tuple of its fields, made in C."""
+_ROW = operator.itemgetter(ROW)
+"""An :data:`Outcome`'s (or an :data:`Item`'s) row (in C)."""
 
 
 def read_reply(reply: Reply) -> Replied:
@@ -657,25 +666,29 @@ def read_reply(reply: Reply) -> Replied:
     listed, buffers = (reply, []) if isinstance(reply, bytes) else reply
     rows: list[tuple[Any, ...]]
     rows, plain, size, peak, busy, took = pickle.loads(listed)
-    outcomes: list[Outcome] = list(map(_OUTCOME, rows))
+    outcomes: list[Outcome] = rows  # the actor's 7-tuples
     if plain:
         return Replied(outcomes, True, size, peak, busy, took)
     ok = True
     for position, outcome in enumerate(outcomes):
-        if outcome.ok:
-            if type(outcome.value) is tuple:
-                header, first, count = outcome.value
+        value = outcome[VALUE]
+        if outcome[OK]:
+            if type(value) is tuple:
+                header, first, count = value
                 views = tuple(buffers[first:first + count])
                 nbytes = len(header) + sum(memoryview(v).nbytes for v in views)
-                outcomes[position] = outcome._replace(value=Packed(header, views, nbytes))
+                value = Packed(header, views, nbytes)
+            else:
+                continue
         else:
             ok = False
             try:
-                error = unpack(outcome.value)
+                value = unpack(value)
             except Exception as exc:
-                error = RuntimeError(f"the exception raised by row {outcome.row} could not "
+                value = RuntimeError(f"the exception raised by row {outcome[ROW]} could not "
                                      f"be unpickled here: {type(exc).__name__}: {exc}")
-            outcomes[position] = outcome._replace(value=error)
+        outcomes[position] = (outcome[ROW], outcome[OK], value, outcome[STARTED],
+                              outcome[ENDED], outcome[TRACEBACK], outcome[MEMORY])
     return Replied(outcomes, ok, size, peak, busy, took)
 
 

@@ -47,7 +47,20 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
-from ._actor import Outcome, consecutive, in_band, pack, unpack, weight
+from ._actor import (
+    ENDED,
+    MEMORY,
+    OK,
+    ROW,
+    STARTED,
+    VALUE,
+    Outcome,
+    consecutive,
+    in_band,
+    pack,
+    unpack,
+    weight,
+)
 from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
@@ -78,8 +91,9 @@ result is read alone)."""
 
 log = logging.getLogger("thread_chunks")
 
-_ROW, _OK, _VALUE, _STARTED, _ENDED, _MEMORY = map(itemgetter, (0, 1, 2, 3, 4, 6))
-"""An :class:`Outcome`'s fields, read in C."""
+_ROW, _OK, _VALUE, _STARTED, _ENDED, _MEMORY = map(itemgetter, (ROW, OK, VALUE, STARTED, ENDED,
+                                                               MEMORY))
+"""An :data:`Outcome`'s fields, read in C."""
 _FIRST, _SECOND = _ROW, _OK
 _BYTES = frozenset({bytes})
 
@@ -632,15 +646,15 @@ class Store:
         rows = self._plain_rows(records, actor, now, limit)
         plain = staged = bool(rows)  # consecutive rows, all succeeded, every result small
         for r in () if plain else records:
-            if r.ok and weight(r.value) > limit:
-                self._skip(r.row, weight(r.value))
+            if r[OK] and weight(r[VALUE]) > limit:
+                self._skip(r[ROW], weight(r[VALUE]))
                 continue
-            blob = in_band(r.value) if r.ok else _pack_failure(r.value)
+            blob = in_band(r[VALUE]) if r[OK] else _pack_failure(r[VALUE])
             if len(blob) > limit:
-                self._skip(r.row, len(blob))
+                self._skip(r[ROW], len(blob))
                 continue
-            rows.append((self._key(r.row), int(r.ok), blob, r.started, r.ended, actor, now,
-                         r.memory))
+            rows.append((self._key(r[ROW]), int(r[OK]), blob, r[STARTED], r[ENDED], actor, now,
+                         r[MEMORY]))
         staged = staged or all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
         try:
             with _transaction(self._conn):
@@ -649,7 +663,7 @@ class Store:
                 _insert_results(self._conn, "staged" if staged else "results", rows)
                 self._conn.executemany(
                     "UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
-                    [[1, records[0].row, records[-1].row]] if plain else _spans(records))
+                    [[1, records[0][ROW], records[-1][ROW]]] if plain else _spans(records))
             self._staged = self._staged + len(rows) if staged else 0
         except Exception as exc:
             self._give_up(exc)
@@ -734,9 +748,9 @@ def _spans(records: Sequence[Outcome]) -> list[list[int]]:
     outcome of a row counts): one ``UPDATE`` each, where a batch usually needs one."""
     if not records:
         return []
-    if consecutive(records) and len({r.ok for r in records}) == 1:  # the usual batch: one span
-        return [[int(records[0].ok), records[0].row, records[-1].row]]
-    states = {r.row: int(r.ok) for r in records}
+    if consecutive(records) and len({r[OK] for r in records}) == 1:  # the usual batch: one span
+        return [[int(records[0][OK]), records[0][ROW], records[-1][ROW]]]
+    states = {r[ROW]: int(r[OK]) for r in records}
     spans: list[list[int]] = []
     for row in sorted(states):
         ok = states[row]

@@ -21,7 +21,7 @@ from ray.actor import ActorHandle
 from typing_extensions import Unpack
 
 from . import config
-from ._actor import _OUTCOME, Item, Outcome, function_name, unpack
+from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
 from ._errors import ResultError
 from ._options import Options, RunOptions, check_on_error
@@ -361,9 +361,8 @@ class _Merge:
         if decoded is not None:
             return decoded
         count = end - at
-        return map(self.one, map(_OUTCOME, zip(self.rows[at:end], repeat(True), blobs,
-                                               repeat(0.0, count), repeat(0.0, count),
-                                               repeat(""), repeat(None))))
+        return map(self.one, zip(self.rows[at:end], repeat(True), blobs, repeat(0.0, count),
+                                 repeat(0.0, count), repeat(""), repeat(None)))
 
     def all(self, records: Iterator[list[Outcome]]) -> Iterator[Iterable[Any]]:
         """Every row's value, reused and computed, in the order they are handed out, a part
@@ -435,12 +434,12 @@ class _Merge:
         return self._ordered(part) if self.ordered else self.decode(part)
 
     def _ordered(self, part: list[Outcome]) -> Iterator[Any]:
-        yield from self.upto(part[0].row)
-        if not self.load() or self.rows[self.at] > part[-1].row:  # none reused among them
+        yield from self.upto(part[0][ROW])
+        if not self.load() or self.rows[self.at] > part[-1][ROW]:  # none reused among them
             yield from self.decode(part)
             return
         for record in part:
-            yield from self.upto(record.row)
+            yield from self.upto(record[ROW])
             yield from self.decode([record])
 
 
@@ -460,8 +459,8 @@ def _decoded(blobs: list[Any]) -> list[Any] | None:
         return None
 
 
-_VALUE, _OK = operator.itemgetter(2), operator.itemgetter(1)
-"""An :class:`Outcome`'s value and whether it succeeded (in C)."""
+_VALUE, _OK = operator.itemgetter(VALUE), operator.itemgetter(OK)
+"""An :data:`Outcome`'s value and whether it succeeded (in C)."""
 _BYTES = frozenset({bytes})
 
 
@@ -480,16 +479,16 @@ def _close_unused(task: asyncio.Future[_Plan]) -> None:
 def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:
     """What the user gets for one row: its result, unpickled now; or its exception, raised
     or returned."""
-    if outcome.ok:
+    if outcome[OK]:
         try:
-            value = outcome.value
+            value = outcome[VALUE]
             return pickle.loads(value) if type(value) is bytes else unpack(value)
         except Exception as exc:
             error: BaseException = ResultError(
-                f"row {outcome.row} of {name}: its result could not be unpickled here: "
+                f"row {outcome[ROW]} of {name}: its result could not be unpickled here: "
                 f"{type(exc).__name__}: {exc}")
     else:
-        error = outcome.value
+        error = outcome[VALUE]
     if on_error == "raise":
         raise error
     return error

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from itertools import islice, repeat
 from typing import Any, Generic
 
-from ._actor import _ITEM, Item
+from ._actor import Item
 from ._types import Args, Kwargs, P
 
 _EXPECTED = ("a list or tuple of positional arguments, a dict of keyword arguments, or a "
@@ -120,12 +120,12 @@ def numbered(rows: list[Any], start: int = 0) -> list[Item]:
     """``rows`` numbered from ``start`` and validated (a TypeError names the first bad one).
     Rows that are all lists or tuples, the common case, cost no Python per row."""
     if _POSITIONAL.issuperset(map(type, rows)):
-        return list(map(_ITEM, zip(range(start, start + len(rows)), map(tuple, rows),
-                                   repeat(_NO_KWARGS))))
+        return list(zip(range(start, start + len(rows)), map(tuple, rows),
+                        repeat(_NO_KWARGS)))
     out: list[Item] = []
     for index, row in enumerate(rows, start):
         args, kwargs = normalise(row, index)
-        out.append(Item(index, args, kwargs))
+        out.append((index, args, kwargs))
     return out
 
 
@@ -163,7 +163,7 @@ class Calls(Collection[tuple[Args, Kwargs]]):
     """A list of rows, validated at once, as the arguments of each call (``(args,
     kwargs)``, row by row): two flat lists, not an object per row. A run of a long list holds
     these while it runs, and the garbage collector's full passes visit every object held, so
-    the rows become :class:`Item` objects only as they are taken (:meth:`source`)."""
+    the rows become :data:`Item` tuples only as they are taken (:meth:`source`)."""
 
     def __init__(self, args: list[Args], kwargs: list[Kwargs]) -> None:
         self.args = args
@@ -213,11 +213,11 @@ class Listed(Source):
         if self._rows is None:
             end = min(at + n, len(args))
             self._at = end
-            return list(map(_ITEM, zip(range(at, end), args[at:end], kwargs[at:end], strict=True)))
+            return list(zip(range(at, end), args[at:end], kwargs[at:end], strict=True))
         rows = self._rows[at:at + n]
         self._at = at + len(rows)
-        return list(map(_ITEM, zip(rows, map(args.__getitem__, rows),
-                                   map(kwargs.__getitem__, rows), strict=True)))
+        return list(zip(rows, map(args.__getitem__, rows), map(kwargs.__getitem__, rows),
+                        strict=True))
 
 
 _short = reprlib.Repr()

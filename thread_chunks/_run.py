@@ -37,7 +37,20 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import OutOfMemoryError, RayActorError, RayError
 
-from ._actor import Item, NodeMemory, Outcome, Replied, consecutive, read_reply, weight
+from ._actor import (
+    OK,
+    ROW,
+    TRACEBACK,
+    VALUE,
+    Item,
+    NodeMemory,
+    Outcome,
+    Replied,
+    consecutive,
+    failed,
+    read_reply,
+    weight,
+)
 from ._errors import (
     ActorPlacementError,
     ConcurrencyReducedWarning,
@@ -373,11 +386,11 @@ class Run:
 
     def line_up(self, fresh: list[Item]) -> None:
         """Rows just read join the line to be handed out in order."""
-        first, last, order = fresh[0].row, fresh[-1].row, self.order
+        first, last, order = fresh[0][ROW], fresh[-1][ROW], self.order
         if last - first == len(fresh) - 1:  # consecutive (rows are read in ascending order)
             spans = [(first, last + 1)]
         else:
-            spans = [(item.row, item.row + 1) for item in fresh]
+            spans = [(item[ROW], item[ROW] + 1) for item in fresh]
         for start, stop in spans:
             if order and order[-1][1] == start:
                 order[-1][1] = stop
@@ -396,23 +409,23 @@ class Run:
         """The final outcomes; failed rows with retries left go back into the retry queue.
         ``ok``: every row is known to have succeeded."""
         if self.suspects:
-            self.suspects.difference_update(item.row for item in batch)
+            self.suspects.difference_update(item[ROW] for item in batch)
             for item in batch:
-                self.memory_suspects.pop(item.row, None)
-        if ok or all(record.ok for record in records):
+                self.memory_suspects.pop(item[ROW], None)
+        if ok or all(record[OK] for record in records):
             return records
         final: list[Outcome] = []
         for record, item in zip(records, batch, strict=True):
-            if not record.ok:
-                tried = self.attempts.get(record.row, 0) + 1
-                self.attempts[record.row] = tried
-                if tried <= self.policy.retries and isinstance(record.value,
+            if not record[OK]:
+                tried = self.attempts.get(record[ROW], 0) + 1
+                self.attempts[record[ROW]] = tried
+                if tried <= self.policy.retries and isinstance(record[VALUE],
                                                                self.policy.retry_on):
                     self.stats.retries += 1
                     self.retry_queue.append(item)
                     continue
                 self.stats.failures += 1
-                annotate(record.value, item, self.name, record.traceback)
+                annotate(record[VALUE], item, self.name, record[TRACEBACK])
             final.append(record)
         return final
 
@@ -437,11 +450,11 @@ class Run:
         held, order = self.held_back, self.order
         if consecutive(final):
             if size is None:
-                size = sum(weight(r.value) for r in final if r.ok)
-            self.hold(final[0].row, final, size)
+                size = sum(weight(r[VALUE]) for r in final if r[OK])
+            self.hold(final[0][ROW], final, size)
         else:
             for record in final:
-                self.hold(record.row, [record], weight(record.value) if record.ok else 0)
+                self.hold(record[ROW], [record], weight(record[VALUE]) if record[OK] else 0)
         parts: list[list[Outcome]] = []
         while order:
             span = order[0]
@@ -469,7 +482,7 @@ class Run:
             beyond = replaced[0][len(rows):]
             if beyond:
                 rows = rows + beyond
-                size += sum(weight(r.value) for r in beyond if r.ok)
+                size += sum(weight(r[VALUE]) for r in beyond if r[OK])
         self.held_back[first] = (rows, size)
         self.held_bytes += size
 
@@ -481,12 +494,12 @@ class Run:
         self.batcher.reset()
         self.wake.set()
         if not alone:
-            self.suspects.update(item.row for item in held)
+            self.suspects.update(item[ROW] for item in held)
             self.stats.retries += len(held)
             self.retry_queue.extendleft(reversed(held))
             return
         item = held[0]
-        index = item.row
+        index = item[ROW]
         self.deaths[index] = self.deaths.get(index, 0) + 1
         if self.deaths[index] < self.policy.max_worker_deaths:
             self.stats.retries += 1
@@ -501,7 +514,7 @@ class Run:
         self.stats.failures += 1
         self.suspects.discard(index)
         annotate(error, item, self.name, "")
-        self.deliver([Outcome(index, False, error, now, now, "")], "")
+        self.deliver([failed(index, error, now, now)], "")
 
     def resend(self, held: list[Item]) -> None:
         """Rows of this run on a worker Ray killed for memory it barely used: killed beside
@@ -519,13 +532,13 @@ class Run:
         self.stats.retries += len(held)
         self.batcher.reset()
         for item in held:
-            self.suspects.add(item.row)
-            self.memory_suspects[item.row] = max(used, self.memory_suspects.get(item.row, 0))
-            self.memory_kills[item.row] = self.memory_kills.get(item.row, 0) + 1
+            self.suspects.add(item[ROW])
+            self.memory_suspects[item[ROW]] = max(used, self.memory_suspects.get(item[ROW], 0))
+            self.memory_kills[item[ROW]] = self.memory_kills.get(item[ROW], 0) + 1
         log.warning("Ray killed a worker of %r for memory (it used %s): row%s %s run%s again "
                     "alone on its node", self.name,
                     f"{used / 2**30:.2f} GiB" if used else "an unknown amount",
-                    "s" if len(held) > 1 else "", ", ".join(str(i.row) for i in held),
+                    "s" if len(held) > 1 else "", ", ".join(str(i[ROW]) for i in held),
                     "" if len(held) > 1 else "s")
         self.retry_queue.extendleft(reversed(held))
         self.wake.set()
@@ -535,8 +548,8 @@ class Run:
         than the node's ``budget`` for calls: it fails."""
         self.stats.worker_deaths += 1
         self.stats.failures += 1
-        used = max(used, self.memory_suspects.pop(item.row, 0))
-        self.suspects.discard(item.row)
+        used = max(used, self.memory_suspects.pop(item[ROW], 0))
+        self.suspects.discard(item[ROW])
         needed = f"it used {used / 2**30:.2f} GiB when killed" if used else \
             "its use when killed is unknown"
         if node is None:
@@ -547,14 +560,14 @@ class Run:
                    f" GiB), {node.used / 2**30:.2f} GiB were in use outside the calls: "
                    f"{budget / 2**30:.2f} GiB for calls")
         error = WorkerDiedError(
-            f"row {item.row} needs more memory than its node can give even to it alone: Ray "
+            f"row {item[ROW]} needs more memory than its node can give even to it alone: Ray "
             f"killed it for memory while it ran alone ({needed}; {has}; killed "
-            f"{self.memory_kills.get(item.row, 0) + 1} times). Free memory on the "
-            "node, run it on a larger node, or split the row", index=item.row,
-            deaths=self.memory_kills.get(item.row, 0) + 1)
+            f"{self.memory_kills.get(item[ROW], 0) + 1} times). Free memory on the "
+            "node, run it on a larger node, or split the row", index=item[ROW],
+            deaths=self.memory_kills.get(item[ROW], 0) + 1)
         annotate(error, item, self.name, "")
         now = time.time()
-        self.deliver([Outcome(item.row, False, error, now, now, "")], "")
+        self.deliver([failed(item[ROW], error, now, now)], "")
 
     def fail(self, error: BaseException) -> None:
         """The run cannot go on: its driver raises ``error``."""
@@ -857,7 +870,7 @@ class Dispatcher:
         first call still running after :data:`_LEARN_SECONDS` has its use read on the node
         by an idle actor, and the calls admitted beside it count that (a long call must
         not leave the node idle for its whole length)."""
-        if head is not None and head.row in run.memory_suspects:
+        if head is not None and head[ROW] in run.memory_suspects:
             return budget, True
         expected = self.pool.expected_peak()
         if expected is not None:
@@ -971,7 +984,7 @@ class Dispatcher:
                     continue
                 self.tokens.appendleft(slot)
                 break
-            suspect = bool(run.retry_queue) and run.retry_queue[0].row in run.suspects
+            suspect = bool(run.retry_queue) and run.retry_queue[0][ROW] in run.suspects
             if suspect and lane:
                 continue  # a suspect runs alone on its actor (release gives it back)
             if self.settling and self.node_key(slot) in self.settling:
@@ -1198,7 +1211,7 @@ class Dispatcher:
         by the time calls started, so a row that starts while memory of a worker killed a
         moment before is still held, or while something else on the node grows, may be
         killed though it fits."""
-        kills = run.memory_kills.get(item.row, 0) + 1
+        kills = run.memory_kills.get(item[ROW], 0) + 1
         most = budget if node is None else max(budget, int(
             node.threshold * node.total) - node.used)
         return used >= most or kills >= run.policy.max_worker_deaths
@@ -1341,9 +1354,9 @@ class Dispatcher:
             run.stats.worker_deaths += 1
             wall = time.time()
             timed_out: list[Outcome] = [
-                Outcome(item.row, False, TimeoutError(
-                    f"row {item.row} ran longer than timeout={timeout}s; its actor "
-                    "was killed and replaced"), wall - timeout, wall, "")
+                failed(item[ROW], TimeoutError(
+                    f"row {item[ROW]} ran longer than timeout={timeout}s; its actor "
+                    "was killed and replaced"), wall - timeout, wall)
                 for item in call.batch]
             run.deliver(run.settle(timed_out, call.batch), "")
 

@@ -25,11 +25,11 @@ from typing import Any
 import ray
 from ray.cloudpickle import CloudPickler
 
-from ._actor import Item, _ref_at
+from ._actor import ARGS, KWARGS, ROW, Item, _ref_at
 
 _SMALL = frozenset({int, float, complex, bool, str, type(None)})
 """Types never shared (a ``str`` is pickled with its row: only buffers are put)."""
-_ARGS, _KWARGS = operator.itemgetter(1), operator.itemgetter(2)
+_ARGS, _KWARGS = operator.itemgetter(ARGS), operator.itemgetter(KWARGS)
 
 SHARE_AT_BYTES = 1 << 20
 """Arguments of at least this many bytes are put into the object store once per run."""
@@ -69,15 +69,15 @@ class Wire:
             return batch
         out: list[Item] | None = None
         for position, item in enumerate(batch):
-            args, kwargs = item.args, item.kwargs
+            args, kwargs = item[ARGS], item[KWARGS]
             if any(is_large(a) for a in args):
                 args = tuple(self._pin(a) if is_large(a) else a for a in args)
             if kwargs and any(is_large(v) for v in kwargs.values()):
                 kwargs = {k: self._pin(v) if is_large(v) else v for k, v in kwargs.items()}
-            if args is not item.args or kwargs is not item.kwargs:
+            if args is not item[ARGS] or kwargs is not item[KWARGS]:
                 if out is None:
                     out = list(batch)
-                out[position] = Item(item.row, args, kwargs)
+                out[position] = (item[ROW], args, kwargs)
         self.trim()  # after the batch took back what it shares
         return batch if out is None else out
 
@@ -103,7 +103,7 @@ class Wire:
         if not self._puts:
             return
         for item in batch:
-            for value in (*item.args, *item.kwargs.values()):
+            for value in (*item[ARGS], *item[KWARGS].values()):
                 key = id(value)
                 held = self._puts.get(key)
                 if held is not None and held[0] is value and held[2] > 0:
