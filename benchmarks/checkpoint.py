@@ -128,7 +128,7 @@ def scale(count: int, repeats: int, million: bool) -> None:
           "(goal <= 1.3)")
 
 
-def _items(n: int, extra: int = 0) -> tuple[list[list[object]], Calls]:
+def _calls(n: int, extra: int = 0) -> tuple[list[list[object]], Calls]:
     rows: list[list[object]] = [[i, float(i) / 7] for i in range(n + extra)]
     return rows, Calls.of(rows)
 
@@ -136,32 +136,32 @@ def _items(n: int, extra: int = 0) -> tuple[list[list[object]], Calls]:
 def open_and_match(n: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "big.ckpt")
-        rows, items = _items(n)
-        _fill(path, rows, items)
+        rows, calls = _calls(n)
+        _fill(path, rows, calls)
         for extra, label in ((0, "the same list"), (10, "10 rows appended")):
-            rows, items = _items(n, extra)  # built anew, as a rerun would
+            rows, calls = _calls(n, extra)  # built anew, as a rerun would
             start, cpu = time.perf_counter(), time.process_time()
-            store = Store.open(path, simulate, "simulate", items, rows)
+            store = Store.open(path, simulate, "simulate", calls, rows)
             took, used = time.perf_counter() - start, time.process_time() - cpu
             known = store.reused
             store.close()
             start = time.perf_counter()
-            row_keys(Binder(simulate), items)
+            row_keys(Binder(simulate), calls)
             keyed = time.perf_counter() - start
             assert len(known) == n, len(known)
-            print(f"2. open {n} stored rows + match {len(items)} ({label}): {took:.3f} s "
+            print(f"2. open {n} stored rows + match {len(calls)} ({label}): {took:.3f} s "
                   f"wall, {used:.3f} s CPU (of which row keys {keyed:.3f} s); "
                   f"{len(known)} reused (goal well under 2 s)")
 
 
-def _fill(path: str, rows: list[list[object]], items: Calls) -> None:
+def _fill(path: str, rows: list[list[object]], calls: Calls) -> None:
     """A checkpoint of ``rows``, every one finished, recorded as a run records them."""
-    store = Store.open(path, simulate, "simulate", items, rows)
+    store = Store.open(path, simulate, "simulate", calls, rows)
     now = time.time()
-    for start in range(0, len(items), 1000):  # in batches, as a run does
+    for start in range(0, len(calls), 1000):  # in batches, as a run does
         store.record([(i, True, pack(simulate(i, float(i) / 7)), now + i * 1e-6,
                        now + i * 1e-6, "", None)
-                      for i in range(start, min(len(items), start + 1000))], "actor-0")
+                      for i in range(start, min(len(calls), start + 1000))], "actor-0")
     store.close()
     _settle()  # the background close folds the staged results and the WAL
 
@@ -169,7 +169,7 @@ def _fill(path: str, rows: list[list[object]], items: Calls) -> None:
 def inspect_large(n: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "huge.ckpt")
-        _fill(path, *_items(n))
+        _fill(path, *_calls(n))
         # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the parent
         code = ("import sys; from thread_chunks.__main__ import main; "
                 "main(['inspect', '--json', sys.argv[1]]); "

@@ -5,6 +5,7 @@ failures are CheckpointErrors; inspect reads no result."""
 from __future__ import annotations
 
 import json
+import pickle
 import sqlite3
 import subprocess
 import sys
@@ -27,7 +28,10 @@ from thread_chunks import (
     _checkpoint,
     chunked,
 )
+from thread_chunks._actor import Outcome
 from thread_chunks._checkpoint import NotStored
+from thread_chunks._chunker import _Merge
+from thread_chunks._types import OnError
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -190,3 +194,41 @@ def test_results_held_back_for_order_are_bounded_in_bytes(tmp_path: Path) -> Non
     assert counts["received"] == 200
     assert counts["ahead"] <= 16, counts  # 8 MiB of results, the calls in flight, row 0
     f.close()
+
+
+class _Counted:
+    """Counts how often it is unpickled."""
+
+    loaded = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_counted, ())
+
+
+def _counted() -> _Counted:
+    _Counted.loaded += 1
+    return _Counted()
+
+
+@pytest.mark.parametrize("reused", [False, True])
+def test_a_part_of_results_is_unpickled_once_each_and_a_bad_one_named(reused: bool) -> None:
+    """Results are handed out a part at a time, small parts unpickled at once: a result that
+    cannot be unpickled here is a ResultError naming its row, in its place, and the results
+    before it are not unpickled twice (unpickling may have effects)."""
+    blobs = [pickle.dumps(_Counted()) for _ in range(5)]
+    blobs[3] = b"not a pickle"
+    part: list[Outcome] = [(i, True, b, 0.0, 0.0, "", None) for i, b in enumerate(blobs)]
+
+    def merged(on_error: OnError) -> list[Any]:
+        if reused:
+            merge = _Merge(iter([(list(range(5)), blobs)]), True, on_error, "f")
+            return [v for p in merge.all(iter([])) for v in p]
+        return [v for p in _Merge(iter([]), True, on_error, "f").all(iter([part])) for v in p]
+
+    _Counted.loaded = 0
+    values = merged("return")
+    assert [type(v) for v in values] == [_Counted] * 3 + [ResultError, _Counted]
+    assert "row 3 of f: its result could not be unpickled here" in str(values[3])
+    assert _Counted.loaded == 4
+    with pytest.raises(ResultError, match="row 3 of f"):
+        merged("raise")

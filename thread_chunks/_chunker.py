@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import operator
 import os
@@ -12,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, aclosing, closing
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import chain, compress, repeat
 from types import TracebackType
 from typing import Any
 
@@ -208,7 +209,7 @@ class Chunker:
         store = Store.open(path, held, name, calls, materialised)
         del materialised
         todo: Sequence[int] | None = None
-        if store.reused:  # the rows not known, in C
+        if store.reused:  # the rows not known
             skip = bytearray(len(calls))
             for row in store.reused:
                 skip[row] = 1
@@ -346,23 +347,21 @@ class _Merge:
 
     def decode(self, part: list[Outcome]) -> Iterable[Any]:
         """What the user gets for these computed rows."""
-        values = list(map(_VALUE, part))
-        if all(map(_OK, part)):
-            decoded = _decoded(values)
-            if decoded is not None:
-                return decoded
-        return map(self.one, part)
+        done = _decoded(list(map(_VALUE, part))) if all(map(_OK, part)) else []
+        return done if len(done) == len(part) else chain(done, map(self.one, part[len(done):]))
 
     def hand(self, end: int) -> Iterable[Any]:
         """What the user gets for the reused rows of this chunk up to ``end``."""
         at, self.at = self.at, end
         blobs = self.blobs[at:end]
-        decoded = _decoded(blobs)
-        if decoded is not None:
-            return decoded
+        done = _decoded(blobs)
+        if len(done) == len(blobs):
+            return done
+        at += len(done)
         count = end - at
-        return map(self.one, zip(self.rows[at:end], repeat(True), blobs, repeat(0.0, count),
-                                 repeat(0.0, count), repeat(""), repeat(None)))
+        rest = zip(self.rows[at:end], repeat(True), blobs[len(done):], repeat(0.0, count),
+                   repeat(0.0, count), repeat(""), repeat(None))
+        return chain(done, map(self.one, rest))
 
     def all(self, records: Iterator[list[Outcome]]) -> Iterator[Iterable[Any]]:
         """Every row's value, reused and computed, in the order they are handed out, a part
@@ -443,20 +442,21 @@ class _Merge:
             yield from self.decode([record])
 
 
-_EAGER_BYTES = 1 << 20
-"""A part of results pickled in fewer bytes than this is unpickled at once (in C): a few MB
-at most beside the pickles, against a Python call per result."""
+_EAGER_BYTES = 256 << 10
+"""A part of results pickled in at most this many bytes is unpickled at once (in C), against
+a Python call per result; their objects (often a few times their pickles) are held until
+the part is handed out."""
 
 
-def _decoded(blobs: list[Any]) -> list[Any] | None:
-    """The results pickled in band in ``blobs``, all unpickled at once when they are small;
-    None when one is not (or fails: then each is unpickled on its own, to say which)."""
-    if not _BYTES.issuperset(map(type, blobs)) or sum(map(len, blobs)) > _EAGER_BYTES:
-        return None
-    try:
-        return list(map(pickle.loads, blobs))
-    except Exception:
-        return None
+def _decoded(blobs: list[Any]) -> list[Any]:
+    """The results pickled in band in ``blobs``, unpickled at once when they are small: all of
+    them, or those before the first that fails (which is then unpickled on its own, to say
+    which row it is); none when they are large or not all in band."""
+    done: list[Any] = []
+    if _BYTES.issuperset(map(type, blobs)) and sum(map(len, blobs)) <= _EAGER_BYTES:
+        with contextlib.suppress(Exception):
+            done.extend(map(pickle.loads, blobs))  # stops at a failure, keeping the rest
+    return done
 
 
 _VALUE, _OK = operator.itemgetter(VALUE), operator.itemgetter(OK)
@@ -465,7 +465,7 @@ _BYTES = frozenset({bytes})
 
 
 _LOOP_TURN_EVERY = 16
-"""An async sweep lets the event loop run after handing out this many outcomes."""
+"""An async sweep lets the event loop run after handing out this many values."""
 
 
 def _close_unused(task: asyncio.Future[_Plan]) -> None:
