@@ -23,15 +23,16 @@ import ray
 from ._errors import ResultError
 from ._types import Args, Kwargs
 
-Item: TypeAlias = "tuple[int, Args, Kwargs]"
-"""One row as sent to an actor: its number, positional and keyword arguments, read as
-``item[ROW]``, ``item[ARGS]``, ``item[KWARGS]``.
+Item: TypeAlias = "tuple[int, Args, Kwargs | None]"
+"""One row as sent to an actor: its number, positional and keyword arguments (None when it
+has none), read as ``item[ROW]``, ``item[ARGS]``, ``item[KWARGS]``.
 
 Rows and outcomes are exact tuples, not named ones: the garbage collector stops tracking an
-exact tuple of untracked values (numbers, strings, bytes, tuples of them, an empty dict) at
-its first pass, but never a tuple subclass. A run makes one of each per row, and they live
-across several batches, so as named tuples they reach the oldest generation and make its
-full passes (which visit every object the process holds) several times a run."""
+exact tuple that holds only atoms (numbers, strings, bytes, None) and exact tuples it no
+longer tracks, but never a tuple subclass, nor a tuple holding a dict (even an empty one:
+it could be filled). A run makes one of each per row, and they live across several batches,
+so otherwise they reach the oldest generation and make its full passes (which visit every
+object the process holds) several times a run."""
 
 ROW: Final = 0
 ARGS: Final = 1
@@ -143,7 +144,7 @@ class LabelledActor:
                 try:
                     if values:
                         args, kwargs = _substitute(args, kwargs, values)
-                    value = call(index, args, kwargs)
+                    value = call(index, args, kwargs or {})
                 except Exception as exc:  # the user's error travels back as a value
                     plain = False
                     ended = time.time()
@@ -498,7 +499,7 @@ def _resolve(items: Sequence[Item]) -> dict[ray.ObjectRef[Any], Any]:
 
     A ref that cannot be fetched maps to the exception, so only its rows fail.
     """
-    refs = {a for item in items for a in (*item[ARGS], *item[KWARGS].values())
+    refs = {a for item in items for a in (*item[ARGS], *(item[KWARGS] or {}).values())
             if isinstance(a, ray.ObjectRef)}
     if not refs:
         return {}
@@ -520,7 +521,7 @@ class _Unresolved:
         self.error = error
 
 
-def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any],
+def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any] | None,
                 values: dict[ray.ObjectRef[Any], Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     def value(a: Any) -> Any:
         if not isinstance(a, ray.ObjectRef):
@@ -530,7 +531,7 @@ def _substitute(args: tuple[Any, ...], kwargs: dict[str, Any],
             raise got.error
         return got
 
-    return tuple(value(a) for a in args), {k: value(v) for k, v in kwargs.items()}
+    return tuple(value(a) for a in args), {k: value(v) for k, v in (kwargs or {}).items()}
 
 
 def function_name(func: object) -> str:

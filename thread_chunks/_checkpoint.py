@@ -493,7 +493,7 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
-             calls: Collection[tuple[Sequence[Any], dict[str, Any]]], rows: Sequence[Any]
+             calls: Collection[tuple[Sequence[Any], dict[str, Any] | None]], rows: Sequence[Any]
              ) -> Store:
         """Open or create the checkpoint at ``path`` for a run of ``func`` over ``calls``
         (each row's ``(args, kwargs)``; ``rows`` are the same, as the user gave them: the

@@ -363,7 +363,7 @@ class RowKeys(NamedTuple):
     ``large`` bytes: the only rows that can hold a large argument (an array, a buffer)."""
 
 
-def row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any]]],
+def row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any] | None]],
              large: int | None = None) -> RowKeys:
     """Every row's key, in bulk: one encoder writes every row's encoding into one buffer,
     hashed a few MB at a time, and rows that give every parameter by position skip the
@@ -390,7 +390,7 @@ def row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any
     start = 0  # where the next encoding begins in buffer
     for row, (args, kwargs) in enumerate(rows):
         bound = (("bound", tuple(args)) if not kwargs and len(args) == every
-                 else binder.bind(args, kwargs))
+                 else binder.bind(args, kwargs or {}))
         reduced = pickler.reduced
         try:
             pickler.dump(bound)

@@ -110,9 +110,6 @@ def normalise(row: object, index: int) -> tuple[Args, Kwargs]:
     raise TypeError(f"parameters row {index}: expected {_EXPECTED}, got {describe(row)}")
 
 
-_NO_KWARGS: Kwargs = {}
-"""The keyword arguments of every positional row (one dict, never changed: an actor spreads
-it into the call, which makes the function's own)."""
 _POSITIONAL = frozenset({list, tuple})
 
 
@@ -121,11 +118,11 @@ def numbered(rows: list[Any], start: int = 0) -> list[Item]:
     Rows that are all lists or tuples, the common case, cost no Python per row."""
     if _POSITIONAL.issuperset(map(type, rows)):
         return list(zip(range(start, start + len(rows)), map(tuple, rows),
-                        repeat(_NO_KWARGS)))
+                        repeat(None)))
     out: list[Item] = []
     for index, row in enumerate(rows, start):
         args, kwargs = normalise(row, index)
-        out.append((index, args, kwargs))
+        out.append((index, args, kwargs or None))
     return out
 
 
@@ -159,13 +156,13 @@ class Rows(Source):
         return numbered(chunk, first)
 
 
-class Calls(Collection[tuple[Args, Kwargs]]):
+class Calls(Collection[tuple[Args, "Kwargs | None"]]):
     """A list of rows, validated at once, as the arguments of each call (``(args,
     kwargs)``, row by row): two flat lists, not an object per row. A run of a long list holds
     these while it runs, and the garbage collector's full passes visit every object held, so
     the rows become :data:`Item` tuples only as they are taken (:meth:`source`)."""
 
-    def __init__(self, args: list[Args], kwargs: list[Kwargs]) -> None:
+    def __init__(self, args: list[Args], kwargs: list[Kwargs | None]) -> None:
         self.args = args
         self.kwargs = kwargs
 
@@ -174,19 +171,19 @@ class Calls(Collection[tuple[Args, Kwargs]]):
         """The calls of ``rows`` (a TypeError names the first bad row). Rows that are all
         lists or tuples, the common case, cost no Python per row."""
         if _POSITIONAL.issuperset(map(type, rows)):
-            return cls(list(map(tuple, rows)), [_NO_KWARGS] * len(rows))
+            return cls(list(map(tuple, rows)), [None] * len(rows))
         args: list[Args] = []
-        kwargs: list[Kwargs] = []
+        kwargs: list[Kwargs | None] = []
         for index, row in enumerate(rows):
             a, k = normalise(row, index)
             args.append(a)
-            kwargs.append(k)
+            kwargs.append(k or None)
         return cls(args, kwargs)
 
     def __len__(self) -> int:
         return len(self.args)
 
-    def __iter__(self) -> Iterator[tuple[Args, Kwargs]]:
+    def __iter__(self) -> Iterator[tuple[Args, Kwargs | None]]:
         return zip(self.args, self.kwargs, strict=True)
 
     def __contains__(self, call: object) -> bool:
@@ -231,7 +228,8 @@ _short.maxdict = 6
 def annotate(exc: BaseException, item: Item, name: str, remote_tb: str) -> None:
     """Name the failing row and its arguments on the exception (PEP 678 notes)."""
     index, args, kwargs = item
-    parts = [_short.repr(a) for a in args] + [f"{k}={_short.repr(v)}" for k, v in kwargs.items()]
+    parts = [_short.repr(a) for a in args] + [f"{k}={_short.repr(v)}"
+                                              for k, v in (kwargs or {}).items()]
     note = f"thread-chunks: raised by row {index}: {name}({', '.join(parts)})"
     if remote_tb:
         note += "\nremote traceback:\n" + remote_tb.rstrip()

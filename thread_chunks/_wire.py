@@ -103,7 +103,7 @@ class Wire:
         if not self._puts:
             return
         for item in batch:
-            for value in (*item[ARGS], *item[KWARGS].values()):
+            for value in (*item[ARGS], *(item[KWARGS] or {}).values()):
                 key = id(value)
                 held = self._puts.get(key)
                 if held is not None and held[0] is value and held[2] > 0:
@@ -148,7 +148,7 @@ def pack_batch(batch: list[Item]) -> tuple[bytes, list[ray.ObjectRef[Any]]] | No
     buffer = io.BytesIO()
     refs: list[ray.ObjectRef[Any]] = []
     try:
-        _Packer(buffer, refs).dump(list(map(tuple, batch)))  # plain tuples: no class
+        _Packer(buffer, refs).dump(batch)
     except Exception:
         return None
     return buffer.getvalue(), refs
