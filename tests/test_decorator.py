@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import os
@@ -87,6 +88,36 @@ def test_no_actor_exists_before_first_use_and_actors_are_cached() -> None:
 
 def _pool_of(f: Chunked[Any]) -> Pool | None:
     return f._self_shared.pool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_dropped_function_frees_its_actors_but_not_before_its_last_sweep_ends() -> None:
+    """Each actor is a worker process (100 MB or more): a decorated function the program
+    drops must not keep them until Ray ends. A sweep still being read keeps them."""
+    f = chunked(chunk_size=2)(w.pid)
+    pids = set(f.map([[i] for i in range(6)]))
+    sweep = f.imap([[i] for i in range(6)])
+    del f
+    gc.collect()
+    seen = list(sweep)  # the actors are still there for the sweep
+    assert len(seen) == 6
+    pids |= set(seen)
+    assert pids and os.getpid() not in pids
+    del sweep
+    deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        # The pool and its dispatcher hold each other: a collection frees both, once Ray's
+        # callback thread has let go of the last call's (for a few ms after it ends).
+        gc.collect()
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), f"the actors' processes {pids} outlived the function"
 
 
 def test_replace_shares_the_pool_and_switching_copies_once() -> None:

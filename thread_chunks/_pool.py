@@ -113,6 +113,9 @@ class Pool:
         are ready holds only while it is unchanged."""
         self.auto = ""
         """Why this size was chosen, when chunk_size was 'auto'."""
+        self.dispatcher: object = None
+        """The dispatcher of this pool's calls (set by ``Dispatcher.of``). It holds the pool
+        too: a cycle the collector frees once the pool's owner drops it, actors and all."""
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
         self._leases: Counter[int] = Counter()  # thread id -> runs in progress

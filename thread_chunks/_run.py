@@ -26,7 +26,6 @@ import threading
 import time
 import uuid
 import warnings
-import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -576,7 +575,6 @@ class Run:
         self.wake.set()
 
 
-_DISPATCHERS: weakref.WeakKeyDictionary[Pool, Dispatcher] = weakref.WeakKeyDictionary()
 _DISPATCHERS_LOCK = threading.Lock()
 
 
@@ -588,9 +586,10 @@ class Dispatcher:
         """The dispatcher of ``pool`` in its current Ray session (a new one after Ray was
         restarted: the old actors are gone with it)."""
         with _DISPATCHERS_LOCK:
-            found = _DISPATCHERS.get(pool)
-            if found is None or found.session != pool.session or found.size != pool.size:
-                found = _DISPATCHERS[pool] = cls(pool)
+            found = pool.dispatcher
+            if not isinstance(found, Dispatcher) or found.session != pool.session or \
+                    found.size != pool.size:
+                found = pool.dispatcher = cls(pool)
             return found
 
     def __init__(self, pool: Pool) -> None:
