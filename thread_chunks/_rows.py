@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import reprlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from itertools import islice, repeat
+from itertools import islice
 from typing import Any, Generic
 
 from ._actor import Item
@@ -113,19 +113,6 @@ def normalise(row: object, index: int) -> tuple[Args, Kwargs]:
 _POSITIONAL = frozenset({list, tuple})
 
 
-def numbered(rows: list[Any], start: int = 0) -> list[Item]:
-    """``rows`` numbered from ``start`` and validated (a TypeError names the first bad one).
-    Rows that are all lists or tuples, the common case, cost no Python per row."""
-    if _POSITIONAL.issuperset(map(type, rows)):
-        return list(zip(range(start, start + len(rows)), map(tuple, rows),
-                        repeat(None)))
-    out: list[Item] = []
-    for index, row in enumerate(rows, start):
-        args, kwargs = normalise(row, index)
-        out.append((index, args, kwargs or None))
-    return out
-
-
 class Source(Iterator[Item]):
     """Where a run reads its rows from: :meth:`take` reads several at once."""
 
@@ -150,10 +137,10 @@ class Rows(Source):
 
     def take(self, n: int) -> list[Item]:
         """The next ``n`` rows (fewer at the end), reading no more from the input."""
-        chunk = list(islice(self._rows, n))
+        calls = Calls.of(list(islice(self._rows, n)), self._next)
         first = self._next
-        self._next += len(chunk)
-        return numbered(chunk, first)
+        self._next += len(calls)
+        return list(zip(range(first, self._next), calls.args, calls.kwargs, strict=True))
 
 
 class Calls(Collection[tuple[Args, "Kwargs | None"]]):
@@ -167,14 +154,14 @@ class Calls(Collection[tuple[Args, "Kwargs | None"]]):
         self.kwargs = kwargs
 
     @classmethod
-    def of(cls, rows: list[Any]) -> Calls:
-        """The calls of ``rows`` (a TypeError names the first bad row). Rows that are all
-        lists or tuples, the common case, cost no Python per row."""
+    def of(cls, rows: list[Any], start: int = 0) -> Calls:
+        """The calls of ``rows``, the first being row ``start`` (a TypeError names the first
+        bad row). Rows that are all lists or tuples, the common case, cost no Python per row."""
         if _POSITIONAL.issuperset(map(type, rows)):
             return cls(list(map(tuple, rows)), [None] * len(rows))
         args: list[Args] = []
         kwargs: list[Kwargs | None] = []
-        for index, row in enumerate(rows):
+        for index, row in enumerate(rows, start):
             a, k = normalise(row, index)
             args.append(a)
             kwargs.append(k or None)
