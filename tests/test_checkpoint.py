@@ -4,6 +4,7 @@ files, failures, the inspect command."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -11,6 +12,8 @@ import stat
 import subprocess
 import sys
 import warnings
+from contextlib import closing
+from itertools import chain
 from pathlib import Path
 
 import pytest
@@ -92,6 +95,27 @@ print("complete")
     assert all(counts[i] == 1 for i in done_before)  # recorded calls never ran again
     assert sum(counts.values()) - 30 <= 2  # lost at most the calls in flight (chunk_size)
     assert Checkpoint.load(ckpt).completed == [True] * 30
+
+
+@pytest.mark.parametrize("ordered", [True, False])
+def test_every_result_handed_out_is_already_in_the_file(tmp_path: Path, ordered: bool) -> None:
+    """A result is handed out only once it is committed, so a crash right after the
+    consumer saw it cannot lose it: tiny calls in batches and one row at a time, read from
+    another connection, as a new process would."""
+    batched, alone = chunked(chunk_size=2)(w.square), chunked(chunk_size=2, batch_size=1)(w.square)
+    for f, rows in ((batched, [[i] for i in range(20_000)]), (alone, [[i] for i in range(40)])):
+        ckpt = tmp_path / f"{len(rows)}.ckpt"
+        results = f.imap(rows, path=ckpt, ordered=ordered)
+        seen = [next(results)]  # the file exists from now on
+        with closing(sqlite3.connect(f"file:{ckpt}?mode=ro", uri=True)) as reader:
+            for value in chain(seen[:1], results):
+                row = math.isqrt(value)
+                (ok,) = reader.execute("SELECT ok FROM run WHERE row = ?", (row,)).fetchone()
+                assert ok == 1, f"row {row} was handed out before it was saved"
+                seen.append(value)
+        assert sorted(seen[1:]) == [i * i for i in range(len(rows))]
+        assert Checkpoint.load(ckpt).completed == [True] * len(rows)
+        f.close()
 
 
 def _reuse(tmp_path: Path, first: list[list[object]], second: list[list[object]],
