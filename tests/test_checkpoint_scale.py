@@ -8,6 +8,7 @@ import gc
 import sqlite3
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,58 @@ def test_row_keys_in_bulk_are_the_keys_of_each_row() -> None:
             k for i, k in enumerate(expected) if i != 6]
         assert keyed.opaque == [5, 6, 7, 8]  # an array, a lock, a lambda, 5 KB of bytes
         assert keyed.keys[0] != keyed.keys[10] and keyed.keys[11] == keyed.keys[0]
+
+
+def _scaled(x: int, k: int = 2) -> int:
+    return x * k
+
+
+_BY_THREE = types.FunctionType(_scaled.__code__, _scaled.__globals__, "_scaled", (3,))
+"""``_scaled`` with another default: the same function to a checkpoint, but other keys."""
+
+
+def test_the_same_list_again_reads_its_keys_back_and_any_other_computes_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rerun of the latest run's list (builtin data, the same function) takes the row keys
+    from the file: no key is computed, also when a value shared in one is copied in the
+    other. Another list, rows that are not builtin data, and a changed default (the same
+    body: the same function to the checkpoint, but other keys) compute them."""
+    computed: list[int] = []
+    real = row_keys
+
+    def counted(binder: Binder, calls: Any, large: int | None = None) -> Any:
+        computed.append(len(calls))
+        return real(binder, calls, large)
+
+    monkeypatch.setattr("thread_chunks._checkpoint.row_keys", counted)
+    ckpt = tmp_path / "run.ckpt"
+    pair = [1, 2]
+
+    def run(func: Any, rows: list[list[Any]], succeed: int) -> list[int]:
+        store = Store.open(ckpt, func, "scaled", Calls.of(rows), rows)
+        reused = list(store.reused)
+        if succeed > len(reused):
+            store.record([_outcome(i, i) for i in range(succeed) if i not in reused], "a")
+        store.close()
+        _settle()
+        return reused
+
+    shared: list[list[Any]] = [[i, pair] for i in range(6)]
+    copied: list[list[Any]] = [[i, [1, 2]] for i in range(6)]
+    assert run(_scaled, shared, 4) == [] and computed == [6]
+    assert run(_scaled, shared, 6) == [0, 1, 2, 3] and computed == [6]  # read back
+    assert run(_scaled, shared, 6) == list(range(6)) and computed == [6]
+    assert run(_scaled, copied, 6) == list(range(6)) and computed == [6]
+    assert Checkpoint.load(ckpt).parameters == copied
+    assert run(_scaled, copied[:5], 6) == list(range(5)) and computed == [6, 5]
+    odd = [[i, np.float32(1.5)] for i in range(6)]  # not builtin data: keys computed
+    assert run(_scaled, odd, 2) == [] and run(_scaled, odd, 2) == [0, 1]
+    assert computed == [6, 5, 6, 6]
+    base = [[i] for i in range(6)]
+    assert run(_scaled, base, 6) == [] and computed == [6, 5, 6, 6, 6]
+    assert run(_BY_THREE, base, 0) == [] and len(computed) == 6  # k=3: none of k=2's
+    assert run(_scaled, base, 0) == list(range(6)) and len(computed) == 7
+    assert run(_scaled, base, 0) == list(range(6)) and len(computed) == 7
 
 
 @pytest.mark.usefixtures("ray_running")

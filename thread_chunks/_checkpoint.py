@@ -61,7 +61,15 @@ from ._actor import (
     unpack,
     weight,
 )
-from ._digest import KEY_BYTES, SCHEME, Binder, function_digest, position_key, row_keys
+from ._digest import (
+    KEY_BYTES,
+    SCHEME,
+    Binder,
+    function_digest,
+    list_key,
+    position_key,
+    row_keys,
+)
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
 from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
@@ -348,15 +356,17 @@ def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool,
 
 def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
                undigestable: Sequence[int], *, light: bool = True, table: bool = True,
-               opaque: Sequence[int] | None = None) -> None:
+               opaque: Sequence[int] | None = None, list_key: bytes | None = None) -> None:
     """Record the latest run's list (inside a transaction); the 1.0.5 index/done go. When
     ``table``, the ``run`` table is emptied and filled with the keys (else the caller does it:
-    :func:`_find_reused`)."""
+    :func:`_find_reused`). ``list_key``: the list's digest when it has one
+    (:func:`~thread_chunks._digest.list_key`: the next run of the same list reads the keys
+    back instead of computing them)."""
     count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
         ("parameters", _pickle_rows(rows, undigestable, light, opaque)), ("count", count),
-        ("reused", 0), ("run_started", time.time())])
+        ("reused", 0), ("run_started", time.time()), ("list_key", list_key)])
     if table:
         conn.execute("DELETE FROM run")
         _insert_run(conn, keys)
@@ -383,6 +393,15 @@ def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
         return
     conn.execute("DELETE FROM run")
     _insert_run(conn, keys, states)
+
+
+def _run_keys(conn: sqlite3.Connection, count: int) -> list[bytes] | None:
+    """The keys in the ``run`` table, row by row, when it holds rows 0 to ``count`` - 1."""
+    (whole,) = conn.execute("SELECT count(*) = ?1 AND coalesce(max(row), -1) = ?1 - 1 "
+                            "FROM run", (count,)).fetchone()
+    if not whole:
+        return None
+    return list(map(_FIRST, conn.execute("SELECT key FROM run ORDER BY row")))
 
 
 def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> None:
@@ -510,13 +529,16 @@ class Store:
         func_name = getattr(func, "__name__", name) if func is not None else name
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
-        keys, undigestable, opaque = row_keys(binder, calls, large=SHARE_AT_BYTES)
+        listed = list_key(binder, rows) if len(rows) == len(calls) else None
         conn = _connect(path, create=not ours)
-        store = cls(path, conn, b"".join(keys))
+        store = cls(path, conn, b"")
         try:
+            # the same list as the latest run's (checked again below): its keys are stored
+            known = listed is not None and _meta(conn, "list_key").get("list_key") == listed
+            found = None if known else row_keys(binder, calls, large=SHARE_AT_BYTES)
             with _transaction(conn):
                 _upgrade(conn)
-                old = _meta(conn, *_FUNCTION_META)
+                old = _meta(conn, *_FUNCTION_META, "list_key")
                 reason = _mismatch(old, func_name, func_digest)
                 if reason is not None:
                     if reason:
@@ -533,9 +555,23 @@ class Store:
                     if func_digest and not old.get("func_digest"):
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
                                      (func_digest,))
-                _write_run(conn, rows, store._keys, undigestable, table=False, opaque=opaque)
+                keys = _run_keys(conn, len(calls)) if (
+                    reason is None and not old.get("by_hand") and listed is not None
+                    and old.get("list_key") == listed) else None
+                if keys is not None:  # the latest run's list, parameters and keys: kept
+                    undigestable: Sequence[int] = ()
+                    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
+                    conn.execute("UPDATE meta SET value = ? WHERE key = 'run_started'",
+                                 (time.time(),))
+                    store._keys = b"".join(keys)
+                else:
+                    keys, undigestable, opaque = found or row_keys(
+                        binder, calls, large=SHARE_AT_BYTES)
+                    store._keys = b"".join(keys)
+                    _write_run(conn, rows, store._keys, undigestable, table=False,
+                               opaque=opaque, list_key=listed)
                 store.reused, store._sizes, store._ids = _find_reused(conn, keys, store._keys)
-                del keys
+                del keys, found
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]

@@ -323,6 +323,47 @@ class Binder:
         return value_key(self.bind(args, kwargs))
 
 
+class _BuiltinOnly(pickle.Pickler):
+    """The standard pickler for builtin data only (numbers, str, bytes, None and the builtin
+    containers, which the C pickler writes itself): anything it would reduce stops it."""
+
+    def reducer_override(self, obj: object) -> Any:
+        raise Undigestable(f"{type(obj).__name__} is not builtin data")
+
+
+class _Hashing:
+    """A file that only hashes what is written to it (a pickle is never held whole)."""
+
+    def __init__(self, digest: hashlib._Hash) -> None:
+        self.write = digest.update
+
+
+def list_key(binder: Binder, rows: Sequence[Any]) -> bytes | None:
+    """A digest of a whole list of rows as given, and of all that binding them to the
+    function depends on (its parameters' names and kinds, its defaults), when the rows are
+    builtin data only; None otherwise (or when a default cannot be digested).
+
+    Equal pickles of builtin data are equal data, so two lists with the same digest have the
+    same row keys (:func:`row_keys`) for functions with the same body: a checkpoint whose
+    latest run had it holds them already. One C pass over the list, hashed as it is pickled,
+    instead of a key a row."""
+    digest = hashlib.sha256()
+    pickler = _BuiltinOnly(_Hashing(digest), _PROTOCOL)
+    pickler.fast = True  # no memo: a value shared or copied pickles alike
+    try:
+        pickler.dump(rows)
+    except Exception:  # not builtin data, or recursive
+        return None
+    params = None if binder.signature is None else [
+        (p.name, int(p.kind)) for p in binder.signature.parameters.values()]
+    defaults = [None if d is _MISSING else (d,) for d in binder.defaults]
+    try:
+        digest.update(_encode((SCHEME, params, defaults)))
+    except Undigestable:
+        return None
+    return digest.digest()
+
+
 def position_key(list_digest: bytes, row: int) -> bytes:
     """The key of an undigestable row: its position in this very list.
 
