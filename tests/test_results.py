@@ -29,7 +29,7 @@ from thread_chunks import (
     chunked,
 )
 from thread_chunks._actor import Outcome
-from thread_chunks._checkpoint import NotStored
+from thread_chunks._checkpoint import NotStored, _wait_for_close
 from thread_chunks._chunker import _Merge
 from thread_chunks._types import OnError
 
@@ -124,6 +124,7 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.square)
     f.map([[i] for i in range(2000)], path=ckpt)
+    _wait_for_close(str(ckpt))  # the store's close has folded and written what it had
     with sqlite3.connect(ckpt) as conn:  # everything in the file itself, no WAL
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     size = ckpt.stat().st_size
@@ -144,6 +145,7 @@ def test_a_format_3_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
     f = chunked(chunk_size=2)(w.square)
     rows = [[i] for i in range(50)]
     f.map(rows, path=ckpt)
+    _wait_for_close(str(ckpt))  # format 3 stages nothing: the store's close folds it first
     with sqlite3.connect(ckpt) as conn:  # as format 3 kept the latest run's keys
         keys = b"".join(k for (k,) in conn.execute("SELECT key FROM run ORDER BY row"))
         conn.execute("INSERT INTO meta VALUES ('keys', ?)", (keys,))
