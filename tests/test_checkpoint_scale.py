@@ -173,8 +173,9 @@ def test_the_same_list_again_reads_its_keys_back_and_any_other_computes_them(
     def run(func: Any, rows: list[list[Any]], succeed: int) -> list[int]:
         store = Store.open(ckpt, func, "scaled", Calls.of(rows), rows)
         reused = list(store.reused)
-        if succeed > len(reused):
-            store.record([_outcome(i, i) for i in range(succeed) if i not in reused], "a")
+        if min(succeed, len(rows)) > len(reused):
+            store.record([_outcome(i, i) for i in range(min(succeed, len(rows)))
+                          if i not in reused], "a")
         store.close()
         _settle()
         return reused
@@ -195,6 +196,34 @@ def test_the_same_list_again_reads_its_keys_back_and_any_other_computes_them(
     assert run(_BY_THREE, base, 0) == [] and len(computed) == 6  # k=3: none of k=2's
     assert run(_scaled, base, 0) == list(range(6)) and len(computed) == 7
     assert run(_scaled, base, 0) == list(range(6)) and len(computed) == 7
+
+
+def test_a_run_table_rewritten_without_its_list_digest_is_not_read_back(
+        tmp_path: Path) -> None:
+    """A thread-chunks that knows no list digest (2.0.0.dev0 before it) rewrites the run
+    table for its own list and leaves the digest of the list before: the keys read back
+    must not be that other list's."""
+    ckpt = tmp_path / "run.ckpt"
+    first, other = [[i] for i in range(5)], [[i + 100] for i in range(5)]
+
+    def run(rows: list[list[int]]) -> list[tuple[int, bytes]]:
+        store = Store.open(ckpt, _scaled, "scaled", Calls.of(rows), rows)
+        reused = list(store.reused)
+        done = [_outcome(i, 2 * row[0]) for i, row in enumerate(rows) if i not in reused]
+        if done:
+            store.record(done, "a")
+        out = list(store.read_reused())
+        store.close()
+        _settle()
+        return out
+
+    assert run(first) == []
+    with sqlite3.connect(ckpt) as conn:
+        (digest,) = conn.execute("SELECT value FROM meta WHERE key = 'list_key'").fetchone()
+    assert run(other) == []
+    with sqlite3.connect(ckpt) as conn:  # as the older version leaves it
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'list_key'", (digest,))
+    assert run(first) == [(i, pack(2 * i)) for i in range(5)]  # first's, not other's
 
 
 @pytest.mark.usefixtures("ray_running")

@@ -33,6 +33,7 @@ are pickled: load checkpoints only from a trusted source.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sqlite3
@@ -361,12 +362,14 @@ def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
     ``table``, the ``run`` table is emptied and filled with the keys (else the caller does it:
     :func:`_find_reused`). ``list_key``: the list's digest when it has one
     (:func:`~thread_chunks._digest.list_key`: the next run of the same list reads the keys
-    back instead of computing them)."""
+    back instead of computing them), stored with the digest of these keys (see
+    :func:`_keys_of_list`)."""
     count = len(keys) // KEY_BYTES
     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
         ("parameters", _pickle_rows(rows, undigestable, light, opaque)), ("count", count),
-        ("reused", 0), ("run_started", time.time()), ("list_key", list_key)])
+        ("reused", 0), ("run_started", time.time()),
+        ("list_key", None if list_key is None else list_key + hashlib.sha256(keys).digest())])
     if table:
         conn.execute("DELETE FROM run")
         _insert_run(conn, keys)
@@ -395,13 +398,23 @@ def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
     _insert_run(conn, keys, states)
 
 
-def _run_keys(conn: sqlite3.Connection, count: int) -> list[bytes] | None:
-    """The keys in the ``run`` table, row by row, when it holds rows 0 to ``count`` - 1."""
+def _keys_of_list(conn: sqlite3.Connection, stored: object, listed: bytes | None,
+                  count: int) -> list[bytes] | None:
+    """The row keys of the list whose digest is ``listed``, read from the ``run`` table, when
+    ``stored`` (meta's ``list_key``) says the table holds them: the same list digest, and the
+    digest of the table's keys as they were written with it. Whatever rewrote the table
+    since (an older thread-chunks, which knows no ``list_key``) changed the latter: then
+    None, and the keys are computed."""
+    if listed is None or not isinstance(stored, bytes) or stored[:len(listed)] != listed:
+        return None
     (whole,) = conn.execute("SELECT count(*) = ?1 AND coalesce(max(row), -1) = ?1 - 1 "
                             "FROM run", (count,)).fetchone()
     if not whole:
         return None
-    return list(map(_FIRST, conn.execute("SELECT key FROM run ORDER BY row")))
+    keys = list(map(_FIRST, conn.execute("SELECT key FROM run ORDER BY row")))
+    if hashlib.sha256(b"".join(keys)).digest() != stored[len(listed):]:
+        return None
+    return keys
 
 
 def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> None:
@@ -534,7 +547,8 @@ class Store:
         store = cls(path, conn, b"")
         try:
             # the same list as the latest run's (checked again below): its keys are stored
-            known = listed is not None and _meta(conn, "list_key").get("list_key") == listed
+            peek = _meta(conn, "list_key").get("list_key")
+            known = listed is not None and isinstance(peek, bytes) and peek.startswith(listed)
             found = None if known else row_keys(binder, calls, large=SHARE_AT_BYTES)
             with _transaction(conn):
                 _upgrade(conn)
@@ -555,9 +569,8 @@ class Store:
                     if func_digest and not old.get("func_digest"):
                         conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
                                      (func_digest,))
-                keys = _run_keys(conn, len(calls)) if (
-                    reason is None and not old.get("by_hand") and listed is not None
-                    and old.get("list_key") == listed) else None
+                keys = _keys_of_list(conn, old.get("list_key"), listed, len(calls)) if (
+                    reason is None and not old.get("by_hand")) else None
                 if keys is not None:  # the latest run's list, parameters and keys: kept
                     undigestable: Sequence[int] = ()
                     conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
