@@ -9,6 +9,7 @@ import os
 import pickle
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,30 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:  # the number went to another user's process: ours is gone
+        return False
     return True
+
+
+def _wait_for_cpus(count: int) -> None:
+    """Until ``count`` of the suite's CPUs are free (an actor another test left starting
+    holds one until it has started)."""
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0) < count:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.1)
+
+
+def _die_once_dropped(pids: set[int]) -> None:
+    """Assert the actors' worker processes ``pids`` end once their function is dropped."""
+    assert pids and os.getpid() not in pids
+    deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        # The pool and its dispatcher hold each other: a collection frees both, once Ray's
+        # callback thread has let go of the last call's (for a few ms after it ends).
+        gc.collect()
+        time.sleep(0.1)
+    assert not any(map(_alive, pids)), f"the actors' processes {pids} outlived the function"
 
 
 def test_a_dropped_function_frees_its_actors_but_not_before_its_last_sweep_ends() -> None:
@@ -104,20 +128,32 @@ def test_a_dropped_function_frees_its_actors_but_not_before_its_last_sweep_ends(
     f = chunked(chunk_size=2)(w.pid)
     pids = set(f.map([[i] for i in range(6)]))
     sweep = f.imap([[i] for i in range(6)])
+    seen = [next(sweep)]  # started
     del f
     gc.collect()
-    seen = list(sweep)  # the actors are still there for the sweep
+    seen.extend(sweep)  # the actors are still there for the sweep
     assert len(seen) == 6
-    pids |= set(seen)
-    assert pids and os.getpid() not in pids
     del sweep
-    deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
-        # The pool and its dispatcher hold each other: a collection frees both, once Ray's
-        # callback thread has let go of the last call's (for a few ms after it ends).
-        gc.collect()
-        time.sleep(0.1)
-    assert not any(map(_alive, pids)), f"the actors' processes {pids} outlived the function"
+    _die_once_dropped(pids | set(seen))
+
+
+def test_a_dropped_function_frees_its_actors_while_one_waits_to_be_placed() -> None:
+    """Ray holds the callback of a reference until it resolves, and the probe of an actor
+    Ray cannot place never does (another actor holds the CPU it needs): what that callback
+    reaches must not keep the function's pool, and its placed actor, alive."""
+    _wait_for_cpus(2)
+    blocker = ray.remote(num_cpus=1)(w.Tagged).remote()
+    try:
+        ray.get(blocker.__ray_ready__.remote())  # placed: one CPU left
+        f = chunked(chunk_size=2, actor_options={"num_cpus": 1})(w.pid)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConcurrencyReducedWarning)
+            pids = set(f.map([[i] for i in range(4)]))
+        assert len(pids) == 1  # the other actor is still waiting to be placed
+        del f
+        _die_once_dropped(pids)
+    finally:
+        ray.kill(blocker)
 
 
 def test_replace_shares_the_pool_and_switching_copies_once() -> None:
@@ -341,12 +377,8 @@ def test_labelled_actor_subclass_needs_no_registration() -> None:
 
 def test_auto_chunk_size_is_logged_and_shown_in_the_progress_bar(
         caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
-    # 'auto' counts the CPUs available now: an actor another test left starting holds one
-    # until it has started (it happened once), so wait for the suite's 2 to be free first
-    deadline = time.monotonic() + 120
-    while ray.available_resources().get("CPU", 0) < 2:
-        assert time.monotonic() < deadline, ray.available_resources()
-        time.sleep(0.1)
+    # 'auto' counts the CPUs available now: wait for the suite's 2 to be free first
+    _wait_for_cpus(2)
     learned = chunked(chunk_size="auto")(w.square)  # no memory_per_call: memory is learned
     with caplog.at_level(logging.INFO, logger="thread_chunks"):
         assert learned.chunk_size == 2  # the suite's Ray has 2 CPUs

@@ -578,6 +578,25 @@ class Run:
 _DISPATCHERS_LOCK = threading.Lock()
 
 
+class _Inbox:
+    """Where Ray's callback thread reports finished references, and whom it wakes.
+
+    A callback Ray holds for a reference that has not resolved yet (the probe of an actor Ray
+    cannot place, a call still running) reaches only this, not the dispatcher: so a pool whose
+    function was dropped is freed, its actors with it, whatever it was still waiting for."""
+
+    def __init__(self) -> None:
+        self.finished: deque[ray.ObjectRef[Any]] = deque()
+        self.wakes: tuple[_Wake, ...] = ()  # of the open runs (replaced whole)
+
+    def finish(self, ref: ray.ObjectRef[Any], _: object) -> None:
+        self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
+        for wake in self.wakes:
+            wake.set()
+
+
+
+
 class Dispatcher:
     """The calls on one pool's actors, for every run open on it (see the module's doc)."""
 
@@ -599,7 +618,8 @@ class Dispatcher:
         self.size = pool.size
         self.lock = threading.RLock()
         self.runs: deque[Run] = deque()  # open runs; the head has the next turn
-        self.finished: deque[ray.ObjectRef[Any]] = deque()  # appended by Ray's callbacks
+        self.inbox = _Inbox()  # what Ray's callbacks reach: not the dispatcher (see _Inbox)
+        self.finished = self.inbox.finished
         self.futures: dict[ray.ObjectRef[Any], concurrent.futures.Future[Any]] = {}
         self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
         self.retired: set[int] = set()
@@ -617,7 +637,6 @@ class Dispatcher:
         self.pipelining = False
         self.busy_slots = 0  # actors with a call
         self.timed = False  # an open run has a timeout: lanes are checked for deadlines
-        self.wakes: tuple[_Wake, ...] = ()  # of the open runs, read by Ray's callback thread
         # memory admission (see need/admits): bytes counted per node, per busy slot
         self.memory_mode: int | str | None = None  # the open runs' memory_budget
         self.slot_need = [0] * self.size
@@ -689,7 +708,7 @@ class Dispatcher:
             run.on_end(run.stats)
 
     def runs_changed(self) -> None:
-        self.wakes = tuple(run.wake for run in self.runs)  # replaced whole: safe to read
+        self.inbox.wakes = tuple(run.wake for run in self.runs)  # replaced whole: safe to read
         self.timed = any(run.policy.timeout is not None for run in self.runs)
         budgets = [run.policy.memory_budget for run in self.runs]
         given = [b for b in budgets if isinstance(b, int)]
@@ -1067,12 +1086,7 @@ class Dispatcher:
         """Have Ray report ``ref`` when it finishes (from its callback thread)."""
         future = ref.future()
         self.futures[ref] = future
-        future.add_done_callback(functools.partial(self._finished, ref))
-
-    def _finished(self, ref: ray.ObjectRef[Any], _: object) -> None:
-        self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
-        for wake in self.wakes:
-            wake.set()
+        future.add_done_callback(functools.partial(self.inbox.finish, ref))
 
     def turn(self, run: Run) -> list[Outcome] | None:
         """Do what is due for every run (finished calls and probes, deadlines, free
