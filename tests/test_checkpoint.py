@@ -105,17 +105,24 @@ def test_every_result_handed_out_is_already_in_the_file(tmp_path: Path, ordered:
     batched, alone = chunked(chunk_size=2)(w.square), chunked(chunk_size=2, batch_size=1)(w.square)
     for f, rows in ((batched, [[i] for i in range(20_000)]), (alone, [[i] for i in range(40)])):
         ckpt = tmp_path / f"{len(rows)}.ckpt"
-        results = f.imap(rows, path=ckpt, ordered=ordered)
-        seen = [next(results)]  # the file exists from now on
-        with closing(sqlite3.connect(f"file:{ckpt}?mode=ro", uri=True)) as reader:
-            for value in chain(seen[:1], results):
-                row = math.isqrt(value)
-                (ok,) = reader.execute("SELECT ok FROM run WHERE row = ?", (row,)).fetchone()
-                assert ok == 1, f"row {row} was handed out before it was saved"
-                seen.append(value)
+        with f:  # its actors closed however the test ends
+            results = f.imap(rows, path=ckpt, ordered=ordered)
+            seen = [next(results)]  # the file exists from now on
+            with closing(sqlite3.connect(f"file:{ckpt}?mode=ro", uri=True)) as reader:
+                for value in chain(seen[:1], results):
+                    row = math.isqrt(value)
+                    (ok,) = reader.execute("SELECT ok FROM run WHERE row = ?", (row,)
+                                           ).fetchone()
+                    assert ok == 1, f"row {row} was handed out before it was saved"
+                    if row % 97 == 0:  # its result too (staged has no index: a sample)
+                        (found,) = reader.execute(
+                            "SELECT count(*) FROM (SELECT key FROM staged UNION ALL "
+                            "SELECT key FROM results) WHERE key = "
+                            "(SELECT key FROM run WHERE row = ?)", (row,)).fetchone()
+                        assert found == 1, f"row {row}'s result was not in the file"
+                    seen.append(value)
         assert sorted(seen[1:]) == [i * i for i in range(len(rows))]
         assert Checkpoint.load(ckpt).completed == [True] * len(rows)
-        f.close()
 
 
 def _reuse(tmp_path: Path, first: list[list[object]], second: list[list[object]],
