@@ -77,6 +77,32 @@ def wait_until_recorded(proc: subprocess.Popen[str], path: Path, count: int,
         time.sleep(0.05)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a number taken by another user's process: no)."""
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def until_killed_drivers_calls_end(markers: Path, timeout: float = 120) -> None:
+    """Block until the actor processes that ran a killed driver's calls (the pids in the
+    names of the marker files ``slow_count`` leaves, ``row-pid-time``) have exited. Ray
+    kills a dead driver's actors soon after, not at once: until then a call the driver had
+    sent may still start, and its marker appears after the kill."""
+    deadline = time.time() + timeout
+    seen: set[int] = set()
+    while True:
+        pids = {int(entry.name.split("-")[1]) for entry in markers.iterdir()}
+        if pids == seen:
+            return
+        seen = pids
+        while any(map(alive, pids)):
+            assert time.time() < deadline, f"the killed driver's actors {pids} still run"
+            time.sleep(0.05)
+
+
 def why_it_failed(stderr: str) -> str:
     """What a driver run in a subprocess printed when it failed: its traceback when it has
     one (Ray's long memory-kill reports would push it out of a plain tail), else the tail."""

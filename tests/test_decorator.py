@@ -19,6 +19,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from tests import workloads as w
+from tests.conftest import alive
 from thread_chunks import Chunked, Chunker, ConcurrencyReducedWarning, LabelledActor, chunked
 from thread_chunks._pool import Pool
 
@@ -91,16 +92,6 @@ def _pool_of(f: Chunked[Any]) -> Pool | None:
     return f._self_shared.pool
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the number went to another user's process: ours is gone
-        return False
-    return True
-
-
 def _wait_for_cpus(count: int) -> None:
     """Until ``count`` of the suite's CPUs are free (an actor another test left starting
     holds one until it has started)."""
@@ -114,12 +105,12 @@ def _die_once_dropped(pids: set[int]) -> None:
     """Assert the actors' worker processes ``pids`` end once their function is dropped."""
     assert pids and os.getpid() not in pids
     deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         # The pool and its dispatcher hold each other: a collection frees both, once Ray's
         # callback thread has let go of the last call's (for a few ms after it ends).
         gc.collect()
         time.sleep(0.1)
-    assert not any(map(_alive, pids)), f"the actors' processes {pids} outlived the function"
+    assert not any(map(alive, pids)), f"the actors' processes {pids} outlived the function"
 
 
 def test_a_dropped_function_frees_its_actors_but_not_before_its_last_sweep_ends() -> None:
