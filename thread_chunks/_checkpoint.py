@@ -365,10 +365,9 @@ def _write_run(conn: sqlite3.Connection, rows: Sequence[Any], keys: bytes,
     back instead of computing them), stored with the digest of these keys (see
     :func:`_keys_of_list`)."""
     count = len(keys) // KEY_BYTES
-    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
+    _begin_run(conn)
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
         ("parameters", _pickle_rows(rows, undigestable, light, opaque)), ("count", count),
-        ("reused", 0), ("run_started", time.time()),
         ("list_key", None if list_key is None else list_key + hashlib.sha256(keys).digest())])
     if table:
         conn.execute("DELETE FROM run")
@@ -398,6 +397,21 @@ def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
     _insert_run(conn, keys, states)
 
 
+def _begin_run(conn: sqlite3.Connection) -> None:
+    """A run starts (inside a transaction): nothing reused yet; the 1.0.5 index/done go."""
+    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                     [("reused", 0), ("run_started", time.time())])
+
+
+def _keys_digest(stored: object, listed: bytes | None) -> bytes | None:
+    """The digest of the ``run`` table's keys that meta's ``list_key`` (``stored``) holds for
+    the list digest ``listed``; None when it names another list, or none."""
+    if listed is None or not isinstance(stored, bytes) or not stored.startswith(listed):
+        return None
+    return stored[len(listed):]
+
+
 def _keys_of_list(conn: sqlite3.Connection, stored: object, listed: bytes | None,
                   count: int) -> list[bytes] | None:
     """The row keys of the list whose digest is ``listed``, read from the ``run`` table, when
@@ -405,14 +419,15 @@ def _keys_of_list(conn: sqlite3.Connection, stored: object, listed: bytes | None
     digest of the table's keys as they were written with it. Whatever rewrote the table
     since (an older thread-chunks, which knows no ``list_key``) changed the latter: then
     None, and the keys are computed."""
-    if listed is None or not isinstance(stored, bytes) or stored[:len(listed)] != listed:
+    expected = _keys_digest(stored, listed)
+    if expected is None:
         return None
     (whole,) = conn.execute("SELECT count(*) = ?1 AND coalesce(max(row), -1) = ?1 - 1 "
                             "FROM run", (count,)).fetchone()
     if not whole:
         return None
     keys = list(map(_FIRST, conn.execute("SELECT key FROM run ORDER BY row")))
-    if hashlib.sha256(b"".join(keys)).digest() != stored[len(listed):]:
+    if hashlib.sha256(b"".join(keys)).digest() != expected:
         return None
     return keys
 
@@ -542,13 +557,12 @@ class Store:
         func_name = getattr(func, "__name__", name) if func is not None else name
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
-        listed = list_key(binder, rows) if len(rows) == len(calls) else None
+        listed = list_key(binder, rows)
         conn = _connect(path, create=not ours)
         store = cls(path, conn, b"")
         try:
             # the same list as the latest run's (checked again below): its keys are stored
-            peek = _meta(conn, "list_key").get("list_key")
-            known = listed is not None and isinstance(peek, bytes) and peek.startswith(listed)
+            known = _keys_digest(_meta(conn, "list_key").get("list_key"), listed) is not None
             found = None if known else row_keys(binder, calls, large=SHARE_AT_BYTES)
             with _transaction(conn):
                 _upgrade(conn)
@@ -573,9 +587,7 @@ class Store:
                     reason is None and not old.get("by_hand")) else None
                 if keys is not None:  # the latest run's list, parameters and keys: kept
                     undigestable: Sequence[int] = ()
-                    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
-                    conn.execute("UPDATE meta SET value = ? WHERE key = 'run_started'",
-                                 (time.time(),))
+                    _begin_run(conn)
                     store._keys = b"".join(keys)
                 else:
                     keys, undigestable, opaque = found or row_keys(

@@ -595,8 +595,6 @@ class _Inbox:
             wake.set()
 
 
-
-
 class Dispatcher:
     """The calls on one pool's actors, for every run open on it (see the module's doc)."""
 
@@ -619,7 +617,6 @@ class Dispatcher:
         self.lock = threading.RLock()
         self.runs: deque[Run] = deque()  # open runs; the head has the next turn
         self.inbox = _Inbox()  # what Ray's callbacks reach: not the dispatcher (see _Inbox)
-        self.finished = self.inbox.finished
         self.futures: dict[ray.ObjectRef[Any], concurrent.futures.Future[Any]] = {}
         self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
         self.retired: set[int] = set()
@@ -1116,7 +1113,7 @@ class Dispatcher:
 
     def pump(self) -> None:
         """Everything due: finished references, deadlines, then free actors to runs."""
-        finished = self.finished
+        finished = self.inbox.finished
         while finished:
             ref = finished.popleft()
             future = self.futures.pop(ref, None)
