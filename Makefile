@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp
+# An editable install that type checkers see from outside the clone: setuptools' default puts
+# an import hook in site-packages, which mypy and pyright never run (they read plain paths in
+# .pth files); "compat" writes this folder's path there instead (docs/typing.md).
+EDITABLE := --config-settings editable_mode=compat -e
 
 .PHONY: demo test lint typecheck bench docs clean
 
@@ -10,16 +14,16 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP)-demo: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[demo]'
+$(STAMP)-demo: pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet $(EDITABLE) '.[demo]'
 	touch $@
 
-$(STAMP)-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test]'
+$(STAMP)-test: pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet $(EDITABLE) '.[test]'
 	touch $@
 
-$(STAMP)-bench: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[bench]'
+$(STAMP)-bench: pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet $(EDITABLE) '.[bench]'
 	touch $@
 
 demo: $(STAMP)-demo
@@ -46,8 +50,8 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/scale.py
 
-$(STAMP)-docs: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[docs]'
+$(STAMP)-docs: pyproject.toml Makefile | $(PY)
+	$(PY) -m pip install --quiet $(EDITABLE) '.[docs]'
 	touch $@
 
 docs: $(STAMP)-docs

@@ -1,21 +1,22 @@
 """Run a sweep on a Ray cluster: the same code as on a laptop.
 
-Start a cluster with the ``ray start`` command line (here both nodes on one machine):
+Rehearse it with a head and a worker node on one machine; ``docs/scaling-out.md`` gives the
+commands (token authentication included) and how to stop just those two nodes. Then::
 
-    ray start --head --port=6379 --num-cpus=1
-    ray start --address=127.0.0.1:6379 --num-cpus=1
-    RAY_ADDRESS=127.0.0.1:6379 python examples/cluster.py
-    ray stop
+    RAY_ADDRESS=127.0.0.1:6379 python examples/cluster.py --nodes 2
 
 With ``RAY_ADDRESS`` set, thread-chunks connects to that cluster instead of starting Ray, and
 never shuts it down. Each actor reserves the memory one call needs, so Ray never places more
-calls on a node than fit, and SPREAD puts the actors on different nodes.
+calls on a node than fit, and SPREAD puts the actors on different nodes. ``--nodes N`` first
+waits (up to a minute) until N nodes have joined, so that the pool is sized on all of them.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import socket
+import time
 
 import ray
 
@@ -30,7 +31,23 @@ def simulate(seed: int) -> tuple[int, str]:
     return seed + len(block) * 0, ray.get_runtime_context().get_node_id()[:8]
 
 
+def wait_for_nodes(count: int, timeout: float = 60.0) -> None:
+    """Connect to the cluster (``RAY_ADDRESS``) and block until ``count`` nodes are alive."""
+    ray.init()
+    deadline = time.monotonic() + timeout
+    while (alive := sum(bool(node["Alive"]) for node in ray.nodes())) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {alive} of {count} nodes joined within {timeout:g} s")
+        time.sleep(0.5)
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="wait until this many nodes have joined the cluster")
+    args = parser.parse_args()
+    if args.nodes:
+        wait_for_nodes(args.nodes)
     results = simulate.map([[seed] for seed in range(12)])
     print(f"{simulate.chunk_size} calls at once on {len(ray.nodes())} node(s), "
           f"driver on {socket.gethostname()}")

@@ -5,7 +5,7 @@ estimate pi. The sweep runs as many calls at once as this machine's memory allow
 progress bar, and records every result in ``demo.ckpt``: press Ctrl-C half-way and run it
 again, and it resumes where it stopped. It ends with a short summary.
 
-    python examples/demo.py [--calls 16] [--mb 256] [--path demo.ckpt]
+    python examples/demo.py [--calls 24] [--mb 384] [--rounds 4] [--path demo.ckpt]
 """
 
 from __future__ import annotations

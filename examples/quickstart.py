@@ -1,9 +1,4 @@
-"""The README's example, runnable: decorate once, call locally or over many rows."""
-
-from __future__ import annotations
-
-import tempfile
-from pathlib import Path
+"""The README's example, exactly (tests/test_docs.py compares them)."""
 
 from thread_chunks import chunked
 
@@ -13,12 +8,7 @@ def simulate(x: float, y: float) -> float:
     return x * y
 
 
-def main() -> None:
-    print(simulate(1.0, 2.0))                               # still a plain local call
-    print(simulate.map([[1.0, 2.0], [3.0, 4.0]]))           # [2.0, 12.0]
-    path = Path(tempfile.mkdtemp()) / "run.ckpt"
-    print(sum(simulate.map([[1.0, 2.0]] * 100, path=path)))  # resumes after a crash
-
-
-if __name__ == "__main__":
-    main()
+print(simulate(1.0, 2.0))                       # 2.0: still a plain local call
+print(simulate.map([[1.0, 2.0], [3.0, 4.0]]))   # [2.0, 12.0]: 4 Ray actors at most, in order
+rows = [simulate.row(x, 2.0) for x in range(100)]  # typed rows: mypy and pyright check each
+print(sum(simulate.map(rows, path="run.ckpt")))  # 9900.0; run it again: resumes from run.ckpt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -95,3 +96,47 @@ def test_pyright_strict_reads_the_same_types(installed: tuple[Path, Path]) -> No
     reported = {int(m.group(1)) for m in re.finditer(r"mistakes\.py:(\d+):\d+ - error", out)}
     assert status == 1
     assert reported == expected, out
+
+
+def _promised_mistakes() -> tuple[str, dict[int, str]]:
+    """docs/typing.md's script of mistakes, and the error code it promises on each line."""
+    page = (ROOT / "docs" / "typing.md").read_text()
+    [script] = [block for block in re.findall(r"^```python\n(.*?)^```$", page, re.M | re.S)
+                if "# error: [" in block]
+    promised = {n: m.group(1) for n, line in enumerate(script.splitlines(), 1)
+                if (m := re.search(r"# error: \[([\w-]+)\]", line))}
+    return script, promised
+
+
+def _outside_the_clone(tmp_path: Path) -> dict[str, str]:
+    """A folder far from the clone holding the page's script; an environment that finds
+    thread_chunks only the way this venv has it installed (no PYTHONPATH, no MYPYPATH)."""
+    script, _ = _promised_mistakes()
+    (tmp_path / "check_me.py").write_text(script)
+    assert ROOT not in tmp_path.parents
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MYPYPATH")}
+
+
+def test_mypy_outside_the_clone_sees_the_venvs_install(tmp_path: Path) -> None:
+    """What `make demo`/`make test` installed is what a user's mypy sees from elsewhere:
+    exactly the errors the typing page promises, each on its line (no "Cannot find
+    implementation", no Any)."""
+    env = _outside_the_clone(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+                           "--cache-dir", str(tmp_path / ".cache"), "check_me.py"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    reported = {int(m.group(1)): m.group(2) for m in re.finditer(
+        r"^check_me\.py:(\d+): error: .*\[([\w-]+)\]$", proc.stdout, re.MULTILINE)}
+    hint = " (an editable install mypy cannot follow? `make .venv/.stamp-test` redoes it)"
+    assert reported == _promised_mistakes()[1], proc.stdout + proc.stderr + hint
+
+
+def test_pyright_outside_the_clone_sees_the_venvs_install(tmp_path: Path) -> None:
+    env = _outside_the_clone(tmp_path)
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps({"typeCheckingMode": "strict"}))
+    proc = subprocess.run([sys.executable, "-m", "pyright", "--pythonpath", sys.executable,
+                           "check_me.py"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    reported = {int(m.group(1)) for m in re.finditer(r"check_me\.py:(\d+):\d+ - error",
+                                                     proc.stdout)}
+    assert reported == set(_promised_mistakes()[1]), proc.stdout + proc.stderr
