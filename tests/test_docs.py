@@ -3,6 +3,7 @@ run, the cluster rehearsal runs as written, the site builds."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -61,21 +62,26 @@ def test_every_code_block_of_every_page_runs(page: Path, tmp_path: Path,
     without this file's ``from __future__`` import, as a reader's script would be), its bash
     blocks in a shell there; a block that is not run says why on its first line."""
     monkeypatch.chdir(tmp_path)
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
-    for number, (language, code) in enumerate(code_blocks(page), 1):
-        where = f"{page.name}, {language} block {number}"
-        assert language in ("python", "bash"), f"{where}: a block of no known language"
-        if why_not_run(code):
-            continue
-        if language == "python":
-            try:
-                exec(compile(code, where, "exec", dont_inherit=True), namespace)
-            except Exception as exc:
-                raise AssertionError(f"{where} failed:\n{code}") from exc
-        else:
-            proc = subprocess.run(["bash", "-e", "-c", code], cwd=tmp_path, env=_shell_env(),
-                                  capture_output=True, text=True, timeout=120)
-            assert proc.returncode == 0, f"{where} failed:\n{code}\n{proc.stderr[-3000:]}"
+    log = logging.getLogger("thread_chunks")
+    level = log.level
+    try:
+        namespace: dict[str, object] = {"__name__": f"docs_{page.stem.replace('-', '_')}"}
+        for number, (language, code) in enumerate(code_blocks(page), 1):
+            where = f"{page.name}, {language} block {number}"
+            assert language in ("python", "bash"), f"{where}: a block of no known language"
+            if why_not_run(code):
+                continue
+            if language == "python":
+                try:
+                    exec(compile(code, where, "exec", dont_inherit=True), namespace)
+                except Exception as exc:
+                    raise AssertionError(f"{where} failed:\n{code}") from exc
+            else:
+                proc = subprocess.run(["bash", "-e", "-c", code], cwd=tmp_path, env=_shell_env(),
+                                      capture_output=True, text=True, timeout=120)
+                assert proc.returncode == 0, f"{where} failed:\n{code}\n{proc.stderr[-3000:]}"
+    finally:
+        log.setLevel(level)  # a page may turn the log on: not for the tests after it
 
 
 def test_every_python_block_runs_and_only_shell_blocks_are_left_out() -> None:
