@@ -73,6 +73,8 @@ from ._digest import (
     row_keys,
 )
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
+from ._inflight import META_KEY as RUNNING_KEY
+from ._inflight import InFlight, Running
 from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
 
@@ -124,9 +126,6 @@ CREATE TABLE IF NOT EXISTS results (
 """
 _RUN = ("CREATE TABLE IF NOT EXISTS run "
         "(row INTEGER PRIMARY KEY, key BLOB NOT NULL, ok INTEGER);")
-SENT = 2
-"""A row's state in the ``run`` table while it is sent to an actor and not finished (1 done,
-0 failed, NULL not run): marked by :meth:`Store.sending`, cleared when the store closes."""
 _STAGED = "CREATE TABLE IF NOT EXISTS staged AS SELECT * FROM results WHERE 0;"
 """``results``' columns (whatever they are), without its key index."""
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
@@ -425,7 +424,8 @@ def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
 
 def _begin_run(conn: sqlite3.Connection) -> None:
     """A run starts (inside a transaction): nothing reused yet; the 1.0.5 index/done go."""
-    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done', 'run_ended')")
+    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done', 'run_ended', ?)",
+                 (RUNNING_KEY,))
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                      [("reused", 0), ("run_started", time.time())])
 
@@ -563,6 +563,7 @@ class Store:
         self._staged = 0  # results this store staged and did not fold yet
         self.peak_memory: int | None = None
         """The largest peak memory measured for a call of this function, in the file."""
+        self._flight = InFlight()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
@@ -753,6 +754,8 @@ class Store:
                 self._conn.executemany(
                     "UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
                     [[1, records[0][ROW], records[-1][ROW]]] if plain else _spans(records))
+                self._flight.finished(list(map(_ROW, records)))
+                self._write_flight()
             self._staged = self._staged + len(rows) if staged else 0
         except Exception as exc:
             self._give_up(exc)
@@ -771,17 +774,22 @@ class Store:
                         repeat(actor), repeat(now), map(_MEMORY, records)))
 
     def sending(self, rows: Sequence[int]) -> None:
-        """Mark ``rows`` as sent to an actor (state :data:`SENT` in the ``run`` table) in one
-        small transaction, so another process reading the file sees which rows are running;
-        recording their outcome replaces the mark, closing the store clears what is left."""
+        """Note ``rows`` as sent to an actor, in one small transaction (see ``_inflight``):
+        another process reading the file sees which rows are running. Recording their
+        outcomes forgets them; closing the store forgets the rest."""
         if self._conn is None or not rows:
             return
+        self._flight.sent(rows)
         try:
             with _transaction(self._conn):
-                self._conn.executemany(
-                    f"UPDATE run SET ok = {SENT} WHERE row BETWEEN ? AND ?", _row_spans(rows))
+                self._write_flight()
         except Exception as exc:
             self._give_up(exc)
+
+    def _write_flight(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (RUNNING_KEY, self._flight.blob()))
 
     def _skip(self, row: int, size: int) -> None:
         warnings.warn(
@@ -813,8 +821,7 @@ class Store:
         held up by it (the interpreter waits for it at exit; a run opening the same file in
         this process waits for it first, another process waits for its lock). Killed
         meanwhile, nothing is lost: the next run folds them. ``ended``: when the run ended
-        (closed, not given up), recorded with the fold; rows still marked as sent go back
-        to not run."""
+        (closed, not given up), recorded with the fold; no row is running any more."""
         if self._conn is not None:
             closing_thread = threading.Thread(
                 target=_fold_and_close, args=(self._conn, self._staged, ended),
@@ -845,20 +852,6 @@ def _insert_results(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, 
     if rows:
         verb = "INSERT OR REPLACE" if table == "results" else "INSERT"
         conn.executemany(f"{verb} INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
-
-
-def _row_spans(rows: Sequence[int]) -> list[tuple[int, int]]:
-    """``(first, last)`` of each run of consecutive numbers in ``rows`` (one span for the
-    usual batch)."""
-    if rows[-1] - rows[0] == len(rows) - 1 and rows == sorted(rows):
-        return [(rows[0], rows[-1])]
-    spans: list[tuple[int, int]] = []
-    for row in sorted(set(rows)):
-        if spans and spans[-1][1] == row - 1:
-            spans[-1] = (spans[-1][0], row)
-        else:
-            spans.append((row, row))
-    return spans
 
 
 def _signature_blob(signature: inspect.Signature | None) -> bytes | None:
@@ -919,7 +912,7 @@ def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None) 
                 if staged:
                     _fold(conn)
                 if ended is not None:
-                    conn.execute(f"UPDATE run SET ok = NULL WHERE ok = {SENT}")
+                    conn.execute("DELETE FROM meta WHERE key = ?", (RUNNING_KEY,))
                     conn.execute("INSERT OR REPLACE INTO meta VALUES ('run_ended', ?)",
                                  (ended,))
     except sqlite3.Error as exc:  # the results stay staged: the next run folds them
@@ -1156,9 +1149,10 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     with _reading(path) as (conn, meta):
         since = float(meta.get("run_started") or 0.0)
         total = int(meta["count"])
-        done, failed, running = conn.execute(
-            "SELECT count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END), "
-            "count(CASE WHEN ok = ? THEN 1 END) FROM run", (SENT,)).fetchone()
+        done, failed = conn.execute(
+            "SELECT count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END) "
+            "FROM run").fetchone()
+        running = len(Running(meta.get(RUNNING_KEY)))
         stored, first, last, fresh, fresh_first, fresh_last, longest = conn.execute(
             "SELECT count(CASE WHEN ok = 1 THEN 1 END), min(started), max(ended), "
             "count(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN 1 END), "

@@ -10,7 +10,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ._checkpoint import SENT, Checkpoint, _as_call, _reading, _unpickle
+from ._checkpoint import Checkpoint, _as_call, _reading, _unpickle
+from ._inflight import META_KEY, Running
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,17 +162,18 @@ def row_states(path: str | os.PathLike[str]) -> Iterator[RowState]:
     timing columns; only failures are unpickled (for their first line; few, and small)."""
     with _reading(path) as (conn, meta):
         since = meta.get("run_started")
+        running = Running(meta.get(META_KEY))
         for row, state, ok, seconds, actor, recorded, failure in conn.execute(
                 "SELECT r.row, r.ok, s.ok, s.ended - s.started, s.actor, s.recorded, "
                 "CASE WHEN r.ok = 0 AND s.ok = 0 THEN s.value END "
                 "FROM run AS r LEFT JOIN results AS s ON s.key = r.key ORDER BY r.row"):
-            if state == 1 and ok == 1:
+            if running and row in running:  # sent (again) and not finished
+                yield RowState(row, "running", False, None, None, None)
+            elif state == 1 and ok == 1:
                 reused = since is not None and recorded is not None and recorded < since
                 yield RowState(row, "done", reused, seconds, actor, None)
             elif state == 0:
                 yield RowState(row, "failed", False, seconds, actor, _error_of(failure))
-            elif state == SENT:
-                yield RowState(row, "running", False, None, None, None)
             else:
                 yield RowState(row, "waiting", False, None, None, None)
 
