@@ -45,7 +45,8 @@ def _state(info: dict[str, Any]) -> str:
     if state == "finished":
         return f"finished{'' if info['run_ended'] is None else ' at ' + _when(info['run_ended'])}"
     if state == "stopped":
-        return f"stopped at {_when(info['run_ended'])} with {total - done} of {total} rows not done"
+        left = total - done - info["failed"]
+        return f"stopped at {_when(info['run_ended'])}, {left} of {total} rows not run"
     if state == "quiet" and last is not None:
         return (f"no update since {_ago(last)}, and no end recorded: killed, or its calls "
                 "take long")

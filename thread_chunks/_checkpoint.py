@@ -1141,8 +1141,8 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     and last update are the file's; the rate and the call memory count only calls that
     finished in the latest run (reused rows ran earlier), the rate only over enough of them
     (:data:`RATE_MIN_CALLS`, :data:`RATE_MIN_SECONDS`); the ETA only for a run that is on.
-    ``state``: ``running``; ``finished`` (every row done); ``stopped`` (it ended, Ctrl-C or
-    an error, at ``run_ended``); ``quiet`` (no end recorded and no update for a while, see
+    ``state``: ``running``; ``finished`` (every row done or failed); ``stopped`` (it ended,
+    Ctrl-C or an error, at ``run_ended``); ``quiet`` (no end recorded and no update for a while, see
     :data:`QUIET_SECONDS`: killed, or its calls are long); ``saved`` (written by
     ``Checkpoint(...)``, not run).
     """
@@ -1170,7 +1170,7 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
     latest = max((t for t in (last, started) if t is not None), default=None)
     if started is None:
         state = "saved"
-    elif done >= total:
+    elif done + int(failed) >= total:  # every row has its final outcome
         state = "finished"
     elif ended is not None:
         state = "stopped"
