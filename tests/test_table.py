@@ -187,6 +187,31 @@ def test_a_stopped_run_has_no_eta_and_says_when_it_stopped(tmp_path: Path) -> No
     assert "running" not in {fields[0] for fields in rows.values()}  # marks cleared at close
 
 
+def test_a_run_stopped_by_ctrl_c_says_so(tmp_path: Path) -> None:
+    runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
+    runs.mkdir()
+    script = f"""
+import thread_chunks
+from tests import workloads as w
+rows = [[i, {str(runs)!r}, 0.2] for i in range(40)]
+thread_chunks.chunk(w.slow_count, rows, chunk_size=2, batch_size=1, path={str(ckpt)!r},
+                    progress_bar=False)
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    driver = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until_recorded(driver, ckpt, 4)
+    driver.send_signal(signal.SIGINT)
+    driver.communicate(timeout=60)
+    assert driver.returncode != 0
+    info = _checkpoint.summary(ckpt)
+    assert info["state"] == "stopped" and info["eta_seconds"] is None, info
+    assert info["run_ended"] is not None and info["running"] == 0
+    assert 4 <= info["done"] < 40
+    assert "state:        stopped at " in _text(info)
+
+
 def test_inspect_explains_repeated_and_reused_rows_and_what_was_not_measured(
         tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"

@@ -58,7 +58,8 @@ def _state(info: dict[str, Any]) -> str:
 def _text(info: dict[str, Any]) -> str:
     rate = info["rate_per_second"]
     distinct = info["distinct_calls_latest_run"]
-    calls = "" if distinct is None else f" ({distinct} distinct call{'s' * (distinct != 1)})"
+    calls = "" if distinct is None or distinct == info["rows_latest_run"] else (
+        f" ({distinct} distinct call{'s' * (distinct != 1)})")
     if info["calls_latest_run"] and rate is None:
         rate_text = (f"- (measured over at least {RATE_MIN_CALLS} calls and "
                      f"{RATE_MIN_SECONDS:g} s)")
@@ -87,7 +88,8 @@ def _text(info: dict[str, Any]) -> str:
 def _rows_text(states: Iterable[RowState]) -> Iterator[str]:
     yield "row      state    seconds  actor        detail"
     for s in states:
-        seconds = "-" if s.seconds is None else f"{s.seconds:.3g}"
+        seconds = "-" if s.seconds is None else f"{s.seconds:.3f}" if s.seconds >= 0.001 \
+            else "<0.001"
         detail = s.error if s.error is not None else "reused" if s.reused else ""
         yield f"{s.row:<8} {s.state:<8} {seconds:<8} {s.actor or '-':<12} {detail}".rstrip()
 
