@@ -21,6 +21,7 @@ from tests import workloads as w
 from tests.conftest import ROOT, wait_until_recorded
 from thread_chunks import Checkpoint, NotStored, _checkpoint, chunk
 from thread_chunks.__main__ import _text
+from thread_chunks._inflight import InFlight, Running
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -269,3 +270,20 @@ def test_the_table_has_a_numpy_form(tmp_path: Path) -> None:
     frame: pd.DataFrame = view.to_pandas()
     assert frame[["x", "y", "result"]].to_numpy().tolist() == [
         [i, 10, i + 10] for i in range(4)]
+
+
+def test_rows_in_flight_are_kept_as_spans() -> None:
+    flight = InFlight()
+    flight.sent([0, 1, 2, 3])
+    flight.sent([4, 5])
+    flight.sent([9, 7])  # retries: any rows, any order
+    assert list(Running(flight.blob()).rows()) == [0, 1, 2, 3, 4, 5, 7, 9]
+    flight.finished([0, 1, 2, 3])  # the usual batch: its span goes at once
+    flight.finished([7])
+    flight.finished([5])  # part of a span
+    running = Running(flight.blob())
+    assert list(running.rows()) == [4, 9] and len(running) == 2
+    assert 4 in running and 5 not in running and 3 not in running
+    flight.finished([4, 9])
+    assert flight.blob() == b"" and not Running(flight.blob())
+    assert not Running(None) and not Running(b"\x01")  # no value, or not ours: none

@@ -1000,8 +1000,9 @@ class Checkpoint:
     they are computed (``done``: rows completed; ``index``: one past the last completed row).
     Beyond 1.0.5: ``failed`` (the exception of a row whose last try raised),
     ``started``/``ended`` (epoch seconds, None where not done), ``actor`` (which actor ran it),
-    ``stored`` (successful results in the file, for any list) and ``reused`` (rows of the latest
-    run that were already known).
+    ``stored`` (successful results in the file, for any list), ``reused`` (rows of the latest
+    run that were already known) and ``signature`` (the parameters of the latest run's
+    function); :meth:`to_pandas` makes a table of it all.
     """
 
     func_name: str
