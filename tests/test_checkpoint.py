@@ -315,7 +315,7 @@ def test_inspect_text_and_json(tmp_path: Path) -> None:
     assert info["function"] == "square"
     assert (info["done"], info["total"], info["failed"]) == (6, 6, 0)
     assert info["last_update"] >= info["first_update"] > 0
-    assert info["eta_seconds"] == 0
+    assert info["eta_seconds"] is None and info["state"] == "finished"  # no ETA: not on
 
 
 def test_inspect_errors_are_clear(tmp_path: Path) -> None:

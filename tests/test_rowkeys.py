@@ -300,7 +300,7 @@ def test_inspect_shows_stored_latest_and_reused_rows(tmp_path: Path) -> None:
         [sys.executable, "-m", "thread_chunks", "inspect", str(ckpt), "--json"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=60, check=True).stdout)
     assert (info["rows_stored"], info["rows_latest_run"], info["reused_latest_run"]) == (9, 5, 2)
-    assert (info["done"], info["total"], info["eta_seconds"]) == (5, 5, 0)
+    assert (info["done"], info["total"], info["eta_seconds"]) == (5, 5, None)
     text = subprocess.run([sys.executable, "-m", "thread_chunks", "inspect", str(ckpt)],
                           capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
                           check=True).stdout

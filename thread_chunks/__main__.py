@@ -1,15 +1,18 @@
-"""Command line: ``thread-chunks inspect PATH [--json] [--plot FILE]``."""
+"""Command line: ``thread-chunks inspect PATH [--json] [--rows] [--plot FILE]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from ._checkpoint import summary, timeline
+from ._checkpoint import RATE_MIN_CALLS, RATE_MIN_SECONDS, summary, timeline
 from ._errors import CheckpointError
+from ._table import RowState, row_states
 
 
 def _when(stamp: float | None) -> str:
@@ -26,25 +29,73 @@ def _duration(seconds: float | None) -> str:
 
 
 def _bytes(size: int | None) -> str:
-    return "-" if size is None else f"{size / 2**20:,.0f} MiB"
+    if size is None:
+        return "-"
+    return f"{size / 2**20:,.0f} MiB" if size >= 2**20 else f"{size / 2**10:,.0f} KiB"
+
+
+def _ago(stamp: float) -> str:
+    return f"{_when(stamp)}, {_duration(max(0.0, time.time() - stamp))} ago"
+
+
+def _state(info: dict[str, Any]) -> str:
+    state, done, total = info["state"], info["done"], info["total"]
+    last = max((t for t in (info["last_update"], info["run_started"]) if t is not None),
+               default=None)
+    if state == "finished":
+        return f"finished{'' if info['run_ended'] is None else ' at ' + _when(info['run_ended'])}"
+    if state == "stopped":
+        left = total - done - info["failed"]
+        return f"stopped at {_when(info['run_ended'])}, {left} of {total} rows not run"
+    if state == "quiet" and last is not None:
+        return (f"no update since {_ago(last)}, and no end recorded: killed, or its calls "
+                "take long")
+    if state == "saved":
+        return "written by Checkpoint(...), not run"
+    return "running" if last is None else f"running (last update {_ago(last)})"
 
 
 def _text(info: dict[str, Any]) -> str:
     rate = info["rate_per_second"]
+    distinct = info["distinct_calls_latest_run"]
+    calls = "" if distinct is None or distinct == info["rows_latest_run"] else (
+        f" ({distinct} distinct call{'s' * (distinct != 1)})")
+    if info["calls_latest_run"] and rate is None:
+        rate_text = (f"- (measured over at least {RATE_MIN_CALLS} calls and "
+                     f"{RATE_MIN_SECONDS:g} s)")
+    else:
+        rate_text = "-" if rate is None else f"{rate:.3g} calls/s"
+    memory = "-" if info["call_memory_median"] is None else (
+        f"median {_bytes(info['call_memory_median'])}, max {_bytes(info['call_memory_max'])}")
     return "\n".join([
         f"checkpoint:   {info['path']}",
         f"function:     {info['function']}",
+        f"state:        {_state(info)}",
         f"done:         {info['done']} / {info['total']}",
-        f"rows stored:  {info['rows_stored']}",
-        f"latest run:   {info['rows_latest_run']} rows, {info['reused_latest_run']} reused",
+        f"running:      {info['running']}",
         f"failed:       {info['failed']}",
+        f"latest run:   {info['rows_latest_run']} rows{calls}, "
+        f"{info['reused_latest_run']} reused, {info['calls_latest_run']} computed",
+        f"rows stored:  {info['rows_stored']} (results in the file, of any list)",
         f"first update: {_when(info['first_update'])}",
         f"last update:  {_when(info['last_update'])}",
-        f"rate:         {'-' if rate is None else f'{rate:.3g} calls/s'}",
+        f"rate:         {rate_text}",
         f"eta:          {_duration(info['eta_seconds'])}",
-        f"call memory:  median {_bytes(info['call_memory_median'])}, "
-        f"max {_bytes(info['call_memory_max'])}",
+        f"call memory:  {memory}",
     ])
+
+
+def _rows_text(states: Iterable[RowState]) -> Iterator[str]:
+    yield "row      state    seconds  actor        detail"
+    for s in states:
+        seconds = "-" if s.seconds is None else f"{s.seconds:.3f}" if s.seconds >= 0.001 \
+            else "<0.001"
+        detail = s.error if s.error is not None else "reused" if s.reused else ""
+        yield f"{s.row:<8} {s.state:<8} {seconds:<8} {s.actor or '-':<12} {detail}".rstrip()
+
+
+class _CannotPlot(Exception):
+    """Why ``--plot`` drew nothing (the summary is printed all the same)."""
 
 
 def plot_timeline(path: str, out: str) -> None:
@@ -57,10 +108,10 @@ def plot_timeline(path: str, out: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise SystemExit("--plot needs matplotlib: pip install 'thread-chunks[plot]'") from exc
+        raise _CannotPlot("--plot needs matplotlib: pip install 'thread-chunks[plot]'") from exc
     spans = timeline(path)
     if not spans:
-        raise SystemExit(f"{path}: no finished call has timing to plot")
+        raise _CannotPlot(f"{path}: no finished call has timing to plot")
     t0 = min(start for _, start, *_ in spans)
     lanes = sorted({actor for actor, *_ in spans})
     steps = sorted(step for _, start, end, _, memory in spans if memory is not None
@@ -98,15 +149,30 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect.add_argument("--plot", metavar="FILE", help="also draw a timeline of calls (PNG)")
+    inspect.add_argument("--rows", action="store_true",
+                         help="also list every row: done, failed (with its error), running, "
+                         "waiting")
     args = parser.parse_args(argv)
     try:
         info = summary(args.path)
+        if args.json:
+            if args.rows:
+                info["rows"] = [s._asdict() for s in row_states(args.path)]
+            print(json.dumps(info, indent=2))
+        else:
+            print(_text(info))
+            if args.rows:
+                print()
+                for line in _rows_text(row_states(args.path)):
+                    print(line)
         if args.plot:
             plot_timeline(args.path, args.plot)
     except CheckpointError as exc:
         print(f"thread-chunks: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(info, indent=2) if args.json else _text(info))
+    except _CannotPlot as exc:
+        print(f"thread-chunks: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -34,6 +34,7 @@ are pickled: load checkpoints only from a trusted source.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import sqlite3
@@ -46,7 +47,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from itertools import repeat
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._actor import (
     ENDED,
@@ -72,8 +73,13 @@ from ._digest import (
     row_keys,
 )
 from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
+from ._inflight import META_KEY as RUNNING_KEY
+from ._inflight import InFlight, Running
 from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
 FORMAT_VERSION = 6
@@ -206,7 +212,7 @@ def _is_ours(path: str) -> bool:
             raise CheckpointError(
                 f"{path!r} is not a thread-chunks checkpoint (not an SQLite file); "
                 "refusing to touch it: choose another path or remove it yourself")
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        with closing(_open_to_read(path)) as conn:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path!r}: {exc}") from exc
@@ -218,6 +224,25 @@ def _is_ours(path: str) -> bool:
             f"{path!r} is an SQLite database of another program, not a thread-chunks "
             "checkpoint; refusing to touch it: choose another path or remove it yourself")
     return True
+
+
+def _open_to_read(path: str) -> sqlite3.Connection:
+    """A connection to read ``path`` that leaves no ``-wal``/``-shm`` file of its own.
+
+    A WAL file read through a read-only connection gets both files made beside it, and a
+    read-only connection cannot remove them when it closes. When neither exists (no one has
+    the file open, and its last writer closed cleanly), the file is opened for writing, but
+    only read: the last connection to close removes both, as SQLite does for any writer (not
+    while another process has the file open, which then owns them). Otherwise (a run is on,
+    or a killed one left them) and for a file we may not write, read-only as before.
+    """
+    if os.access(path, os.W_OK) and not any(
+            os.path.exists(path + suffix) for suffix in ("-wal", "-shm")):
+        try:
+            return sqlite3.connect(f"file:{path}?mode=rw", uri=True)
+        except sqlite3.Error:
+            pass
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 def _connect(path: str, create: bool) -> sqlite3.Connection:
@@ -399,7 +424,8 @@ def _renew_run(conn: sqlite3.Connection, keys: bytes, states: bytes) -> None:
 
 def _begin_run(conn: sqlite3.Connection) -> None:
     """A run starts (inside a transaction): nothing reused yet; the 1.0.5 index/done go."""
-    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done')")
+    conn.execute("DELETE FROM meta WHERE key IN ('index', 'done', 'run_ended', ?)",
+                 (RUNNING_KEY,))
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
                      [("reused", 0), ("run_started", time.time())])
 
@@ -537,6 +563,7 @@ class Store:
         self._staged = 0  # results this store staged and did not fold yet
         self.peak_memory: int | None = None
         """The largest peak memory measured for a call of this function, in the file."""
+        self._flight = InFlight()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
@@ -599,6 +626,8 @@ class Store:
                 del keys, found
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('signature', ?)",
+                             (_signature_blob(binder.signature),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
                 store.peak_memory = conn.execute(
                     "SELECT max(memory) FROM results").fetchone()[0]
@@ -725,6 +754,8 @@ class Store:
                 self._conn.executemany(
                     "UPDATE run SET ok = ? WHERE row BETWEEN ? AND ?",
                     [[1, records[0][ROW], records[-1][ROW]]] if plain else _spans(records))
+                self._flight.finished(list(map(_ROW, records)))
+                self._write_flight()
             self._staged = self._staged + len(rows) if staged else 0
         except Exception as exc:
             self._give_up(exc)
@@ -741,6 +772,24 @@ class Store:
         keys = self._keys_of(list(map(_ROW, records)))
         return list(zip(keys, repeat(1), values, map(_STARTED, records), map(_ENDED, records),
                         repeat(actor), repeat(now), map(_MEMORY, records)))
+
+    def sending(self, rows: Sequence[int]) -> None:
+        """Note ``rows`` as sent to an actor, in one small transaction (see ``_inflight``):
+        another process reading the file sees which rows are running. Recording their
+        outcomes forgets them; closing the store forgets the rest."""
+        if self._conn is None or not rows:
+            return
+        self._flight.sent(rows)
+        try:
+            with _transaction(self._conn):
+                self._write_flight()
+        except Exception as exc:
+            self._give_up(exc)
+
+    def _write_flight(self) -> None:
+        assert self._conn is not None
+        self._conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                           (RUNNING_KEY, self._flight.blob()))
 
     def _skip(self, row: int, size: int) -> None:
         warnings.warn(
@@ -764,17 +813,18 @@ class Store:
         if self._reader is not None:
             _close_quietly(self._reader)
             self._reader = None
-        self._stop_saving()
+        self._stop_saving(ended=time.time())
 
-    def _stop_saving(self) -> None:
+    def _stop_saving(self, ended: float | None = None) -> None:
         """Closing folds the staged results into ``results`` (about 2 us a row) and the WAL
         back into the file (a few ms of I/O), done in a background thread so results are not
         held up by it (the interpreter waits for it at exit; a run opening the same file in
         this process waits for it first, another process waits for its lock). Killed
-        meanwhile, nothing is lost: the next run folds them."""
+        meanwhile, nothing is lost: the next run folds them. ``ended``: when the run ended
+        (closed, not given up), recorded with the fold; no row is running any more."""
         if self._conn is not None:
             closing_thread = threading.Thread(
-                target=_fold_and_close, args=(self._conn, self._staged),
+                target=_fold_and_close, args=(self._conn, self._staged, ended),
                 name="thread-chunks checkpoint close")
             with _closing_lock:
                 _closing[os.path.realpath(self.path)] = closing_thread
@@ -802,6 +852,25 @@ def _insert_results(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, 
     if rows:
         verb = "INSERT OR REPLACE" if table == "results" else "INSERT"
         conn.executemany(f"{verb} INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
+def _signature_blob(signature: inspect.Signature | None) -> bytes | None:
+    """The parameters of the run's function as the table view binds rows to them: ``(name,
+    kind, has a default, default)`` each, pickled (a default that cannot be is described,
+    and so is a large one, as a large argument is); None without a signature."""
+    if signature is None:
+        return None
+    params: list[tuple[str, int, bool, Any]] = []
+    for p in signature.parameters.values():
+        default = None if p.default is inspect.Parameter.empty else p.default
+        if is_large(default):
+            default = _not_stored(default)
+        try:
+            pack(default)
+        except Exception:
+            default = NotStored(f"{type(default).__name__} (could not be pickled)")
+        params.append((p.name, int(p.kind), p.default is not inspect.Parameter.empty, default))
+    return pack(params)
 
 
 def _spans(records: Sequence[Outcome]) -> list[list[int]]:
@@ -835,12 +904,17 @@ def _wait_for_close(path: str) -> None:
         pending.join()
 
 
-def _fold_and_close(conn: sqlite3.Connection, staged: int) -> None:
+def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None) -> None:
     """What a store does when it closes, in its background thread (see ``_stop_saving``)."""
     try:
-        if staged:
+        if staged or ended is not None:
             with _transaction(conn):
-                _fold(conn)
+                if staged:
+                    _fold(conn)
+                if ended is not None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (RUNNING_KEY,))
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES ('run_ended', ?)",
+                                 (ended,))
     except sqlite3.Error as exc:  # the results stay staged: the next run folds them
         log.warning("checkpoint: folding %d staged results failed (%s); the next run "
                     "folds them", staged, exc)
@@ -886,7 +960,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
     if not _is_ours(path):
         raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
     try:
-        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        with closing(_open_to_read(path)) as conn:
             conn.execute("BEGIN")  # one snapshot for every read: a fold may commit meanwhile
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
             version = meta.get("format_version")
@@ -926,8 +1000,9 @@ class Checkpoint:
     they are computed (``done``: rows completed; ``index``: one past the last completed row).
     Beyond 1.0.5: ``failed`` (the exception of a row whose last try raised),
     ``started``/``ended`` (epoch seconds, None where not done), ``actor`` (which actor ran it),
-    ``stored`` (successful results in the file, for any list) and ``reused`` (rows of the latest
-    run that were already known).
+    ``stored`` (successful results in the file, for any list), ``reused`` (rows of the latest
+    run that were already known) and ``signature`` (the parameters of the latest run's
+    function); :meth:`to_pandas` makes a table of it all.
     """
 
     func_name: str
@@ -957,6 +1032,9 @@ class Checkpoint:
         self.stored = 0
         self.reused = 0
         self.run_started: float | None = None
+        self.signature: list[tuple[str, int, bool, Any]] | None = None
+        """The parameters of the latest run's function (name, kind, has a default, default),
+        as the run stored them; None when not known (a file written by hand)."""
         if self.path is not None:
             self.save()
 
@@ -1021,17 +1099,53 @@ class Checkpoint:
         view.stored = int(stored)
         view.reused = int(meta.get("reused", 0))
         view.run_started = meta.get("run_started")
+        signature = meta.get("signature")
+        view.signature = None if signature is None else list(_unpickle(signature))
         view.path = os.fspath(path)
         return view
 
+    def to_pandas(self, func: Callable[..., Any] | None = None) -> pd.DataFrame:
+        """The latest run as a table (a ``pandas.DataFrame``, one row per row, indexed by
+        row number; pandas is an optional extra: ``pip install 'thread-chunks[table]'``).
+
+        Columns: one per parameter by name, each row bound to the function's signature with
+        defaults applied (stored by the run; ``func`` binds to its signature instead; rows of
+        a file without one: ``arg0``, ``arg1``, ... and keywords by name); ``result`` (a dict
+        result, when every result is one, spread into ``result.<key>`` columns); then
+        ``status`` (done, failed, not run), ``error`` (a failure's type and first line),
+        ``started`` and ``ended`` (UTC), ``seconds``, ``memory`` (the call's measured peak,
+        bytes) and ``actor``. A parameter named like one of these keeps its name, and that
+        column reads ``run.<name>``. Large arguments the file did not keep stay
+        :class:`NotStored` descriptions.
+        """
+        from ._table import to_pandas
+
+        return to_pandas(self, func)
+
+
+RATE_MIN_CALLS = 10
+RATE_MIN_SECONDS = 2.0
+"""``inspect`` gives a rate (and so an ETA) only over at least this many calls of the latest
+run, spread over at least this long: fewer measure the start-up, not the rate."""
+QUIET_SECONDS = 60.0
+"""A run with no recorded end and no update for this long (or three times its longest call,
+when longer) is shown as "no update since ...", without an ETA: a run killed (kill -9, a
+lost machine) records no end, and the file cannot tell it from a run of long calls."""
+
 
 def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """What ``thread-chunks inspect`` shows: progress, failures, reuse, timing, rate and ETA.
+    """What ``thread-chunks inspect`` shows: the run's state, progress, failures, reuse,
+    timing, rate and ETA.
 
     SQL over the run's row states and the timing columns, one scan of each table: no result is
     read or unpickled, so it costs the same for results of bytes or of gigabytes. The first
-    and last update are the file's; the rate counts only calls that finished in the latest
-    run (reused rows ran earlier).
+    and last update are the file's; the rate and the call memory count only calls that
+    finished in the latest run (reused rows ran earlier), the rate only over enough of them
+    (:data:`RATE_MIN_CALLS`, :data:`RATE_MIN_SECONDS`); the ETA only for a run that is on.
+    ``state``: ``running``; ``finished`` (every row done or failed); ``stopped`` (it ended,
+    Ctrl-C or an error, at ``run_ended``); ``quiet`` (no end recorded and no update for a while, see
+    :data:`QUIET_SECONDS`: killed, or its calls are long); ``saved`` (written by
+    ``Checkpoint(...)``, not run).
     """
     with _reading(path) as (conn, meta):
         since = float(meta.get("run_started") or 0.0)
@@ -1039,34 +1153,58 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
         done, failed = conn.execute(
             "SELECT count(CASE WHEN ok = 1 THEN 1 END), count(CASE WHEN ok = 0 THEN 1 END) "
             "FROM run").fetchone()
-        stored, first, last, fresh, fresh_first, fresh_last = conn.execute(
+        running = len(Running(meta.get(RUNNING_KEY)))
+        stored, first, last, fresh, fresh_first, fresh_last, longest = conn.execute(
             "SELECT count(CASE WHEN ok = 1 THEN 1 END), min(started), max(ended), "
             "count(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN 1 END), "
             "min(CASE WHEN ended >= ?1 THEN started END), "
-            "max(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN ended END) "
+            "max(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN ended END), "
+            "max(CASE WHEN ended >= ?1 THEN ended - started END) "
             "FROM results", (since,)).fetchone()
-        median, largest = _call_memory(conn, meta["_memory"])
+        median, largest = _call_memory(conn, meta["_memory"], since)
+        distinct = conn.execute("SELECT count(DISTINCT key) FROM run").fetchone()[0] if (
+            stored < total) else None  # only then can the list repeat a call
     done = int(meta["done"]) if "done" in meta else int(done)
     span = (fresh_last - fresh_first) if fresh else 0.0
-    rate = fresh / span if span > 0 else None
-    eta = (total - done) / rate if rate else (0.0 if done >= total else None)
-    return {"path": os.fspath(path), "function": meta["func_name"], "done": done,
-            "total": total, "failed": int(failed), "first_update": first, "last_update": last,
+    rate = fresh / span if fresh >= RATE_MIN_CALLS and span >= RATE_MIN_SECONDS else None
+    started, ended = meta.get("run_started"), meta.get("run_ended")
+    latest = max((t for t in (last, started) if t is not None), default=None)
+    if started is None:
+        state = "saved"
+    elif done + int(failed) >= total:  # every row has its final outcome
+        state = "finished"
+    elif ended is not None:
+        state = "stopped"
+    elif latest is not None and time.time() - latest > max(QUIET_SECONDS, 3 * (longest or 0)):
+        state = "quiet"
+    else:
+        state = "running"
+    eta = (total - done) / rate if rate and state == "running" else None
+    return {"path": os.fspath(path), "function": meta["func_name"], "state": state,
+            "run_started": started, "run_ended": ended, "done": done, "total": total,
+            "running": int(running) if state in ("running", "quiet") else 0,
+            "failed": int(failed), "first_update": first, "last_update": last,
             "rate_per_second": rate, "eta_seconds": eta, "rows_stored": int(stored),
-            "rows_latest_run": total, "reused_latest_run": int(meta.get("reused", 0)),
+            "rows_latest_run": total, "distinct_calls_latest_run": distinct,
+            "reused_latest_run": int(meta.get("reused", 0)),
+            "calls_latest_run": max(0, done + int(failed) - int(meta.get("reused", 0))),
             "call_memory_median": median, "call_memory_max": largest}
 
 
-def _call_memory(conn: sqlite3.Connection, column: str) -> tuple[int | None, int | None]:
-    """The median and the largest measured peak memory of the latest run's calls (bytes)."""
+def _call_memory(conn: sqlite3.Connection, column: str, since: float
+                 ) -> tuple[int | None, int | None]:
+    """The median and the largest measured peak memory of the calls the latest run made
+    (bytes; reused rows ran earlier): None when none was measured."""
     if column == "NULL":
         return None, None
-    joined = "FROM run AS r JOIN results AS s ON s.key = r.key WHERE s.memory IS NOT NULL"
-    count, largest = conn.execute(f"SELECT count(*), max(s.memory) {joined}").fetchone()
+    joined = ("FROM run AS r JOIN results AS s ON s.key = r.key WHERE s.memory IS NOT NULL "
+              "AND s.ended >= ?")
+    count, largest = conn.execute(f"SELECT count(*), max(s.memory) {joined}",
+                                  (since,)).fetchone()
     if not count:
         return None, None
     median = conn.execute(f"SELECT s.memory {joined} ORDER BY s.memory LIMIT 1 OFFSET ?",
-                          ((count - 1) // 2,)).fetchone()[0]
+                          (since, (count - 1) // 2)).fetchone()[0]
     return int(median), int(largest)
 
 

@@ -27,7 +27,7 @@ import time
 import uuid
 import warnings
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from typing import Any, Protocol
@@ -115,6 +115,8 @@ class Store(Protocol):
     """Where finished calls are recorded (the checkpoint)."""
 
     def record(self, records: list[Outcome], actor: str) -> None: ...
+
+    def sending(self, rows: Sequence[int]) -> None: ...
 
 
 @dataclass
@@ -1038,6 +1040,8 @@ class Dispatcher:
 
     def send(self, run: Run, slot: int, actor: ActorHandle[Any], batch: list[Item],
              need: int = 0, exclusive: bool = False, mark: str = "") -> None:
+        if run.store is not None:
+            run.store.sending([item[ROW] for item in batch])
         sent = run.wire.send(batch)
         packed = pack_batch(sent)
         arguments = (sent,) if packed is None else packed
