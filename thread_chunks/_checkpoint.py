@@ -40,7 +40,6 @@ import sqlite3
 import struct
 import threading
 import time
-import warnings
 from array import array
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -71,7 +70,12 @@ from ._digest import (
     position_key,
     row_keys,
 )
-from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
+from ._errors import (
+    CheckpointError,
+    CheckpointFailedWarning,
+    CheckpointRestartWarning,
+    warn_user,
+)
 from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
 
@@ -570,10 +574,10 @@ class Store:
                 reason = _mismatch(old, func_name, func_digest)
                 if reason is not None:
                     if reason:
-                        warnings.warn(
+                        warn_user(
                             f"checkpoint {path!r} holds results of another function "
                             f"({reason}); starting afresh and replacing them",
-                            CheckpointRestartWarning, stacklevel=4)
+                            CheckpointRestartWarning)
                     _reset(conn, func_name, func_digest, by_hand=False)
                 else:
                     _fold(conn)  # what the previous run staged, if it could not fold it
@@ -743,20 +747,20 @@ class Store:
                         repeat(actor), repeat(now), map(_MEMORY, records)))
 
     def _skip(self, row: int, size: int) -> None:
-        warnings.warn(
+        warn_user(
             f"row {row}'s result ({size / 2**20:.1f} MiB pickled) is larger than a checkpoint "
             f"can record ({self._limit / 2**20:.0f} MiB, SQLite's limit); it is returned but "
             f"not saved to {self.path!r} (a rerun computes it again); the other rows are saved",
-            CheckpointFailedWarning, stacklevel=2)
+            CheckpointFailedWarning)
 
     def _give_up(self, exc: Exception) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(
+            warn_user(
                 f"saving to checkpoint {self.path!r} failed ({type(exc).__name__}: {exc}); "
                 "the computation goes on and returns its results, but it is no longer saved "
                 "(a full disk or a lock held by another process)",
-                CheckpointFailedWarning, stacklevel=2)
+                CheckpointFailedWarning)
         self._stop_saving()
 
     def close(self) -> None:
@@ -1008,7 +1012,13 @@ class Checkpoint:
         completed = [False] * n
         view = cls(str(meta["func_name"]), parameters, output, completed, 0, 0)
         for i, ok, blob, started, ended, actor, memory in found:
-            value = _unpickle(blob)
+            try:
+                value = _unpickle(blob)
+            except Exception as exc:  # its class or module is gone here
+                raise CheckpointError(
+                    f"checkpoint {os.fspath(path)!r}: the {'result' if ok else 'exception'} of "
+                    f"row {i} cannot be unpickled here ({type(exc).__name__}: {exc}); import "
+                    "what defined it, or run where it is importable") from exc
             view.started[i], view.ended[i], view.actor[i] = started, ended, actor
             view.memory[i] = memory
             if ok:

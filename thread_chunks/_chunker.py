@@ -25,7 +25,14 @@ from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
 from ._errors import ResultError
-from ._options import Options, RunOptions, check_on_error
+from ._options import (
+    Options,
+    RunOptions,
+    check_actors,
+    check_bool,
+    check_on_error,
+    check_path,
+)
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import Calls, Rows, iterate
@@ -93,8 +100,10 @@ class Chunker:
             raise ValueError("Either `func` or `actors` must be specified, but not both.")
         if func is not None and not callable(func):
             raise TypeError(f"func: expected a callable, got {func!r}")
+        check_bool("persistent", persistent)
+        check_path(path)
         if actors is not None:
-            actors = list(actors)
+            actors = check_actors(actors)
             if chunk_size is None:
                 chunk_size = len(actors)
         settings = Options.of("Chunker", chunk_size, progress_bar, options)
@@ -171,7 +180,7 @@ class Chunker:
         completion order. Stopping early (``break``, or dropping the iterator) stops the calls
         still running.
         """
-        check_on_error(on_error)
+        _check_call(ordered, progress_bar, path, on_error)
         plan = self._prepare(parameters, func, path)
         show = self.progress_bar if progress_bar is None else progress_bar
         return self._execute(plan, ordered, show, on_error)
@@ -230,7 +239,7 @@ class Chunker:
         """:meth:`imap` for asyncio: ``async for`` over the results, the event loop free
         while calls run. Cancelling the task iterating it (or closing it) stops the calls
         still running."""
-        check_on_error(on_error)
+        _check_call(ordered, progress_bar, path, on_error)
         iterate(parameters)  # a bad argument fails here, not at the first result
         show = self.progress_bar if progress_bar is None else progress_bar
         return self._aexecute(parameters, func, path, ordered, show, on_error)
@@ -494,6 +503,15 @@ def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:
     return error
 
 
+def _check_call(ordered: object, progress_bar: object, path: object, on_error: object
+                ) -> None:
+    """The per-call arguments of a sweep, checked before anything runs."""
+    check_bool("ordered", ordered)
+    check_bool("progress_bar", progress_bar, allow_none=True)
+    check_path(path)
+    check_on_error(on_error)
+
+
 def pool_for(settings: Options, actors: Sequence[ActorHandle[Any]] | None = None) -> Pool:
     """The actor pool these options describe (the user's ``actors``, when given)."""
     return Pool(settings.chunk_size or config.default_chunk_size, actor_cls=settings.actor_cls,
@@ -532,8 +550,12 @@ def chunk(
     """
     if func is None and actors is None:
         raise ValueError("`func` and `actors` cannot both be None.")
-    check_on_error(on_error)
-    Options.of("chunk", chunk_size, progress_bar, options)  # errors before Ray starts
+    if func is not None and not callable(func):
+        raise TypeError(f"func: expected a callable, got {func!r}")
+    _check_call(True, progress_bar, path, on_error)  # errors before Ray starts
+    if actors is not None:
+        actors = check_actors(actors)
+    Options.of("chunk", chunk_size, progress_bar, options)
     iterate(parameters)
     with ray_session():
         if actors is None:

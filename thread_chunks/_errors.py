@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
+from types import FrameType
+
 
 class ThreadChunksError(Exception):
     """Base class of the errors thread-chunks raises itself."""
@@ -51,3 +57,22 @@ class ConcurrencyReducedWarning(UserWarning):
     """Fewer calls run at once than ``chunk_size``: workers were killed for lack of memory,
     fewer actors fit the cluster, or Ray has not placed some actors (a lost node, resources
     held elsewhere) — those are used as soon as Ray places them."""
+
+
+_INSIDE = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+           os.path.abspath(contextlib.__file__))
+"""Frames in these files are the library's own (and the context managers it enters): a
+warning points past them."""
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame, walking out from the
+    caller, outside thread-chunks (what ``skip_file_prefixes`` does on Python 3.12, for every
+    version we support). With no such frame (a worker thread of the library's own), it points
+    at the caller."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # warnings.warn's stacklevel of the frame looked at
+    while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=2 if frame is None else level)
