@@ -161,6 +161,10 @@ def test_path_must_be_a_str_or_pathlike(tmp_path: Path) -> None:
                  lambda: f.aimap(ROWS, path=[str(tmp_path)])):  # type: ignore[call-overload]
         with pytest.raises(TypeError, match="^path: expected a str or os.PathLike"):
             call()
+    with pytest.raises(TypeError, match="^path: expected a str or os.PathLike"):
+        Checkpoint.load(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^func: expected a callable"):
+        chunker.aimap(ROWS, func=3)  # type: ignore[arg-type]
     assert f.map(ROWS, path=tmp_path / "ok.ckpt") == [0, 1, 4, 9]
     assert chunker.stats.calls == 0
     chunker.close()

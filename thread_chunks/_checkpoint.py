@@ -995,11 +995,14 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours).
+        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours, or
+        when a row's result cannot be unpickled here: the error names the row).
 
         This view holds every result of the latest run at once (its API is lists); what
         thread-chunks reads itself (resume, ``inspect``) never loads them all.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, got {path!r}")
         with _reading(path) as (conn, meta):
             parameters = list(_unpickle(conn.execute(
                 "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))

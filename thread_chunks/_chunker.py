@@ -240,6 +240,8 @@ class Chunker:
         while calls run. Cancelling the task iterating it (or closing it) stops the calls
         still running."""
         _check_call(ordered, progress_bar, path, on_error)
+        if func is not None and not callable(func):
+            raise TypeError(f"func: expected a callable, got {func!r}")
         iterate(parameters)  # a bad argument fails here, not at the first result
         show = self.progress_bar if progress_bar is None else progress_bar
         return self._aexecute(parameters, func, path, ordered, show, on_error)
