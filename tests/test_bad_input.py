@@ -23,6 +23,7 @@ from thread_chunks import (
     Chunker,
     ConcurrencyReducedWarning,
     LabelledActor,
+    WorkerDiedError,
     chunk,
     chunked,
 )
@@ -92,11 +93,17 @@ def test_per_call_flags_must_be_bools_on_every_face() -> None:
 
 
 @pytest.mark.parametrize(("options", "error", "says"), [
-    ({"num_cpus": "one"}, TypeError, "'num_cpus'"),
+    ({"num_cpus": "one"}, TypeError, "num_cpus: expected a number >= 0, got 'one'"),
+    ({"num_gpus": True}, TypeError, "num_gpus: expected a number >= 0, got True"),
     ({"resources": "x"}, TypeError, "'resources'"),
-    ({"resources": {"GPU_slot": -1}}, ValueError, "GPU_slot cannot be negative"),
-    ({"memory": -1}, ValueError, "memory cannot be negative"),
-    ({"num_gpus": -0.5}, ValueError, "num_gpus cannot be negative"),
+    ({"resources": {"slot": -1}}, ValueError, r"resources\['slot'\]: expected a finite number"),
+    ({"resources": {"slot": "1"}}, TypeError, r"resources\['slot'\]: expected a number"),
+    ({"resources": {1: 1}}, TypeError, "resources: expected resource names"),
+    ({"memory": -1}, ValueError, "memory: expected a finite number >= 0, got -1"),
+    ({"memory": float("inf")}, ValueError, "memory: expected a finite number >= 0, got inf"),
+    ({"num_cpus": float("nan")}, ValueError, "num_cpus: expected a finite number >= 0"),
+    ({"num_gpus": -0.5}, ValueError, "num_gpus: expected a finite number >= 0"),
+    ({"max_restarts": "x"}, TypeError, "'max_restarts'"),  # Ray's own check
     ({"no_such_option": 1}, ValueError, "no_such_option"),
     ({1: 2}, TypeError, "option names"),
     ([1, 2], TypeError, r"expected a mapping .* got \[1, 2\]"),
@@ -233,6 +240,14 @@ def test_a_rows_base_exception_is_raised_as_the_users_class_naming_the_row(tmp_p
     with pytest.raises(b.UserStop):
         chunk(b.stop_on, rows, chunk_size=1, batch_size=8, path=ckpt)
     assert Checkpoint.load(ckpt).reused == 7
+
+
+def test_rays_own_exit_actor_still_ends_the_actor() -> None:
+    # Ray's exit_actor() raises a SystemExit it marks: that one is not a row's failure
+    out = chunk(b.exit_actor_on, [[0], [1], [2]], chunk_size=1, batch_size=1,
+                max_worker_deaths=1, on_error="return")
+    assert out[0] == 0 and out[2] == 2
+    assert isinstance(out[1], WorkerDiedError)
 
 
 # -- warnings point at the user's line -------------------------------------------------------

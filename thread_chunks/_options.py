@@ -117,9 +117,24 @@ def check_actor_options(actor_cls: ActorClass, actor_options: Mapping[str, Any])
     bad = [key for key in actor_options if not isinstance(key, str)]
     if bad:
         raise TypeError(f"actor_options: expected option names (str), got key {bad[0]!r}")
+    amounts = {key: actor_options[key] for key in ("num_cpus", "num_gpus", "memory")
+               if actor_options.get(key) is not None}
+    resources = actor_options.get("resources")
+    if isinstance(resources, Mapping):  # the amounts we count actors by: Ray's own errors
+        for name, amount in resources.items():  # for these do not name the key
+            if not isinstance(name, str):
+                raise TypeError(f"actor_options: resources: expected resource names (str), "
+                                f"got {name!r}")
+            amounts[f"resources[{name!r}]"] = amount
+    for key, amount in amounts.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"actor_options: {key}: expected a number >= 0, got {amount!r}")
+        if not 0 <= amount < math.inf:
+            raise ValueError(f"actor_options: {key}: expected a finite number >= 0, got "
+                             f"{amount!r}")
     try:
         actor_cls.options(**actor_options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise type(exc)(f"actor_options: {exc}") from None
 
 
