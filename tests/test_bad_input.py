@@ -197,11 +197,16 @@ def test_loading_a_result_whose_module_is_gone_names_the_row(tmp_path: Path,
     ckpt = tmp_path / "run.ckpt"
     Checkpoint("f", [[0], [1], [2]], [0, module.Result(), None], [True, True, False], 2, 2,
                path=ckpt)
+    args = tmp_path / "args.ckpt"
+    Checkpoint("f", [[0], [module.Result()]], [0, 1], [True, True], 2, 2, path=args)
     monkeypatch.delitem(sys.modules, "vanishing_results")
     (tmp_path / "vanishing_results.py").unlink()
     with pytest.raises(CheckpointError, match=r"the result of row 1 cannot be unpickled here "
                                               r"\(ModuleNotFoundError: .*vanishing_results"):
         Checkpoint.load(ckpt)
+    with pytest.raises(CheckpointError, match=r"the parameters cannot be unpickled here "
+                                              r"\(ModuleNotFoundError: .*vanishing_results"):
+        Checkpoint.load(args)
 
 
 # -- a row's BaseException fails that row alone ----------------------------------------------

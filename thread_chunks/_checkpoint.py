@@ -1004,8 +1004,14 @@ class Checkpoint:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {path!r}")
         with _reading(path) as (conn, meta):
-            parameters = list(_unpickle(conn.execute(
-                "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
+            blob = conn.execute("SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]
+            try:
+                parameters = list(_unpickle(blob))
+            except Exception as exc:  # a class or module they use is gone here
+                raise CheckpointError(
+                    f"checkpoint {os.fspath(path)!r}: the parameters cannot be unpickled here "
+                    f"({type(exc).__name__}: {exc}); import what defined them, or run where "
+                    "it is importable") from exc
             found = conn.execute(
                 f"SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor, {meta['_memory']} "
                 "FROM run AS r JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()

@@ -135,7 +135,8 @@ def check_actor_options(actor_cls: ActorClass, actor_options: Mapping[str, Any])
     try:
         actor_cls.options(**actor_options)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise type(exc)(f"actor_options: {exc}") from None
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"actor_options: {exc}") from None
 
 
 @dataclass(frozen=True)
