@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,11 +20,13 @@ from tests import workloads as w
 from thread_chunks import (
     Checkpoint,
     CheckpointError,
+    CheckpointFailedWarning,
     CheckpointRestartWarning,
     Chunker,
     ConcurrencyReducedWarning,
     LabelledActor,
     WorkerDiedError,
+    _checkpoint,
     chunk,
     chunked,
 )
@@ -291,3 +294,19 @@ def test_checkpoint_restart_warning_points_at_the_users_line(tmp_path: Path) -> 
         assert list(f.imap(ROWS, path=ckpt)) == [0, 1, 4, 9]
     assert [r.filename for r in records] == [__file__]
     f.close()
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Python 3.11+")
+def test_checkpoint_failed_warnings_point_at_the_users_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_checkpoint, "MAX_RECORD_BYTES", 1 << 20)  # SQLite's 1 GB, scaled
+    with chunked(chunk_size=2)(w.sized) as f, \
+            pytest.warns(CheckpointFailedWarning, match="row 2's result") as records:
+        f.map([[i, 2, 2 << 20] for i in range(4)], path=tmp_path / "large.ckpt")
+    assert [r.filename for r in records] == [__file__]
+    monkeypatch.setattr(_checkpoint, "BUSY_TIMEOUT_MS", 50)
+    ckpt = tmp_path / "locked.ckpt"
+    with pytest.warns(CheckpointFailedWarning, match="no longer saved") as records:
+        chunk(w.lock_checkpoint, [[i, str(ckpt), 5] for i in range(6)], chunk_size=2, path=ckpt,
+              batch_size=1)
+    assert [r.filename for r in records] == [__file__]
