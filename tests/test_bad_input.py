@@ -293,7 +293,16 @@ def test_checkpoint_restart_warning_points_at_the_users_line(tmp_path: Path) -> 
     with pytest.warns(CheckpointRestartWarning) as records:
         assert list(f.imap(ROWS, path=ckpt)) == [0, 1, 4, 9]
     assert [r.filename for r in records] == [__file__]
+    g = chunked(chunk_size=1)(w.add)
+
+    async def sweep() -> list[int]:  # the checkpoint is opened in a worker thread
+        return await g.amap(ROWS, path=ckpt)
+
+    with pytest.warns(CheckpointRestartWarning) as records:
+        assert asyncio.run(sweep()) == [0, 1, 2, 3]
+    assert [r.filename for r in records] == [__file__]
     f.close()
+    g.close()
 
 
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Python 3.11+")

@@ -24,7 +24,7 @@ from typing_extensions import Unpack
 from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
-from ._errors import ResultError
+from ._errors import Held, ResultError, holding_warnings, warn_user
 from ._options import (
     Options,
     RunOptions,
@@ -275,12 +275,17 @@ class Chunker:
     async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
         """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
         the checkpoint it opened is then closed."""
-        task = asyncio.ensure_future(asyncio.to_thread(self._plan, parameters, path))
+        held: Held = []  # its warnings, given here: on the thread whose frames are the user's
+        task = asyncio.ensure_future(asyncio.to_thread(
+            holding_warnings, held, self._plan, parameters, path))
         try:
-            return await asyncio.shield(task)
+            plan = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_close_unused)
             raise
+        for message, category in held:
+            warn_user(message, category)
+        return plan
 
     def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Run:
         """Everything one run holds until it ends (entered on ``stack``), and the run. Its

@@ -5,8 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, TypeAlias, TypeVar
+
+T = TypeVar("T")
 
 
 class ThreadChunksError(Exception):
@@ -65,11 +70,32 @@ _INSIDE = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
 warning points past them."""
 
 
+Held: TypeAlias = "list[tuple[str, type[Warning]]]"
+"""Warnings held back (message, category), to be given where the user's frames are."""
+
+_holding = threading.local()
+
+
+def holding_warnings(held: Held, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` with the warnings it gives through :func:`warn_user` put in ``held``
+    instead: for work done in a thread of the library's own (no user frame to point at), whose
+    warnings are given afterwards from the thread that waited for it."""
+    _holding.held = held
+    try:
+        return func(*args)
+    finally:
+        _holding.held = None
+
+
 def warn_user(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` pointing at the user's line: the first frame, walking out from the
     caller, outside thread-chunks (what ``skip_file_prefixes`` does on Python 3.12, for every
-    version we support). With no such frame (a worker thread of the library's own), it points
-    at the caller."""
+    version we support). In :func:`holding_warnings`, held instead. With no such frame, it
+    points at the caller."""
+    held: Held | None = getattr(_holding, "held", None)
+    if held is not None:
+        held.append((message, category))
+        return
     frame: FrameType | None = sys._getframe(1)
     level = 2  # warnings.warn's stacklevel of the frame looked at
     while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
