@@ -82,8 +82,11 @@ class Chunker:
 
     Raises:
         ValueError: ``func`` and ``actors`` both given or both missing; ``chunk_size`` not a
-            positive int, or not ``len(actors)``.
-        TypeError: ``actor_cls`` is not a LabelledActor subclass; ``func`` cannot be pickled.
+            positive int or 'auto', or not ``len(actors)``.
+        TypeError: ``actor_cls`` is not a LabelledActor subclass; ``func`` cannot be pickled;
+            ``actors`` holds something that is not a Ray actor handle (the message names its
+            index); ``path`` is not a str or os.PathLike; ``progress_bar`` or
+            ``persistent`` is not a bool.
     """
 
     def __init__(
@@ -551,9 +554,11 @@ def chunk(
 
     Raises:
         ValueError: ``func`` and ``actors`` both None; ``chunk_size`` is not a positive int or
-            disagrees with ``len(actors)``.
+            'auto', or disagrees with ``len(actors)``.
         TypeError: ``parameters`` is not an iterable of rows, or a row is not a list, tuple
-            or dict (the message names the row); an unknown option.
+            or dict (the message names the row); an unknown option; ``actors`` holds
+            something that is not a Ray actor handle (named by its index); ``path`` is not a
+            str or os.PathLike; ``progress_bar`` is not a bool.
     """
     if func is None and actors is None:
         raise ValueError("`func` and `actors` cannot both be None.")

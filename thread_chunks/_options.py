@@ -33,7 +33,7 @@ class RunOptions(TypedDict, total=False):
     max_worker_deaths: int
     """A row whose worker dies this many times fails with WorkerDiedError."""
     timeout: float | None
-    """Seconds a call may run before its actor is stopped."""
+    """Seconds a call may run before its actor is stopped; None (or inf): no limit."""
     memory_per_call: int | None
     """Bytes one call needs: reserved per actor through Ray's ``memory`` resource."""
     placement_timeout: float | None
