@@ -319,3 +319,13 @@ def test_checkpoint_failed_warnings_point_at_the_users_line(
         chunk(w.lock_checkpoint, [[i, str(ckpt), 5] for i in range(6)], chunk_size=2, path=ckpt,
               batch_size=1)
     assert [r.filename for r in records] == [__file__]
+
+
+def test_every_warning_of_the_library_goes_through_warn_user() -> None:
+    # a plain warnings.warn with a fixed stacklevel points into the library from some callers
+    package = Path(_checkpoint.__file__).parent
+    plain = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+             if path.name != "_errors.py"
+             for number, line in enumerate(path.read_text().splitlines(), 1)
+             if "warnings.warn(" in line]
+    assert plain == []
