@@ -145,7 +145,9 @@ class LabelledActor:
                     if values:
                         args, kwargs = _substitute(args, kwargs, values)
                     value = call(index, args, kwargs or {})
-                except Exception as exc:  # the user's error travels back as a value
+                except BaseException as exc:  # the user's error travels back as a value
+                    if _ray_exit(exc):
+                        raise
                     plain = False
                     ended = time.time()
                     busy += ended - start
@@ -618,6 +620,14 @@ def unpack(payload: Payload) -> Any:
     if isinstance(payload, Packed):
         return pickle.loads(payload.header, buffers=payload.buffers)
     return pickle.loads(payload)
+
+
+def _ray_exit(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray ending this actor (``ray.actor.exit_actor()``: a SystemExit
+    Ray marks), which must reach Ray. Any other exception the function raises, a
+    BaseException too (``KeyboardInterrupt``, ``asyncio.CancelledError``, ``SystemExit``
+    from ``sys.exit()``), fails its row alone: the other rows of the batch still run."""
+    return isinstance(exc, SystemExit) and hasattr(exc, "ray_terminate_msg")
 
 
 def _pack_error(exc: BaseException) -> bytes:

@@ -41,7 +41,6 @@ import sqlite3
 import struct
 import threading
 import time
-import warnings
 from array import array
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
@@ -72,7 +71,12 @@ from ._digest import (
     position_key,
     row_keys,
 )
-from ._errors import CheckpointError, CheckpointFailedWarning, CheckpointRestartWarning
+from ._errors import (
+    CheckpointError,
+    CheckpointFailedWarning,
+    CheckpointRestartWarning,
+    warn_user,
+)
 from ._inflight import META_KEY as RUNNING_KEY
 from ._inflight import InFlight, Running
 from ._rows import TypedRow
@@ -597,10 +601,10 @@ class Store:
                 reason = _mismatch(old, func_name, func_digest)
                 if reason is not None:
                     if reason:
-                        warnings.warn(
+                        warn_user(
                             f"checkpoint {path!r} holds results of another function "
                             f"({reason}); starting afresh and replacing them",
-                            CheckpointRestartWarning, stacklevel=4)
+                            CheckpointRestartWarning)
                     _reset(conn, func_name, func_digest, by_hand=False)
                 else:
                     _fold(conn)  # what the previous run staged, if it could not fold it
@@ -792,20 +796,20 @@ class Store:
                            (RUNNING_KEY, self._flight.blob()))
 
     def _skip(self, row: int, size: int) -> None:
-        warnings.warn(
+        warn_user(
             f"row {row}'s result ({size / 2**20:.1f} MiB pickled) is larger than a checkpoint "
             f"can record ({self._limit / 2**20:.0f} MiB, SQLite's limit); it is returned but "
             f"not saved to {self.path!r} (a rerun computes it again); the other rows are saved",
-            CheckpointFailedWarning, stacklevel=2)
+            CheckpointFailedWarning)
 
     def _give_up(self, exc: Exception) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(
+            warn_user(
                 f"saving to checkpoint {self.path!r} failed ({type(exc).__name__}: {exc}); "
                 "the computation goes on and returns its results, but it is no longer saved "
                 "(a full disk or a lock held by another process)",
-                CheckpointFailedWarning, stacklevel=2)
+                CheckpointFailedWarning)
         self._stop_saving()
 
     def close(self) -> None:
@@ -1069,14 +1073,23 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Checkpoint:
-        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours).
+        """Read the checkpoint at ``path`` (CheckpointError when it is missing or not ours, or
+        when a row's result cannot be unpickled here: the error names the row).
 
         This view holds every result of the latest run at once (its API is lists); what
         thread-chunks reads itself (resume, ``inspect``) never loads them all.
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path: expected a str or os.PathLike, got {path!r}")
         with _reading(path) as (conn, meta):
-            parameters = list(_unpickle(conn.execute(
-                "SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]))
+            blob = conn.execute("SELECT value FROM meta WHERE key = 'parameters'").fetchone()[0]
+            try:
+                parameters = list(_unpickle(blob))
+            except Exception as exc:  # a class or module they use is gone here
+                raise CheckpointError(
+                    f"checkpoint {os.fspath(path)!r}: the parameters cannot be unpickled here "
+                    f"({type(exc).__name__}: {exc}); import what defined them, or run where "
+                    "it is importable") from exc
             found = conn.execute(
                 f"SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor, {meta['_memory']} "
                 "FROM run AS r JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()
@@ -1086,7 +1099,13 @@ class Checkpoint:
         completed = [False] * n
         view = cls(str(meta["func_name"]), parameters, output, completed, 0, 0)
         for i, ok, blob, started, ended, actor, memory in found:
-            value = _unpickle(blob)
+            try:
+                value = _unpickle(blob)
+            except Exception as exc:  # its class or module is gone here
+                raise CheckpointError(
+                    f"checkpoint {os.fspath(path)!r}: the {'result' if ok else 'exception'} of "
+                    f"row {i} cannot be unpickled here ({type(exc).__name__}: {exc}); import "
+                    "what defined it, or run where it is importable") from exc
             view.started[i], view.ended[i], view.actor[i] = started, ended, actor
             view.memory[i] = memory
             if ok:

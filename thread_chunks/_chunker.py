@@ -24,8 +24,15 @@ from typing_extensions import Unpack
 from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
-from ._errors import ResultError
-from ._options import Options, RunOptions, check_on_error
+from ._errors import Held, ResultError, holding_warnings, warn_user
+from ._options import (
+    Options,
+    RunOptions,
+    check_actors,
+    check_bool,
+    check_on_error,
+    check_path,
+)
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import Calls, Rows, iterate
@@ -75,8 +82,11 @@ class Chunker:
 
     Raises:
         ValueError: ``func`` and ``actors`` both given or both missing; ``chunk_size`` not a
-            positive int, or not ``len(actors)``.
-        TypeError: ``actor_cls`` is not a LabelledActor subclass; ``func`` cannot be pickled.
+            positive int or 'auto', or not ``len(actors)``.
+        TypeError: ``actor_cls`` is not a LabelledActor subclass; ``func`` cannot be pickled;
+            ``actors`` holds something that is not a Ray actor handle (the message names its
+            index); ``path`` is not a str or os.PathLike; ``progress_bar`` or
+            ``persistent`` is not a bool.
     """
 
     def __init__(
@@ -93,8 +103,10 @@ class Chunker:
             raise ValueError("Either `func` or `actors` must be specified, but not both.")
         if func is not None and not callable(func):
             raise TypeError(f"func: expected a callable, got {func!r}")
+        check_bool("persistent", persistent)
+        check_path(path)
         if actors is not None:
-            actors = list(actors)
+            actors = check_actors(actors)
             if chunk_size is None:
                 chunk_size = len(actors)
         settings = Options.of("Chunker", chunk_size, progress_bar, options)
@@ -171,7 +183,7 @@ class Chunker:
         completion order. Stopping early (``break``, or dropping the iterator) stops the calls
         still running.
         """
-        check_on_error(on_error)
+        _check_call(ordered, progress_bar, path, on_error)
         plan = self._prepare(parameters, func, path)
         show = self.progress_bar if progress_bar is None else progress_bar
         return self._execute(plan, ordered, show, on_error)
@@ -230,7 +242,9 @@ class Chunker:
         """:meth:`imap` for asyncio: ``async for`` over the results, the event loop free
         while calls run. Cancelling the task iterating it (or closing it) stops the calls
         still running."""
-        check_on_error(on_error)
+        _check_call(ordered, progress_bar, path, on_error)
+        if func is not None and not callable(func):
+            raise TypeError(f"func: expected a callable, got {func!r}")
         iterate(parameters)  # a bad argument fails here, not at the first result
         show = self.progress_bar if progress_bar is None else progress_bar
         return self._aexecute(parameters, func, path, ordered, show, on_error)
@@ -264,12 +278,17 @@ class Chunker:
     async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
         """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
         the checkpoint it opened is then closed."""
-        task = asyncio.ensure_future(asyncio.to_thread(self._plan, parameters, path))
+        held: Held = []  # its warnings, given here: on the thread whose frames are the user's
+        task = asyncio.ensure_future(asyncio.to_thread(
+            holding_warnings, held, self._plan, parameters, path))
         try:
-            return await asyncio.shield(task)
+            plan = await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_close_unused)
             raise
+        for message, category in held:
+            warn_user(message, category)
+        return plan
 
     def _open(self, plan: _Plan, ordered: bool, show: bool, stack: ExitStack) -> Run:
         """Everything one run holds until it ends (entered on ``stack``), and the run. Its
@@ -494,6 +513,15 @@ def _value(outcome: Outcome, on_error: OnError, name: str) -> Any:
     return error
 
 
+def _check_call(ordered: object, progress_bar: object, path: object, on_error: object
+                ) -> None:
+    """The per-call arguments of a sweep, checked before anything runs."""
+    check_bool("ordered", ordered)
+    check_bool("progress_bar", progress_bar, allow_none=True)
+    check_path(path)
+    check_on_error(on_error)
+
+
 def pool_for(settings: Options, actors: Sequence[ActorHandle[Any]] | None = None) -> Pool:
     """The actor pool these options describe (the user's ``actors``, when given)."""
     return Pool(settings.chunk_size or config.default_chunk_size, actor_cls=settings.actor_cls,
@@ -526,14 +554,20 @@ def chunk(
 
     Raises:
         ValueError: ``func`` and ``actors`` both None; ``chunk_size`` is not a positive int or
-            disagrees with ``len(actors)``.
+            'auto', or disagrees with ``len(actors)``.
         TypeError: ``parameters`` is not an iterable of rows, or a row is not a list, tuple
-            or dict (the message names the row); an unknown option.
+            or dict (the message names the row); an unknown option; ``actors`` holds
+            something that is not a Ray actor handle (named by its index); ``path`` is not a
+            str or os.PathLike; ``progress_bar`` is not a bool.
     """
     if func is None and actors is None:
         raise ValueError("`func` and `actors` cannot both be None.")
-    check_on_error(on_error)
-    Options.of("chunk", chunk_size, progress_bar, options)  # errors before Ray starts
+    if func is not None and not callable(func):
+        raise TypeError(f"func: expected a callable, got {func!r}")
+    _check_call(True, progress_bar, path, on_error)  # errors before Ray starts
+    if actors is not None:
+        actors = check_actors(actors)
+    Options.of("chunk", chunk_size, progress_bar, options)
     iterate(parameters)
     with ray_session():
         if actors is None:

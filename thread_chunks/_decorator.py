@@ -381,7 +381,8 @@ def chunked(
         progress_bar: show a progress bar; default ``config.progress_bar``.
         actor_cls: a :class:`LabelledActor` subclass, plain or ``ray.remote``-decorated.
         actor_options: passed to Ray's ``.options()`` for each actor (``num_cpus``,
-            ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``, ...).
+            ``num_gpus``, ``memory``, ``resources``, ``scheduling_strategy``, ...); checked
+            here by Ray's own rules, without creating an actor.
         batch_size: rows per actor call; default automatic (grows only for calls much
             shorter than Ray's overhead), 1 turns batching off.
         retries: run a call that raised again, up to this many times.
@@ -389,7 +390,8 @@ def chunked(
         max_worker_deaths: a row whose worker dies this many times fails with
             :class:`WorkerDiedError`.
         timeout: seconds a call may run; a call running longer is stopped (its actor killed
-            and replaced) and its row gets a TimeoutError.
+            and replaced) and its row gets a TimeoutError. None (or ``float("inf")``): no
+            limit.
         memory_per_call: bytes one call needs; each actor reserves it through Ray's
             ``memory`` resource, so Ray never places more calls on a node than fit.
         placement_timeout: seconds a run may go on with no actor able to run (Ray cannot

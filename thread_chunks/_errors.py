@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import threading
+import warnings
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TypeAlias, TypeVar
+
+T = TypeVar("T")
+
 
 class ThreadChunksError(Exception):
     """Base class of the errors thread-chunks raises itself."""
@@ -51,3 +62,43 @@ class ConcurrencyReducedWarning(UserWarning):
     """Fewer calls run at once than ``chunk_size``: workers were killed for lack of memory,
     fewer actors fit the cluster, or Ray has not placed some actors (a lost node, resources
     held elsewhere) — those are used as soon as Ray places them."""
+
+
+_INSIDE = (os.path.dirname(os.path.abspath(__file__)) + os.sep,
+           os.path.abspath(contextlib.__file__))
+"""Frames in these files are the library's own (and the context managers it enters): a
+warning points past them."""
+
+
+Held: TypeAlias = "list[tuple[str, type[Warning]]]"
+"""Warnings held back (message, category), to be given where the user's frames are."""
+
+_holding = threading.local()
+
+
+def holding_warnings(held: Held, func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` with the warnings it gives through :func:`warn_user` put in ``held``
+    instead: for work done in a thread of the library's own (no user frame to point at), whose
+    warnings are given afterwards from the thread that waited for it."""
+    _holding.held = held
+    try:
+        return func(*args)
+    finally:
+        _holding.held = None
+
+
+def warn_user(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` pointing at the user's line: the first frame, walking out from the
+    caller, outside thread-chunks (what ``skip_file_prefixes`` does on Python 3.12, for every
+    version we support). In :func:`holding_warnings`, held instead. With no such frame, it
+    points at the caller."""
+    held: Held | None = getattr(_holding, "held", None)
+    if held is not None:
+        held.append((message, category))
+        return
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # warnings.warn's stacklevel of the frame looked at
+    while frame is not None and frame.f_code.co_filename.startswith(_INSIDE):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, category, stacklevel=2 if frame is None else level)

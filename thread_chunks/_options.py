@@ -3,9 +3,14 @@ once, kept in one frozen object."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import os
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypedDict
+
+from ray.actor import ActorClass, ActorHandle
 
 from ._pool import remote_actor_class
 from ._run import DEFAULT_MAX_BUFFERED_BYTES, Policy
@@ -28,7 +33,7 @@ class RunOptions(TypedDict, total=False):
     max_worker_deaths: int
     """A row whose worker dies this many times fails with WorkerDiedError."""
     timeout: float | None
-    """Seconds a call may run before its actor is stopped."""
+    """Seconds a call may run before its actor is stopped; None (or inf): no limit."""
     memory_per_call: int | None
     """Bytes one call needs: reserved per actor through Ray's ``memory`` resource."""
     placement_timeout: float | None
@@ -57,6 +62,81 @@ def check_positive(name: str, value: object, allow_none: bool = False) -> None:
 def check_on_error(on_error: object) -> None:
     if on_error not in ("raise", "return"):
         raise ValueError(f"on_error: expected 'raise' or 'return', got {on_error!r}")
+
+
+def check_bool(name: str, value: object, allow_none: bool = False) -> None:
+    """TypeError unless ``value`` is True or False (or None when allowed): a truthy string
+    such as ``"no"`` is refused, not read as True."""
+    if isinstance(value, bool) or (value is None and allow_none):
+        return
+    raise TypeError(f"{name}: expected {'a bool or None' if allow_none else 'a bool'}, "
+                    f"got {value!r}")
+
+
+def check_path(value: object) -> None:
+    """TypeError unless ``value`` (a checkpoint path) is None, a str or an os.PathLike."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"path: expected a str or os.PathLike (or None), got {value!r}")
+
+
+def check_actors(actors: object) -> list[ActorHandle[Any]]:
+    """``actors`` (handed in by the user) as a list of Ray actor handles, or an error naming
+    the argument and, for a bad element, its index."""
+    if isinstance(actors, (str, bytes)) or not isinstance(actors, Iterable):
+        raise TypeError(f"actors: expected a sequence of Ray actor handles, got {actors!r}")
+    handles = list(actors)
+    for index, actor in enumerate(handles):
+        if not isinstance(actor, ActorHandle):
+            raise TypeError(f"actors[{index}]: expected a Ray actor handle (of a "
+                            f"LabelledActor), got {actor!r}")
+    if not handles:
+        raise ValueError("actors: expected at least one Ray actor handle, got none")
+    return handles
+
+
+def seconds(name: str, value: object) -> float | None:
+    """A time limit in seconds: None (and ``float("inf")``) for no limit, else a number > 0
+    that a wait can take (at most ``threading.TIMEOUT_MAX``); a ValueError naming ``name``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a number of seconds > 0 or None (no limit), "
+                         f"got {value!r}")  # NaN fails ``value > 0`` too
+    if value == math.inf:
+        return None
+    if value > threading.TIMEOUT_MAX:
+        raise ValueError(f"{name}: expected at most {threading.TIMEOUT_MAX:.0f} seconds "
+                         f"(threading.TIMEOUT_MAX), got {value!r}; None (or inf) is no limit")
+    return float(value)
+
+
+def check_actor_options(actor_cls: ActorClass, actor_options: Mapping[str, Any]) -> None:
+    """``actor_options`` as Ray's ``.options()`` checks them (names, types and signs), before
+    any actor is made and without Ray running: an error naming ``actor_options`` and the key.
+    """
+    bad = [key for key in actor_options if not isinstance(key, str)]
+    if bad:
+        raise TypeError(f"actor_options: expected option names (str), got key {bad[0]!r}")
+    amounts = {key: actor_options[key] for key in ("num_cpus", "num_gpus", "memory")
+               if actor_options.get(key) is not None}
+    resources = actor_options.get("resources")
+    if isinstance(resources, Mapping):  # the amounts we count actors by: Ray's own errors
+        for name, amount in resources.items():  # for these do not name the key
+            if not isinstance(name, str):
+                raise TypeError(f"actor_options: resources: expected resource names (str), "
+                                f"got {name!r}")
+            amounts[f"resources[{name!r}]"] = amount
+    for key, amount in amounts.items():
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"actor_options: {key}: expected a number >= 0, got {amount!r}")
+        if not 0 <= amount < math.inf:
+            raise ValueError(f"actor_options: {key}: expected a finite number >= 0, got "
+                             f"{amount!r}")
+    try:
+        actor_cls.options(**actor_options)
+    except (TypeError, ValueError, OverflowError) as exc:
+        kind = TypeError if isinstance(exc, TypeError) else ValueError
+        raise kind(f"actor_options: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -88,13 +168,21 @@ class Options:
             raise TypeError(f"{where}() got an unexpected option {unknown[0]!r}; the options "
                             f"are chunk_size, progress_bar, {', '.join(known)}")
         values = dict(options)
-        values["actor_options"] = dict(values.get("actor_options") or {})
+        actor_options = values.get("actor_options")
+        if actor_options is not None and not isinstance(actor_options, Mapping):
+            raise TypeError(f"actor_options: expected a mapping of Ray actor options (or "
+                            f"None), got {actor_options!r}")
+        values["actor_options"] = dict(actor_options or {})
         return cls(chunk_size=chunk_size, progress_bar=progress_bar, **values)
 
     def __post_init__(self) -> None:
         check_positive("memory_per_call", self.memory_per_call, allow_none=True)
         if self.chunk_size != "auto":
-            check_positive("chunk_size", self.chunk_size, allow_none=True)
+            try:
+                check_positive("chunk_size", self.chunk_size, allow_none=True)
+            except ValueError:
+                raise ValueError(f"chunk_size: expected a positive int or 'auto', got "
+                                 f"{self.chunk_size!r}") from None
         if self.memory_budget != "auto":
             try:
                 check_positive("memory_budget", self.memory_budget, allow_none=True)
@@ -104,11 +192,12 @@ class Options:
         check_positive("batch_size", self.batch_size, allow_none=True)
         check_positive("max_buffered", self.max_buffered, allow_none=True)
         check_positive("max_buffered_bytes", self.max_buffered_bytes, allow_none=True)
-        remote_actor_class(self.actor_cls)
+        actor_cls = remote_actor_class(self.actor_cls)
         if not isinstance(self.actor_options, Mapping):
-            raise TypeError(f"actor_options: expected a mapping, got {self.actor_options!r}")
-        if self.progress_bar is not None and not isinstance(self.progress_bar, bool):
-            raise TypeError(f"progress_bar: expected a bool or None, got {self.progress_bar!r}")
+            raise TypeError(f"actor_options: expected a mapping of Ray actor options, got "
+                            f"{self.actor_options!r}")
+        check_actor_options(actor_cls, self.actor_options)
+        check_bool("progress_bar", self.progress_bar, allow_none=True)
         self.policy()
 
     def policy(self) -> Policy:
@@ -120,18 +209,9 @@ class Options:
         if not all(isinstance(k, type) and issubclass(k, BaseException) for k in kinds):
             raise TypeError(f"retry_on: expected exception classes, got {self.retry_on!r}")
         check_positive("max_worker_deaths", self.max_worker_deaths)
-        if timeout is not None and (isinstance(timeout, bool)
-                                    or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValueError(
-                f"timeout: expected a number of seconds > 0 or None, got {timeout!r}")
-        placement = self.placement_timeout
-        if placement is not None and (isinstance(placement, bool) or not isinstance(
-                placement, (int, float)) or placement <= 0):
-            raise ValueError(f"placement_timeout: expected a number of seconds > 0 or None, "
-                             f"got {placement!r}")
         return Policy(retries=retries, retry_on=kinds, max_worker_deaths=self.max_worker_deaths,
-                      timeout=None if timeout is None else float(timeout),
-                      placement_timeout=None if placement is None else float(placement),
+                      timeout=seconds("timeout", timeout),
+                      placement_timeout=seconds("placement_timeout", self.placement_timeout),
                       max_buffered=self.max_buffered,
                       max_buffered_bytes=self.max_buffered_bytes,
                       memory_budget=self.memory_budget)

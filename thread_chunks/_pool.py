@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, NodeMemory, RemoteLabelledActor, function_name
-from ._errors import ConcurrencyReducedWarning, ThreadChunksError
+from ._errors import ConcurrencyReducedWarning, ThreadChunksError, warn_user
 from ._session import ensure_ray
 from ._types import ChunkSize
 
@@ -122,6 +121,7 @@ class Pool:
         self._cls = remote_actor_class(actor_cls)
         self._options = dict(actor_options or {})
         self._memory_per_call = memory_per_call
+        self._memory_via_call = memory_per_call is not None and "memory" not in self._options
         if memory_per_call is not None:  # Ray then never packs more onto a node than fit
             self._options.setdefault("memory", memory_per_call)
         self.owned = actors is None
@@ -336,14 +336,17 @@ class Pool:
                    for node in ray.nodes() if node.get("Alive"))
         asked = ", ".join(f"{name}={amount:g}" for name, amount in demand.items())
         if fits == 0:
+            named = " and ".join(
+                ["actor_options"] * bool(demand.keys() - {"memory"} or not self._memory_via_call)
+                + ["memory_per_call"] * self._memory_via_call)
             raise ValueError(
-                f"actor_options: no node of the Ray cluster can hold an actor asking for "
-                f"{asked}; change actor_options or add such a node")
+                f"{named}: no node of the Ray cluster can hold an actor asking for "
+                f"{asked}; change {named} or add such a node")
         if fits < self.size:
-            warnings.warn(
+            warn_user(
                 f"only {fits} actors asking for {asked} fit the Ray cluster at once; running "
                 f"{fits} calls at once instead of chunk_size={self.size}",
-                ConcurrencyReducedWarning, stacklevel=4)
+                ConcurrencyReducedWarning)
             for cut in (self._actors, self._holds, self._ready, self._probes, self._nodes):
                 del cut[fits:]
 

@@ -25,7 +25,6 @@ import re
 import threading
 import time
 import uuid
-import warnings
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from ._errors import (
     ConcurrencyReducedWarning,
     ThreadChunksError,
     WorkerDiedError,
+    warn_user,
 )
 from ._pool import Pool
 from ._progress import Progress
@@ -1236,10 +1236,10 @@ class Dispatcher:
         if active <= 1:
             return
         self.retired.add(slot)
-        warnings.warn(
+        warn_user(
             f"a worker running {self.names()!r} was killed for lack of memory; running "
             f"{active - 1} calls at once instead of {active} for the rest of this run",
-            ConcurrencyReducedWarning, stacklevel=5)
+            ConcurrencyReducedWarning)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -1325,11 +1325,11 @@ class Dispatcher:
         active = len(self.ready.keys() - self.retired)
         if active and not self.warned_reduced:
             self.warned_reduced = True
-            warnings.warn(
+            warn_user(
                 f"{len(late)} of {self.size} actors for {self.names()!r} could not be "
                 f"placed by Ray for {self.notice_after():g} s ({self.describe_wait()}); "
                 f"running {active} calls at once until Ray places them",
-                ConcurrencyReducedWarning, stacklevel=6)
+                ConcurrencyReducedWarning)
         elif not active and not self.logged_waiting:
             self.logged_waiting = True
             limit = self.placement_timeout()
