@@ -1015,6 +1015,7 @@ def _read_only(path: str) -> sqlite3.Connection:
     holds it, this says who, with what its lease knows, instead of reading.
     """
     if _files.on_network(path):
+        _wait_for_close(path)  # this process's own run, closing in the background
         found = holder(path)
         if found is not None:
             raise CheckpointInUseError(
