@@ -534,3 +534,24 @@ def test_the_sigterm_handler_respects_the_users_and_is_put_back() -> None:
         assert signal.getsignal(signal.SIGTERM) is mine
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+# -- the HPC example -----------------------------------------------------------------------
+
+
+def test_the_slurm_example_runs_without_slurm_on_a_local_ray_and_resumes(
+        tmp_path: Path) -> None:
+    ckpt = tmp_path / "sweep.ckpt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RAY_"))}
+    env.update(PYTHONPATH=str(ROOT), CHECKPOINT=str(ckpt),  # as in an activated venv
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    script = ROOT / "examples" / "slurm_sweep.sh"
+    for ran in (40, 0):
+        done = subprocess.run(["bash", str(script), "--rows", "40", "--seconds", "0.01"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert "no Slurm allocation here: a local Ray" in done.stdout
+        assert f"40 rows on {socket.gethostname()}: {ran} ran now" in done.stdout, done.stdout
+    assert _listing(tmp_path) == ["sweep.ckpt"]  # the lock let go, the WAL merged
+    assert Checkpoint.load(ckpt).completed == [True] * 40

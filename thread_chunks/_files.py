@@ -105,8 +105,9 @@ def writable_directory(path: str) -> bool:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.access(directory, os.W_OK):
         return False
+    statvfs = getattr(os, "statvfs", None)  # not on Windows
     try:
-        return not os.statvfs(directory).f_flag & os.ST_RDONLY
+        return statvfs is None or not statvfs(directory).f_flag & os.ST_RDONLY
     except OSError:
         return True
 
