@@ -287,6 +287,10 @@ def _driver(ckpt: Path, marks: Path, mode: str = "local", rows: int = 30,
                             stderr=subprocess.PIPE, text=True)
 
 
+def _network(ckpt: Path, mode: str) -> bool:
+    return mode == "network" or (mode == "auto" and _files.on_network(str(ckpt)))
+
+
 def _lease_rows(ckpt: Path) -> int:
     found = _lock.holder(str(ckpt))
     return -1 if found is None else found.rows_done
@@ -295,7 +299,7 @@ def _lease_rows(ckpt: Path) -> int:
 def _until_done(driver: subprocess.Popen[str], ckpt: Path, count: int, mode: str) -> None:
     """Until ``driver`` recorded ``count`` rows: as the file says (local), or its lease
     (network: the file is the writer's alone)."""
-    if mode == "local":
+    if not _network(ckpt, mode):
         wait_until_recorded(driver, ckpt, count)
         return
     deadline = time.time() + 120
@@ -324,14 +328,62 @@ def test_a_second_driver_is_refused_before_any_call_and_the_first_completes(
     assert not Path(f"{ckpt}.lock").exists()
 
 
+@pytest.fixture
+def fuse_mount(tmp_path: Path) -> Iterator[Path]:
+    """A real FUSE filesystem (a passthrough served by ``tests/scripts/fuse_passthrough.py``)
+    whose type is ``fuse.sshfs``, mounted for the test; skipped where FUSE cannot be used."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("no /dev/fuse here")
+    unmount = next((tool for tool in ("fusermount3", "fusermount")
+                    if subprocess.run(["which", tool], capture_output=True).returncode == 0),
+                   None)
+    if unmount is None:
+        pytest.skip("no fusermount (apt-get install fuse3)")
+    probe = subprocess.run([sys.executable, "-c", "import mfusepy"], capture_output=True,
+                           text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"mfusepy cannot load libfuse: {probe.stderr.strip()[-200:]}")
+    source, mount = tmp_path / "exported", tmp_path / "mounted"
+    source.mkdir()
+    mount.mkdir()
+    server = subprocess.Popen([sys.executable, str(ROOT / "tests" / "scripts" /
+                                                   "fuse_passthrough.py"),
+                               str(source), str(mount), "sshfs"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while _files.filesystem_type(str(mount)) != "fuse.sshfs":
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            out = server.communicate()[0]
+            pytest.skip(f"cannot mount a FUSE filesystem here: {out.strip()[-300:]}")
+        time.sleep(0.05)
+    try:
+        yield mount
+    finally:
+        subprocess.run([unmount, "-u", str(mount)], check=False)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 @pytest.mark.usefixtures("ray_running")
-@pytest.mark.parametrize("mode", ["local", "network"])
+@pytest.mark.parametrize("mode", ["local", "network", "fuse"])
 def test_kill_9_of_a_writer_then_the_next_driver_takes_over_and_resumes(
-        tmp_path: Path, mode: str) -> None:
-    ckpt, marks = tmp_path / "run.ckpt", tmp_path / "marks"
+        tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> None:
+    """Local, the network mode forced by the config, and a real FUSE mount of type
+    fuse.sshfs, where the network mode is chosen by detection."""
+    marks = tmp_path / "marks"
+    ckpt = tmp_path / "run.ckpt"
+    if mode == "fuse":
+        ckpt = request.getfixturevalue("fuse_mount") / "run.ckpt"
+        assert _files.on_network(str(ckpt))  # told by its type, nothing forced
+        mode = "auto"
     driver = _driver(ckpt, marks, mode)
     _until_done(driver, ckpt, 6, mode)
-    if mode == "network":  # no WAL shared memory; readers are told who writes
+    network = _network(ckpt, mode)
+    if network:  # no WAL shared memory; readers are told who writes
         assert not Path(f"{ckpt}-shm").exists()
         inspect = subprocess.run(
             [sys.executable, "-c", "import sys, thread_chunks; from thread_chunks.__main__ "
@@ -351,6 +403,8 @@ def test_kill_9_of_a_writer_then_the_next_driver_takes_over_and_resumes(
         recorded = Checkpoint.load(ckpt)  # consistent after kill -9; the lock is stale
     finally:
         thread_chunks.config.checkpoint_filesystem = "auto"
+    if network:  # the killed run's -wal merged under the lock, read with no shared memory
+        assert not Path(f"{ckpt}-shm").exists() and not Path(f"{ckpt}.lock").exists()
     done_before = {i for i, c in enumerate(recorded.completed) if c}
     assert len(done_before) >= 6
     assert all(recorded.output[i] == i * i for i in done_before)

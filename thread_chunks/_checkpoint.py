@@ -1024,9 +1024,25 @@ def _read_only(path: str) -> sqlite3.Connection:
                 "thread_chunks.config.checkpoint_filesystem = 'local' if this filesystem is "
                 "local)", path=path, host=found.host, pid=found.pid, since=found.since,
                 renewed=found.renewed, rows_done=found.rows_done)
+        if _files.has_wal(path) and _files.writable_directory(path):
+            _merge_wal(path)
+        if not _files.has_wal(path):  # no writer, nothing in a -wal: no lock, no -shm
+            return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
     if _files.writable_directory(path) or _files.has_wal(path):
         return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+
+
+def _merge_wal(path: str) -> None:
+    """Merge the writes a killed run left in the ``-wal`` of a checkpoint on a network
+    filesystem into the file, as the next run would: holding the writer lock a moment, with
+    no shared memory (SQLite's WAL index cannot be shared there, so a reader cannot read
+    through the ``-wal`` as it does on a local disk). The content does not change."""
+    lock = WriterLock.acquire(path)
+    try:
+        _close_quietly(_connect(path, create=False, network=True))
+    finally:
+        lock.release()
 
 
 # -- the 1.0.5 view --------------------------------------------------------------------------

@@ -161,11 +161,10 @@ def _in_use(path: str, found: Holder | None, raw: bytes) -> CheckpointInUseError
 class WriterLock:
     """This process's lock on one checkpoint, renewed until :meth:`release`."""
 
-    def __init__(self, path: str, me: Holder, identity: tuple[int, int]) -> None:
+    def __init__(self, path: str, me: Holder) -> None:
         self.path = path
         self.file = lock_path(path)
         self._me = me
-        self._identity = identity  # (st_dev, st_ino) of our lock file
         self.rows_done: Callable[[], int] = lambda: 0
         """The rows done so far, told in the lease when it is renewed."""
         self._stop = threading.Event()
@@ -186,9 +185,8 @@ class WriterLock:
         me = Holder(socket.gethostname(), os.getpid(), _start_of(os.getpid()), now, now,
                     now + LEASE_SECONDS, 0, rows_total, uuid.uuid4().hex)
         for _ in range(8):
-            identity = _create(file, me.dump())
-            if identity is not None:
-                return cls(path, me, identity)
+            if _create(file, me.dump()):
+                return cls(path, me)
             raw = _read(file)
             if raw is None:
                 continue  # released meanwhile
@@ -226,23 +224,32 @@ class WriterLock:
         except Exception:  # a count is a courtesy: never stop renewing for it
             pass
         try:
+            if not self._ours():
+                return self._lose("another run took its lock over")
             fd = os.open(self.file, os.O_WRONLY)
+            try:
+                os.pwrite(fd, self._me.dump(), 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             return self._lose("its lock file is gone")
-        except OSError as exc:
+        except (OSError, CheckpointError) as exc:
             log.warning("checkpoint %s: renewing the lock failed (%s)", self.path, exc)
-            return True
-        try:
-            status = os.fstat(fd)
-            if (status.st_dev, status.st_ino) != self._identity:
-                return self._lose("another run took its lock over")
-            os.pwrite(fd, self._me.dump(), 0)
-            os.fsync(fd)
-        except OSError as exc:
-            log.warning("checkpoint %s: renewing the lock failed (%s)", self.path, exc)
-        finally:
-            os.close(fd)
         return True
+
+    def _ours(self) -> bool:
+        """Whether the lock file names this lock (its token: inode numbers are not to be
+        trusted on every filesystem, FUSE's among them)."""
+        for _ in range(3):
+            raw = _read(self.file)
+            if raw is None:
+                return False
+            found = Holder.parse(raw)
+            if found is not None:
+                return found.token == self._me.token
+            time.sleep(0.05)  # being rewritten
+        return False
 
     def _lose(self, why: str) -> bool:
         if not self._stop.is_set():
@@ -258,39 +265,35 @@ class WriterLock:
         with _held_lock:
             _held.discard(self)
         try:
-            status = os.stat(self.file)
-            if (status.st_dev, status.st_ino) == self._identity:
+            if self._ours():
                 os.unlink(self.file)
-        except OSError:
+        except (OSError, CheckpointError):
             pass
 
 
-def _create(file: str, content: bytes) -> tuple[int, int] | None:
-    """Make the lock file with ``content``, whole; its (device, inode), or None when it
-    exists."""
+def _create(file: str, content: bytes) -> bool:
+    """Make the lock file with ``content``, whole; False when it exists."""
     fresh = f"{file}.{uuid.uuid4().hex[:12]}.new"
     try:
         with open(fresh, "xb") as handle:
             handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-            status = os.fstat(handle.fileno())
         try:
             os.link(fresh, file)
         except FileExistsError:
-            return None
+            return False
         except OSError:  # no hard links here: an exclusive create, then the content
             try:
                 fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                return None
+                return False
             try:
                 os.write(fd, content)
                 os.fsync(fd)
-                status = os.fstat(fd)
             finally:
                 os.close(fd)
-        return status.st_dev, status.st_ino
+        return True
     except OSError as exc:
         raise CheckpointError(
             f"cannot take the checkpoint's lock {file!r}: {exc} (a run writes its checkpoint "
