@@ -28,6 +28,7 @@ from tests.conftest import ROOT, local_env, until_killed_drivers_calls_end, wait
 from thread_chunks import (
     Checkpoint,
     CheckpointError,
+    CheckpointFailedWarning,
     CheckpointInUseError,
     _checkpoint,
     _files,
@@ -256,6 +257,26 @@ def test_a_second_store_in_this_process_is_refused_and_readers_take_no_lock(
     finally:
         _close(first)
     assert _listing(tmp_path) == ["run.ckpt"]
+
+
+def test_a_run_whose_lock_was_taken_over_stops_saving(tmp_path: Path) -> None:
+    """Its lease ran out while it was alive (a frozen node) and another run took the lock:
+    this one notices at its next renewal and saves no more (the other run writes now)."""
+    path = tmp_path / "run.ckpt"
+    store = _open(path, 4)
+    try:
+        lock = store._lock
+        assert lock is not None and lock.renew()
+        assert [lock.lost] == [False]
+        _write_lock(path, "node-elsewhere", 99, expires=time.time() + 300)  # the other run
+        assert not lock.renew()
+        assert [lock.lost] == [True]
+        with pytest.warns(CheckpointFailedWarning, match="another run took its lock over"):
+            store.record([(0, True, b"\x80\x04K\x00.", 1.0, 2.0, "", None)], "a")
+    finally:
+        _close(store)
+    assert json.loads(Path(f"{path}.lock").read_bytes())["host"] == "node-elsewhere"  # kept
+    assert not any(Checkpoint.load(path).completed)
 
 
 SLOW_DRIVER = """
