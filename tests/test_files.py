@@ -223,6 +223,42 @@ def test_a_lease_from_another_host_is_taken_over_once_expired_not_before(
     assert _listing(tmp_path) == ["run.ckpt"]
 
 
+def test_racing_drivers_taking_over_one_stale_lock_do_not_both_win(tmp_path: Path) -> None:
+    """8 threads find the same expired lease at once, 5 times: never two stores open at once
+    (each that opens holds the file a while)."""
+    path = tmp_path / "run.ckpt"
+    _close(_open(path))
+    inside, most, outcomes = [0], [0], []
+    guard = threading.Lock()
+    for _ in range(5):
+        _write_lock(path, "node-elsewhere", 4242, expires=time.time() - 1)
+        start = threading.Barrier(8)
+
+        def taker(start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                store = _open(path)
+            except CheckpointInUseError:
+                outcomes.append("in use")
+                return
+            with guard:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.2)
+            with guard:
+                inside[0] -= 1
+            outcomes.append("opened")
+            _close(store)
+
+        threads = [threading.Thread(target=taker) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most == [1] and len(outcomes) == 40 and outcomes.count("opened") >= 5, outcomes
+    assert _listing(tmp_path) == ["run.ckpt"]  # no lock, no take-over marker left
+
+
 def test_a_lock_of_this_host_is_taken_over_when_its_process_is_gone(tmp_path: Path) -> None:
     path = tmp_path / "run.ckpt"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

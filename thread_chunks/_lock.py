@@ -7,9 +7,9 @@ It names its holder: host, pid, the process's start (to tell a reused pid), sinc
 lease the holder renews in a background thread while its store is open, with the rows done
 so far (what ``inspect`` tells while it cannot read). A lock whose holder is gone is taken
 over: on this host when its pid is not alive (or is another process now), from another host
-when its lease expired. Taking over renames the stale lock aside first and checks that what
-was moved is what was judged stale (else puts it back): two drivers taking over one stale
-lock do not both win. The holder releases it when its store closes, or at interpreter exit.
+when its lease expired. Taking over is one taker at a time (a second lock, ``<lock>.break``),
+which removes the stale lock only if it still reads as judged: two drivers taking over one
+stale lock do not both win. The holder releases it when its store closes, or at interpreter exit.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ LEASE_SECONDS = 120.0
 the nodes of a cluster agree to well within it)."""
 RENEW_SECONDS = 15.0
 """How often the holder renews its lease (and the rows done)."""
+_TAKE_SECONDS = 10.0
+"""How long taking the lock may go on while others take it over too, before giving up."""
+_BREAK_SECONDS = 30.0
+"""A take-over's own marker older than this was left by a taker that died."""
 _SIZE = 1024
 """The lock file's length: rewritten in place, always whole bytes of the same length."""
 
@@ -184,7 +188,8 @@ class WriterLock:
         now = time.time()
         me = Holder(socket.gethostname(), os.getpid(), _start_of(os.getpid()), now, now,
                     now + LEASE_SECONDS, 0, rows_total, uuid.uuid4().hex)
-        for _ in range(8):
+        deadline = time.time() + _TAKE_SECONDS
+        while time.time() < deadline:
             if _create(file, me.dump()):
                 return cls(path, me)
             raw = _read(file)
@@ -306,25 +311,27 @@ def _create(file: str, content: bytes) -> bool:
 
 
 def _remove_stale(file: str, judged: bytes, token: str) -> None:
-    """Remove the lock ``file`` judged stale from its content ``judged``: renamed aside
-    first, removed when what was moved is that lock, put back otherwise (never over a lock
-    made meanwhile)."""
-    aside = f"{file}.{token}.stale"
-    try:
-        os.rename(file, aside)
-    except FileNotFoundError:
+    """Remove the lock ``file`` judged stale from its content ``judged``, one taker at a
+    time: the taker holds ``<lock>.break`` (made as the lock is) and removes the lock only
+    if it still reads as judged, so a lock another taker made meanwhile is never removed.
+    A ``.break`` left by a taker that died is removed once :data:`_BREAK_SECONDS` old."""
+    breaker = file + ".break"
+    if not _create(breaker, token.encode()):
+        try:
+            if time.time() - os.stat(breaker).st_mtime > _BREAK_SECONDS:
+                os.unlink(breaker)
+        except OSError:
+            pass
+        time.sleep(0.01)  # another driver is taking over: judge the lock again
         return
-    except OSError as exc:
-        raise CheckpointError(f"cannot take over the stale lock {file!r}: {exc}") from exc
     try:
-        if _read(aside) != judged:  # renewed or replaced meanwhile: not ours to remove
-            try:
-                os.link(aside, file)
-            except OSError:
-                pass
+        if _read(file) == judged:
+            os.unlink(file)
+    except FileNotFoundError:
+        pass
     finally:
         try:
-            os.unlink(aside)
+            os.unlink(breaker)
         except OSError:
             pass
 
