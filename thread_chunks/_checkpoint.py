@@ -29,6 +29,11 @@ appended to ``staged`` a row costs its own bytes, and one fold per run writes ea
 the index once. The summary
 (``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
 are pickled: load checkpoints only from a trusted source.
+
+Before SQLite touches the file, ``_files`` checks it is a regular file of ours (a new one is
+made beside it and linked into place whole) and tells its filesystem; a run holds the writer
+lock of ``_lock`` from open to close. On a network filesystem the file is written without the
+WAL's shared memory (:func:`_connect`) and read only when no run holds it (:func:`_read_only`).
 """
 
 from __future__ import annotations
