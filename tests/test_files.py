@@ -593,6 +593,31 @@ def test_a_checkpoint_on_a_read_only_mount_can_be_read(
         _open(view / "run.ckpt")  # a writer is refused, clearly
 
 
+KILLED_WRITER = """
+import os, sys
+from thread_chunks._checkpoint import Store
+from thread_chunks._rows import Calls
+from tests import workloads as w
+rows = [[i] for i in range(3)]
+store = Store.open(sys.argv[1], w.square, "square", Calls.of(rows), rows)
+store.record([(1, True, b"\\x80\\x04K\\x01.", 1.0, 2.0, "", None)], "a")
+os._exit(9)  # as kill -9: the result waits in the -wal
+"""
+
+
+def test_a_killed_runs_checkpoint_on_a_read_only_mount_is_read_or_clearly_refused(
+        read_only_view: tuple[Path, Path]) -> None:
+    source, view = read_only_view
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(source / "run.ckpt")],
+                            cwd=ROOT, env=local_env(), timeout=60, capture_output=True)
+    assert killed.returncode == 9, killed.stderr
+    assert _files.has_wal(str(source / "run.ckpt"))
+    assert Checkpoint.load(view / "run.ckpt").completed == [False, True, False]  # its -shm
+    (source / "run.ckpt-shm").unlink()  # now SQLite cannot read the -wal there
+    with pytest.raises(CheckpointError, match="copy the checkpoint with its -wal file"):
+        Checkpoint.load(view / "run.ckpt")
+
+
 # -- SIGTERM -------------------------------------------------------------------------------
 
 
