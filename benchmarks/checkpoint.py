@@ -3,6 +3,7 @@
     python benchmarks/checkpoint.py            # make bench runs it
     python benchmarks/checkpoint.py --quick
     python benchmarks/checkpoint.py --only scale [--million]
+    python benchmarks/checkpoint.py --only scale --filesystem network   # no WAL shared memory
 
 1. checkpoint / no checkpoint: the same 8000 tiny calls with and without ``path=`` (median
    of 3; goal <= 1.5); then at scale (issue 19), 200,000 calls of ``2*x``, alternating rounds
@@ -212,7 +213,11 @@ def main() -> None:
                         help="also 10^6 rows checkpointed against streamed (minutes)")
     parser.add_argument("--only", choices=["scale"],
                         help="only the checkpoint cost at scale")
+    parser.add_argument("--filesystem", choices=["auto", "local", "network"], default="auto",
+                        help="config.checkpoint_filesystem: 'network' measures the mode of "
+                        "network filesystems (WAL with its index in memory) on this disk")
     args = parser.parse_args()
+    thread_chunks.config.checkpoint_filesystem = args.filesystem
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         if args.only is None:

@@ -29,6 +29,11 @@ appended to ``staged`` a row costs its own bytes, and one fold per run writes ea
 the index once. The summary
 (``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
 are pickled: load checkpoints only from a trusted source.
+
+Before SQLite touches the file, ``_files`` checks it is a regular file of ours (a new one is
+made beside it and linked into place whole) and tells its filesystem; a run holds the writer
+lock of ``_lock`` from open to close. On a network filesystem the file is written without the
+WAL's shared memory (:func:`_connect`) and read only when no run holds it (:func:`_read_only`).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from . import _files, _signals
 from ._actor import (
     ENDED,
     MEMORY,
@@ -74,11 +80,13 @@ from ._digest import (
 from ._errors import (
     CheckpointError,
     CheckpointFailedWarning,
+    CheckpointInUseError,
     CheckpointRestartWarning,
     warn_user,
 )
 from ._inflight import META_KEY as RUNNING_KEY
 from ._inflight import InFlight, Running
+from ._lock import WriterLock, holder
 from ._rows import TypedRow
 from ._wire import SHARE_AT_BYTES, is_large
 
@@ -201,28 +209,27 @@ def _without_large(row: Any) -> Any:
 
 
 def _is_ours(path: str) -> bool:
-    """True for our checkpoint, False for a missing or empty file; CheckpointError otherwise.
+    """True for our checkpoint, False for a missing file; CheckpointError otherwise.
 
-    Reads only: a file that is not ours is never written to.
+    Reads only, and without SQLite while the header says the file is not ours: a file that is
+    not ours is never written to, and nothing is made beside it. An empty file is not ours:
+    thread-chunks never leaves one (a new checkpoint appears whole, see :func:`_connect`), so
+    it is someone else's, and refused.
     """
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
+    status = _files.existing(path)
+    if status is None:
         return False
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint path {path!r} exists and is not a regular file")
-    try:
-        with open(path, "rb") as handle:
-            header = handle.read(16)
-        if header != b"SQLite format 3\x00":
-            raise CheckpointError(
-                f"{path!r} is not a thread-chunks checkpoint (not an SQLite file); "
-                "refusing to touch it: choose another path or remove it yourself")
-        with closing(_open_to_read(path)) as conn:
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    except OSError as exc:
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {exc}") from exc
-    except sqlite3.DatabaseError as exc:
+    if status.st_size == 0:
         raise CheckpointError(
-            f"{path!r} is not a readable thread-chunks checkpoint: {exc}") from exc
+            f"{path!r} is an empty file, not a thread-chunks checkpoint (thread-chunks never "
+            "leaves an empty one); refusing to take it over: remove it or choose another path")
+    app_id = _files.application_id(_files.header(path))
+    if app_id is None:
+        raise CheckpointError(
+            f"{path!r} is not a thread-chunks checkpoint (not an SQLite file); "
+            "refusing to touch it: choose another path or remove it yourself")
+    if app_id != APPLICATION_ID and _files.has_wal(path):
+        app_id = _application_id_in_wal(path)  # an older thread-chunks killed early
     if app_id != APPLICATION_ID:
         raise CheckpointError(
             f"{path!r} is an SQLite database of another program, not a thread-chunks "
@@ -249,27 +256,83 @@ def _open_to_read(path: str) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def _connect(path: str, create: bool) -> sqlite3.Connection:
+def _application_id_in_wal(path: str) -> int:
+    """The application id as SQLite reads it through the file's ``-wal`` (where a
+    thread-chunks before 1.2 first wrote it)."""
     try:
-        if create:
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o600)
-            os.close(fd)
-            os.chmod(path, 0o600)
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("PRAGMA application_id").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise CheckpointError(
+            f"{path!r} is not a readable thread-chunks checkpoint: {exc}") from exc
+
+
+def _fill(fresh: str) -> None:
+    """A new checkpoint's content (marked ours, the tables), written before it is put in
+    place."""
+    with closing(sqlite3.connect(fresh, isolation_level=None)) as conn:
+        conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        conn.executescript(_SCHEMA)
+
+
+_LOCKS_REFUSED = ("database is locked", "disk i/o error", "locking protocol")
+
+
+def _cannot_write(path: str, exc: Exception) -> CheckpointError:
+    if isinstance(exc, sqlite3.OperationalError) and any(
+            text in str(exc).lower() for text in _LOCKS_REFUSED):
+        return CheckpointError(
+            f"cannot write checkpoint {path!r}: SQLite could not lock it ({exc}): another "
+            "program holds it, or this filesystem refuses file locks (Lustre mounted without "
+            "flock, some NFS setups); put the checkpoint in another directory (node-local "
+            "scratch, or a mount with working locks)")
+    return CheckpointError(f"cannot write checkpoint {path!r}: {exc}")
+
+
+def _connect(path: str, create: bool, network: bool = False) -> sqlite3.Connection:
+    """A writing connection to our checkpoint at ``path``, made first when ``create`` (whole,
+    see :func:`_files.create`). On a ``network`` filesystem SQLite keeps the WAL's index in
+    this process's memory (``locking_mode=EXCLUSIVE`` before the first access: no ``-shm``,
+    no shared memory over the network) and holds the file's lock until it closes; readers
+    then ask the writer lock who writes (:func:`_reading`)."""
+    if create and not _files.create(path, _fill) and not _is_ours(path):
+        raise CheckpointError(f"checkpoint {path!r} was replaced by another program")
+    try:
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _cannot_write(path, exc) from exc
+    try:
+        if network:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
         if hasattr(conn, "setlimit"):  # Python 3.11+: never more than MAX_RECORD_BYTES
             conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_RECORD_BYTES)
         conn.execute("BEGIN IMMEDIATE")  # proves we can write, before any call starts
-        if create:
-            conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
         conn.execute("COMMIT")
         conn.executescript(_SCHEMA)
     except (OSError, sqlite3.Error) as exc:
-        raise CheckpointError(f"cannot write checkpoint {path!r}: {exc}") from exc
+        _close_quietly(conn)
+        raise _cannot_write(path, exc) from exc
     return conn
+
+
+def _open_for_writing(path: str, rows_total: int = 0
+                      ) -> tuple[sqlite3.Connection, WriterLock, bool]:
+    """The writer lock of ``path`` and a writing connection to it (made when missing), and
+    whether it is on a network filesystem. A file not ours is refused before anything is
+    made beside it; a run holding the lock is a :class:`CheckpointInUseError`."""
+    _is_ours(path)
+    network = _files.on_network(path)
+    lock = WriterLock.acquire(path, rows_total=rows_total)
+    try:
+        conn = _connect(path, create=not _is_ours(path), network=network)
+    except BaseException:
+        lock.release()
+        raise
+    return conn, lock, network
 
 
 class _transaction:
@@ -552,7 +615,8 @@ class Store:
     """An open checkpoint for one run: records results as they arrive, by row identity, and
     reads back the results it reuses as they are handed out."""
 
-    def __init__(self, path: str, conn: sqlite3.Connection, keys: bytes) -> None:
+    def __init__(self, path: str, conn: sqlite3.Connection, keys: bytes, *,
+                 lock: WriterLock | None = None, network: bool = False) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
         self._reader: sqlite3.Connection | None = None
@@ -568,6 +632,12 @@ class Store:
         self.peak_memory: int | None = None
         """The largest peak memory measured for a call of this function, in the file."""
         self._flight = InFlight()
+        self._lock = lock  # this run's writer lock (released once the store is closed)
+        self._network = network  # on a network filesystem: one connection reads and writes
+        self._done = 0  # successes recorded by this run (the lease tells them)
+        if lock is not None:
+            lock.rows_done = lambda: len(self.reused) + self._done
+        self._signalled = _signals.run_started()  # SIGTERM: KeyboardInterrupt meanwhile
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
@@ -584,13 +654,13 @@ class Store:
         """
         path = os.fspath(path)
         _wait_for_close(path)
-        ours = _is_ours(path)
+        _is_ours(path)  # a file not ours: refused before anything else
         func_name = getattr(func, "__name__", name) if func is not None else name
         func_digest = function_digest(func) if func is not None else ""
         binder = Binder(func)
         listed = list_key(binder, rows)
-        conn = _connect(path, create=not ours)
-        store = cls(path, conn, b"")
+        conn, lock, network = _open_for_writing(path, len(calls))
+        store = cls(path, conn, b"", lock=lock, network=network)
         try:
             # the same list as the latest run's (checked again below): its keys are stored
             known = _keys_digest(_meta(conn, "list_key").get("list_key"), listed) is not None
@@ -720,6 +790,10 @@ class Store:
         return [by_id.get(rowid, (None, None)) for rowid in wanted]
 
     def _open_reader(self) -> sqlite3.Connection:
+        if self._network:  # the writer holds the file's lock: it reads too
+            if self._conn is None:
+                raise sqlite3.OperationalError("the checkpoint was closed (saving stopped)")
+            return self._conn
         if self._reader is None:
             self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
                                            check_same_thread=False)
@@ -735,6 +809,10 @@ class Store:
         always the one folded last). Each run of consecutive rows' states is one ``UPDATE``
         of the ``run`` table."""
         if self._conn is None:
+            return
+        if self._lock is not None and self._lock.lost:
+            self._give_up(CheckpointInUseError(
+                "another run took its lock over (this run's lease ran out)", path=self.path))
             return
         now, limit = time.time(), self._limit - 4096  # room for the rest of the row
         rows = self._plain_rows(records, actor, now, limit)
@@ -761,6 +839,7 @@ class Store:
                 self._flight.finished(list(map(_ROW, records)))
                 self._write_flight()
             self._staged = self._staged + len(rows) if staged else 0
+            self._done += len(rows) if plain else sum(1 for r in records if r[OK])
         except Exception as exc:
             self._give_up(exc)
 
@@ -818,6 +897,9 @@ class Store:
             _close_quietly(self._reader)
             self._reader = None
         self._stop_saving(ended=time.time())
+        if self._signalled:
+            self._signalled = False
+            _signals.run_ended()
 
     def _stop_saving(self, ended: float | None = None) -> None:
         """Closing folds the staged results into ``results`` (about 2 us a row) and the WAL
@@ -828,7 +910,7 @@ class Store:
         (closed, not given up), recorded with the fold; no row is running any more."""
         if self._conn is not None:
             closing_thread = threading.Thread(
-                target=_fold_and_close, args=(self._conn, self._staged, ended),
+                target=_fold_and_close, args=(self._conn, self._staged, ended, self._lock),
                 name="thread-chunks checkpoint close")
             with _closing_lock:
                 _closing[os.path.realpath(self.path)] = closing_thread
@@ -908,8 +990,10 @@ def _wait_for_close(path: str) -> None:
         pending.join()
 
 
-def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None) -> None:
-    """What a store does when it closes, in its background thread (see ``_stop_saving``)."""
+def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None,
+                    lock: WriterLock | None = None) -> None:
+    """What a store does when it closes, in its background thread (see ``_stop_saving``);
+    the writer lock goes last."""
     try:
         if staged or ended is not None:
             with _transaction(conn):
@@ -924,6 +1008,8 @@ def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None) 
                     "folds them", staged, exc)
     finally:
         _close_quietly(conn)
+        if lock is not None:
+            lock.release()
 
 
 def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | None:
@@ -964,7 +1050,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
     if not _is_ours(path):
         raise CheckpointError(f"{path!r} is empty, not a thread-chunks checkpoint")
     try:
-        with closing(_open_to_read(path)) as conn:
+        with closing(_read_only(path)) as conn:
             conn.execute("BEGIN")  # one snapshot for every read: a fold may commit meanwhile
             meta = dict(conn.execute("SELECT key, value FROM meta WHERE key != 'parameters'"))
             version = meta.get("format_version")
@@ -988,7 +1074,54 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
             yield conn, meta
     except sqlite3.Error as exc:
+        if _files.has_wal(path) and not _files.writable_directory(path):
+            raise CheckpointError(
+                f"cannot read checkpoint {path!r} ({exc}): it holds writes not yet merged "
+                "(its -wal file, left by a run that was killed) and its directory is "
+                "read-only; copy the checkpoint with its -wal file to a writable directory, "
+                "or run on it once where it can be written") from exc
         raise CheckpointError(f"cannot read checkpoint {path!r}: {exc}") from exc
+
+
+def _read_only(path: str) -> sqlite3.Connection:
+    """A read-only connection to our checkpoint at ``path`` (never blocking its writer).
+
+    Where files can be made beside it, SQLite reads it in WAL mode as any reader (with the
+    ``-shm`` it shares with a local writer). In a read-only directory or mount no writer
+    can be at work and SQLite could not make the ``-shm``: the file is read as immutable
+    (no locks, no ``-shm``), unless a killed run left writes in its ``-wal``. On a network
+    filesystem the writing run keeps the file to itself (see :func:`_connect`): while one
+    holds it, this says who, with what its lease knows, instead of reading.
+    """
+    if _files.on_network(path):
+        _wait_for_close(path)  # this process's own run, closing in the background
+        found = holder(path)
+        if found is not None:
+            raise CheckpointInUseError(
+                f"checkpoint {path!r} cannot be read while it is written on a network "
+                f"filesystem: {found.describe()}. Read it when that run ends (or set "
+                "thread_chunks.config.checkpoint_filesystem = 'local' if this filesystem is "
+                "local)", path=path, host=found.host, pid=found.pid, since=found.since,
+                renewed=found.renewed, rows_done=found.rows_done)
+        if _files.has_wal(path) and _files.writable_directory(path):
+            _merge_wal(path)
+        if not _files.has_wal(path):  # no writer, nothing in a -wal: no lock, no -shm
+            return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    if _files.writable_directory(path) or _files.has_wal(path):
+        return _open_to_read(path)
+    return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+
+
+def _merge_wal(path: str) -> None:
+    """Merge the writes a killed run left in the ``-wal`` of a checkpoint on a network
+    filesystem into the file, as the next run would: holding the writer lock a moment, with
+    no shared memory (SQLite's WAL index cannot be shared there, so a reader cannot read
+    through the ``-wal`` as it does on a local disk). The content does not change."""
+    lock = WriterLock.acquire(path)
+    try:
+        _close_quietly(_connect(path, create=False, network=True))
+    finally:
+        lock.release()
 
 
 # -- the 1.0.5 view --------------------------------------------------------------------------
@@ -1052,10 +1185,10 @@ class Checkpoint:
         if not (len(self.output) == len(self.completed) == len(self.parameters)):
             raise ValueError("parameters, output and completed must have the same length")
         _wait_for_close(target)
-        ours = _is_ours(target)
         keys = _hand_keys(len(self.parameters))
+        conn, lock, _ = _open_for_writing(target, len(self.parameters))
         try:
-            with closing(_connect(target, create=not ours)) as conn, _transaction(conn):
+            with closing(conn), _transaction(conn):
                 _reset(conn, self.func_name, "", by_hand=True)
                 _write_run(conn, self.parameters, b"".join(keys), (), light=False)
                 conn.executemany("INSERT INTO meta VALUES (?, ?)",
@@ -1069,6 +1202,8 @@ class Checkpoint:
                                  [(i,) for i, done in enumerate(self.completed) if done])
         except sqlite3.Error as exc:
             raise CheckpointError(f"cannot write checkpoint {target!r}: {exc}") from exc
+        finally:
+            lock.release()
         self.path = target
 
     @classmethod

@@ -22,6 +22,24 @@ class CheckpointError(ThreadChunksError):
     """A checkpoint file cannot be used: it is not ours, it is damaged, or it cannot be written."""
 
 
+class CheckpointInUseError(CheckpointError):
+    """Another run writes this checkpoint now (one writer at a time): raised when a run opens
+    it, before any call runs, or when a reader cannot read it while that run holds it (on a
+    network filesystem). ``host``, ``pid``, ``since`` (epoch seconds), ``renewed`` (its
+    lease's last renewal) and ``rows_done`` (then) describe that run, where its lock says."""
+
+    def __init__(self, message: str, *, path: str = "", host: str | None = None,
+                 pid: int | None = None, since: float | None = None,
+                 renewed: float | None = None, rows_done: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.host = host
+        self.pid = pid
+        self.since = since
+        self.renewed = renewed
+        self.rows_done = rows_done
+
+
 class WorkerDiedError(ThreadChunksError):
     """A row killed the worker process running it too many times (segfault, ``os._exit``, OOM)."""
 

@@ -23,3 +23,10 @@ Never used when Ray is already running or when ``RAY_ADDRESS`` points at a clust
 
 progress_bar: bool = True
 """Whether a progress bar is shown on stderr unless ``progress_bar`` is given."""
+
+checkpoint_filesystem: str = "auto"
+"""What the filesystem holding a checkpoint is: ``"auto"`` (told by its type: NFS, Lustre,
+GPFS, BeeGFS, CIFS/SMB, Ceph, sshfs... are network filesystems), ``"local"`` or ``"network"``
+(say it where the type cannot tell, e.g. a FUSE mount of shared storage). On a network
+filesystem a checkpoint is written without SQLite's WAL shared memory (see "Running on an HPC
+cluster" in the docs)."""
