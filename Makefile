@@ -45,6 +45,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/sweeps.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/identity.py
 
 $(STAMP)-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[docs]'
