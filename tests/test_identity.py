@@ -271,6 +271,24 @@ def test_helpers_are_followed_transitively_and_constants_by_value(project: Proje
     _differ(project, recursive.format(k=0), recursive.format(k=1))
 
 
+_GLOBALS = """
+import re, threading
+
+PATTERN = re.compile({pattern!r})
+LOCK = threading.Lock()
+
+def f(x):
+    with LOCK:
+        return PATTERN.match(x)
+"""
+
+
+def test_other_objects_read_by_name_by_encoding_or_by_name(project: Project) -> None:
+    a = _ident(project, _GLOBALS.format(pattern="a+"))
+    b = _differ(project, _GLOBALS.format(pattern="a+"), _GLOBALS.format(pattern="b+"))
+    assert _changed(a, b) == {f"value {project.prefix}m.PATTERN"}  # the lock: by name
+
+
 _CALLABLE = """
 class Model:
     def __init__(self, k):

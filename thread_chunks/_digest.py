@@ -338,12 +338,12 @@ class _Identifier:
         return token
 
     def function(self, fn: FunctionType, role: str, walk: bool = False,
-                 own_code: bool = False) -> str:
+                 own_code: bool = False, where: str | None = None) -> str:
         """A function's token, its digest a part. The user's functions: code (with what it
         reaches by name), defaults, closure, ``__wrapped__``. Others by name; ``walk``
         follows their closure and ``__wrapped__`` still (a library's decorator around the
         user's code)."""
-        label = _label(fn)
+        label = where or _label(fn)  # a method by its class (dataclasses generate code)
         user = own_code or _user_function(fn)
         token = label if user else f"{label} (by name)"
         known = self._start(fn, token)
@@ -473,7 +473,16 @@ class _Identifier:
             return token
         if callable(value):
             return self.library(value)
-        return f"a {_label(cls)} (by name)"
+        token = f"value {label}"  # another library's object (a compiled regex, a logger...)
+        if token in self.constants:
+            return token
+        try:
+            data = self.encode(value)
+        except _Unknown:  # no faithful encoding (a lock, a session): named, not seen
+            return f"a {_label(cls)} (by name)"
+        self.constants.add(token)
+        self.part(token, hashlib.sha256(data).hexdigest())
+        return token
 
     def library(self, value: object) -> str:
         """A library's callable read by name: by name, unless it wraps one of the user's
@@ -520,7 +529,7 @@ class _Identifier:
             value = value.__func__
         if isinstance(value, FunctionType):  # the class's own (or generated: dataclasses)
             own = _user_function(value) or not value.__globals__.get("__file__")
-            return self.function(value, "method", own_code=own)
+            return self.function(value, "method", own_code=own, where=where)
         if isinstance(value, property):
             return repr([self.attribute(f, where) for f in (value.fget, value.fset, value.fdel)])
         if isinstance(value, type):
@@ -738,7 +747,9 @@ def identify(func: object, *, actor_cls: object = None, depends_on: object = Non
     - what that code reaches by name in the user's own modules, transitively: functions,
       classes (every method along the MRO, class attributes of plain data), module-level
       constants of plain data (numbers, str, bytes, None, enums, builtin containers of
-      those) and numpy arrays, objects of the user's classes kept in a module. The user's
+      those) and numpy arrays, objects of the user's classes kept in a module, other
+      objects by their faithful encoding when they have one (a compiled regex, a logger by
+      name), else by name only (a lock, a network session: not seen). The user's
       modules are ``__main__`` and those whose files are outside the standard library and
       site-packages (an editable install of the user's own package counts as the user's).
       Installed packages (and thread_chunks itself) are not followed and not versioned: what
