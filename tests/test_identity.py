@@ -7,6 +7,7 @@ Only the tests that need an ``ObjectRef`` or an actor start Ray.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import os
@@ -183,15 +184,9 @@ def mul(x, y):
 def test_partial_of_two_functions_or_arguments_differ(project: Project) -> None:
     module = project.load("m", _PARTIAL)
     digests = {identify(p).digest for p in (
-        functools_partial(module.add, 3), functools_partial(module.mul, 3),
-        functools_partial(module.mul, 4), functools_partial(module.mul, y=3))}
+        functools.partial(module.add, 3), functools.partial(module.mul, 3),
+        functools.partial(module.mul, 4), functools.partial(module.mul, y=3))}
     assert len(digests) == 4 and None not in digests
-
-
-def functools_partial(func: Any, *args: Any, **kwargs: Any) -> Any:
-    import functools
-
-    return functools.partial(func, *args, **kwargs)
 
 
 _HELPER = """
@@ -504,8 +499,6 @@ def _unknown(func: object, **kwargs: Any) -> str:
 
 
 def test_values_with_no_safe_encoding_make_the_identity_unknown() -> None:
-    import functools
-
     lock = threading.Lock()
     handle = open(__file__)
     try:
@@ -544,9 +537,13 @@ _REFS = """
 import ray
 
 REF = None
+REFS = None
 
 def read(x):
     return REF
+
+def read_all(x):
+    return REFS
 
 def f(x, scale=None):
     return x
@@ -570,11 +567,15 @@ def test_object_refs_and_actor_handles_make_the_identity_unknown(project: Projec
     module = project.load("m", _REFS)
     ref = ray.put(10)
     assert "ObjectRef" in _unknown(module.Model(1, ref))
-    assert _unknown(functools_partial(module.f, ref)).startswith("partial arguments")
+    assert _unknown(functools.partial(module.f, ref)).startswith("partial arguments")
     module.g.__defaults__ = (ref,)
     assert "ObjectRef" in _unknown(module.g)  # a default bound into every row's key
     module.REF = ref  # type: ignore[attr-defined]
     assert "ObjectRef" in _unknown(module.read)
+    module.REFS = {"first": [ref]}  # type: ignore[attr-defined]
+    assert "ObjectRef" in _unknown(module.read_all)
+    module.Model.shared = (ref,)
+    assert "ObjectRef" in _unknown(module.Model(1, None))
 
     @ray.remote
     class Counter:
@@ -583,7 +584,7 @@ def test_object_refs_and_actor_handles_make_the_identity_unknown(project: Projec
 
     handle = Counter.remote()  # type: ignore[attr-defined]
     try:
-        assert "ActorHandle" in _unknown(functools_partial(module.f, handle))
+        assert "ActorHandle" in _unknown(functools.partial(module.f, handle))
     finally:
         ray.kill(handle)
 

@@ -254,6 +254,10 @@ class _Unknown(Exception):
     """Something the identity depends on has no safe encoding (raised inside an encoding)."""
 
 
+class _UnknownRef(_Unknown):
+    """An ``ObjectRef`` or actor handle: a value that may change, wherever it is found."""
+
+
 class _Identifier:
     """One identity computation: the parts found so far, each object digested once (by id;
     the objects are kept alive meanwhile), cycles named instead of followed."""
@@ -478,6 +482,8 @@ class _Identifier:
             return token
         try:
             data = self.encode(value)
+        except _UnknownRef as exc:
+            return self.fail(f"{label} read by the function holds {exc}")
         except _Unknown:  # no faithful encoding (a lock, a session): named, not seen
             return f"a {_label(cls)} (by name)"
         self.constants.add(token)
@@ -541,6 +547,13 @@ class _Identifier:
         func = getattr(value, "func", None)  # functools.cached_property and the like
         if isinstance(func, FunctionType):
             return f"{_label(type(value))} of {self.attribute(func, where)}"
+        if not callable(value):  # an array, a NamedTuple's field: by encoding if it has one
+            try:
+                return hashlib.sha256(self.encode(value)).hexdigest()
+            except _UnknownRef as exc:
+                return self.fail(f"{where} holds {exc}")
+            except _Unknown:
+                pass
         return f"a {_label(type(value))}"
 
     # -- values --
@@ -606,7 +619,8 @@ class _Identifier:
         try:
             reduced = _override(obj)
         except Undigestable as exc:
-            raise _Unknown(str(exc)) from None
+            refs = _refs()
+            raise (_UnknownRef if refs and isinstance(obj, refs) else _Unknown)(str(exc)) from None
         if reduced is not NotImplemented:
             self.reduced[id(obj)] = (obj, reduced)
         return reduced
@@ -745,7 +759,8 @@ def identify(func: object, *, actor_cls: object = None, depends_on: object = Non
       arguments, every overload of a ``functools.singledispatch`` function, a callable
       object's class and state, a class used as the function;
     - what that code reaches by name in the user's own modules, transitively: functions,
-      classes (every method along the MRO, class attributes of plain data), module-level
+      classes (every method along the MRO, class attributes of plain data and others by
+      their encoding when they have one), module-level
       constants of plain data (numbers, str, bytes, None, enums, builtin containers of
       those) and numpy arrays, objects of the user's classes kept in a module, other
       objects by their faithful encoding when they have one (a compiled regex, a logger by
