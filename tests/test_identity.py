@@ -300,6 +300,9 @@ class Model:
 def test_every_method_of_a_callable_object_and_of_a_class_used_as_function(
         project: Project) -> None:
     base = _CALLABLE.format(init=1, offset=0)
+    cached = base.replace("    def scale", "    @functools.lru_cache\n    def scale")
+    _differ(project, "import functools\n" + cached,
+            "import functools\n" + cached.replace("+ 0", "+ 1"), "Model(2)")
     _differ(project, base, _CALLABLE.format(init=1, offset=1000), "Model(2)")
     _differ(project, base, _CALLABLE.format(init=1, offset=0) + "    z = 1\n", "Model(2)")
     _differ(project, base, _CALLABLE.format(init=2, offset=0), "Model")
@@ -466,6 +469,9 @@ class Holder:
     def __call__(self, x):
         return x in self.names
 
+def plain(x):
+    return member(x, ("alpha", "beta"))
+
 closure = factory()
 partial = functools.partial(member, names={"alpha", "beta", "gamma", "delta", "epsilon"})
 holder = Holder()
@@ -475,7 +481,7 @@ holder = Holder()
 def test_sets_of_strings_have_one_identity_in_every_process(tmp_path: Path) -> None:
     (tmp_path / "tcid_sets.py").write_text(textwrap.dedent(_SETS))
     code = ("import tcid_sets as m\nfrom thread_chunks._digest import identify\n"
-            "print([identify(c).digest.hex() for c in (m.closure, m.partial, m.holder)])")
+            "print([identify(c).digest.hex() for c in (m.closure, m.partial, m.holder, m.plain)])")
     outputs = set()
     for seed in ("1", "2", "3"):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),

@@ -547,6 +547,8 @@ class _Identifier:
         func = getattr(value, "func", None)  # functools.cached_property and the like
         if isinstance(func, FunctionType):
             return f"{_label(type(value))} of {self.attribute(func, where)}"
+        if getattr(value, "__wrapped__", None) is not None:  # a method under lru_cache
+            return self.called(value, "method")
         if not callable(value):  # an array, a NamedTuple's field: by encoding if it has one
             try:
                 return hashlib.sha256(self.encode(value)).hexdigest()
