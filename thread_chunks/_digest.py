@@ -847,7 +847,14 @@ _REFS: tuple[type, ...] | None = None
 def _override(obj: object) -> object:
     """Our reduction of ``obj``, or NotImplemented for the pickler's own."""
     global _REFS
+    if obj is _mark:  # in every reduction below: first, the cheapest answer
+        return NotImplemented
     cls = type(obj)
+    if isinstance(obj, (type, enum.Enum)) or cls is FunctionType:
+        reduced = _memo_reduce(obj)
+        if isinstance(reduced, Undigestable):
+            raise reduced
+        return reduced
     numpy = sys.modules.get("numpy")
     if numpy is not None and cls is numpy.ndarray and not obj.dtype.hasobject:  # type: ignore[attr-defined]
         arr: Any = obj
@@ -861,20 +868,6 @@ def _override(obj: object) -> object:
     if cls is array.array:
         view = memoryview(obj)  # type: ignore[arg-type]
         return _mark, ("array", view.format, len(view), _buffer_digest(view))
-    if isinstance(obj, type) or cls is FunctionType:
-        if obj is _mark:
-            return NotImplemented
-        known: dict[int, tuple[object, object]] | None = getattr(_memo, "known", None)
-        found = known.get(id(obj)) if known is not None else None
-        if found is None:
-            found = (obj, _reduce_code(obj))
-            if known is not None:
-                known[id(obj)] = found  # obj kept alive meanwhile: its id stays its own
-        if isinstance(found[1], Undigestable):
-            raise found[1]
-        return found[1]
-    if isinstance(obj, enum.Enum):  # by class and member name (auto() renumbers values)
-        return _mark, ("enum", cls, obj._name_, obj._value_)
     if _REFS is None:
         _REFS = _refs()
     if isinstance(obj, _REFS):
@@ -899,16 +892,35 @@ def _memo_scope() -> Iterator[None]:
         _memo.known = None
 
 
+def _memo_reduce(obj: object) -> object:
+    """:func:`_reduce_code`, once per object in the current scope (:func:`_memo_scope`)."""
+    known: dict[int, tuple[object, object]] | None = getattr(_memo, "known", None)
+    found = known.get(id(obj)) if known is not None else None
+    if found is None:
+        found = (obj, _reduce_code(obj))
+        if known is not None:
+            known[id(obj)] = found  # obj kept alive meanwhile: its id stays its own
+    return found[1]
+
+
 def _reduce_code(obj: object) -> object:
     """The reduction of a function or class inside a row: by name and identity (one of the
-    user's classes; other classes by name: NotImplemented), or the Undigestable to raise."""
+    user's classes; other classes by name: NotImplemented), or the Undigestable to raise.
+    An enum member: by class (as a class), member name and value (``auto()`` renumbers)."""
+    if isinstance(obj, enum.Enum):
+        cls = type(obj)
+        if not _user_class(cls):
+            return _mark, ("enum", cls.__module__, cls.__qualname__, obj._name_, obj._value_)
+        found = _memo_reduce(cls)
+        if isinstance(found, Undigestable):
+            return found
+        return _mark, ("enum", found, obj._name_, obj._value_)
     if isinstance(obj, type) and not _user_class(obj):
         return NotImplemented
     identity = _identify(obj, None, None, None)  # an argument: no Binder binds its defaults
     if identity.digest is None:
         return Undigestable(f"{_label(obj)}: {identity.unknown}")
-    kind = "class" if isinstance(obj, type) else "function"
-    return _mark, (kind, _label(obj), identity.digest.hex())
+    return _mark, (identity.digest,)  # its parts name it (module and qualified name)
 
 
 class _Encoder(pickle.Pickler):
