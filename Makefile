@@ -49,6 +49,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/sweeps.py
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/identity.py
 
 $(STAMP)-docs: pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet $(EDITABLE) '.[docs]'

@@ -1,55 +1,85 @@
-"""What makes two calls the same call: digests of functions and of arguments.
+"""What makes two calls the same call: the identity of a function and digests of arguments.
 
 A checkpoint reuses a recorded result when the row's *identity* matches: the function's
-identity (its name and :func:`function_digest`) plus a digest of the call's arguments, bound to
-the function's signature (:class:`Binder`), so ``[3.0, 1.0]`` and ``{"x": 3.0, "y": 1.0}`` for
-``f(x, y)`` are the same call, and a changed default is a different one.
+identity (:func:`identify`, computed once per map) plus a digest of the call's arguments,
+bound to the function's signature (:class:`Binder`), so ``[3.0, 1.0]`` and ``{"x": 3.0,
+"y": 1.0}`` for ``f(x, y)`` are the same call, and a changed default is a different one.
 
 The rule every choice here follows: **an unstable encoding may only cause a miss, never a wrong
 reuse.** Two calls get the same digest only if their encodings are equal, and an encoding is
 a faithful serialisation of the values (pickle, which round-trips), never a lossy one (no
 ``repr``, ``str`` or ``hash()``) and never a reference whose meaning can change (``ObjectRef``
-and actor ids, which Ray reuses across clusters). Where an encoding differs between processes
-(a ``set`` of ``str`` under hash randomisation, an object whose pickle holds an address) the
-row is computed again.
+and actor ids, which Ray reuses across clusters). Unknown is a miss, never a match.
+
+The function (:func:`identify`): its code as a normalised instruction stream, every wrapper
+layer, bound instance, ``partial`` arguments, closure values, the code and plain constants it
+reaches by name in the user's own modules; state in a canonical encoding (sets of ``str``
+included), stable across processes. See :func:`identify` for what it covers and what not.
+
+Arguments (:func:`row_keys`, :func:`value_key`):
 
 - Plain data (``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
   ``list``, ``tuple``, ``dict``, ``set``) is pickled by the C pickler in *fast* mode (no memo:
   equal values shared or not encode alike). ``1``, ``1.0`` and ``True`` are different calls.
+  A ``set`` of ``str`` in a row pickles in hash order: another process may miss (never match
+  wrongly).
 - Exact ``numpy.ndarray`` (not object dtype), ``memoryview``, ``bytearray`` and
   ``array.array`` are digested from their bytes, dtype (or format) and shape with SHA-256,
   without pickling (numpy is never imported here: an array exists only if the user imported
   numpy). Arrays equal in value but of another dtype are different calls.
-- Functions passed as arguments are encoded by module, qualified name and code digest.
+- Functions passed as arguments are encoded by name and identity (defaults included); the
+  user's classes (those of instances: dataclasses, NamedTuples, local classes) by name and
+  identity, so an edited method or reordered fields is another call; enum members by class,
+  member name and value (``auto()`` renumbering a member changes its key).
+  Identities met in rows are computed once per key computation, not per row.
 - Anything else goes through its own pickle (``__reduce_ex__``), recursively through these
-  rules; what the standard pickler refuses (lambdas, local classes) goes through cloudpickle.
-- What cannot be encoded at all (a lock, an open file, a generator, a Ray ``ObjectRef`` or
-  actor handle) makes the row *undigestable*: it still runs, and its result is recorded by
-  position, reused only for the same list (see :func:`position_key`).
+  rules; what the standard pickler refuses goes through cloudpickle.
+- What cannot be encoded at all (a lock, an open file, a generator, a cyclic structure, a
+  Ray ``ObjectRef`` or actor handle) makes the row *undigestable* (no key of its own).
 """
 
 from __future__ import annotations
 
 import array
+import builtins
+import dis
+import enum
+import functools
 import hashlib
+import importlib
+import importlib.util
 import inspect
 import io
+import os
 import pickle
+import pickletools
+import site
 import sys
+import sysconfig
 import threading
-from collections.abc import Callable, Collection, Sequence
-from types import CodeType, FunctionType
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from types import (
+    BuiltinFunctionType,
+    BuiltinMethodType,
+    CodeType,
+    FunctionType,
+    MethodDescriptorType,
+    MethodType,
+    MethodWrapperType,
+    ModuleType,
+    WrapperDescriptorType,
+)
 from typing import Any, NamedTuple
 
 import cloudpickle
 
-SCHEME = "tc-row-1"
+SCHEME = "tc-row-2"
 """Names the encoding below; a checkpoint keyed by another scheme reuses nothing."""
 KEY_BYTES = 16
 """Row keys are the first 16 bytes of a SHA-256 (collisions: ~2**-64 at 2**32 rows)."""
 _PROTOCOL = 5
-_CO_OPTIMIZED_NEWLOCALS = inspect.CO_OPTIMIZED | inspect.CO_NEWLOCALS
-_CO_HAS_DOCSTRING = 0x4000000  # Python 3.14+: the code object says whether it has one
 
 
 class Undigestable(Exception):
@@ -73,78 +103,724 @@ def _const(value: object) -> str:
     return repr(value)
 
 
-def _has_docstring_slot(code: CodeType) -> bool:
-    """True when ``co_consts[0]`` is the docstring (or None for none) of a ``def``.
-
-    Up to Python 3.13 the compiler reserves that slot in every function's code (lambdas
-    and comprehensions are named ``<...>`` and skipped); 3.14 says so with a flag.
-    """
-    if sys.version_info >= (3, 14):
-        return bool(code.co_flags & _CO_HAS_DOCSTRING)
-    return (code.co_flags & _CO_OPTIMIZED_NEWLOCALS == _CO_OPTIMIZED_NEWLOCALS
-            and not code.co_name.startswith("<") and bool(code.co_consts)
-            and (code.co_consts[0] is None or isinstance(code.co_consts[0], str)))
+# -- whose code: the user's own modules --------------------------------------------------------
 
 
-def _feed_code(digest: Any, code: CodeType) -> None:
-    digest.update(code.co_code)
-    digest.update(repr((code.co_names, code.co_varnames, code.co_freevars,
-                        code.co_cellvars)).encode())
-    consts = code.co_consts
-    if _has_docstring_slot(code):
-        consts = consts[1:]  # docstring edits keep the digest
-    for const in consts:
-        if isinstance(const, CodeType):
-            _feed_code(digest, const)
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[str, ...]:
+    """Directories holding code that is not the user's: the standard library, site-packages
+    (the interpreter's, the venv's, the user's), and thread_chunks itself."""
+    roots: set[str] = set()
+    paths = sysconfig.get_paths()
+    for name in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(name):
+            roots.add(os.path.realpath(paths[name]))
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}:
+        for lib in ("lib", "lib64"):
+            roots.add(os.path.realpath(os.path.join(prefix, lib, version)))
+    try:
+        roots.update(os.path.realpath(p) for p in site.getsitepackages())
+        roots.add(os.path.realpath(site.getusersitepackages()))
+    except AttributeError:  # pragma: no cover - a virtualenv's old site module
+        pass
+    roots.add(os.path.dirname(os.path.realpath(__file__)))  # thread_chunks: by name
+    return tuple(sorted(roots))
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_file(file: str) -> bool:
+    real = os.path.realpath(file)
+    if {"site-packages", "dist-packages"} & set(real.split(os.sep)):
+        return False
+    return not any(real == root or real.startswith(root + os.sep) for root in _library_roots())
+
+
+def _user_namespace(name: object, file: object) -> bool:
+    """Whether code whose globals are named ``name`` (loaded from ``file``) is the user's."""
+    if name == "__main__":
+        return True
+    if isinstance(file, str) and file:
+        return _user_file(file)
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    spec = getattr(module, "__spec__", None)
+    if module is not None and (name in sys.builtin_module_names
+                               or getattr(spec, "origin", None) in ("built-in", "frozen")):
+        return False
+    if module is not None and getattr(module, "__file__", None):
+        return _user_file(module.__file__)
+    return isinstance(name, str) and not name.startswith("thread_chunks")  # exec'd code
+
+
+def _user_module(name: object) -> bool:
+    module = sys.modules.get(name) if isinstance(name, str) else None
+    return _user_namespace(name, getattr(module, "__file__", None))
+
+
+def _user_class(cls: type) -> bool:
+    return _user_module(getattr(cls, "__module__", None))
+
+
+def _user_function(fn: FunctionType) -> bool:
+    return _user_namespace(fn.__globals__.get("__name__"), fn.__globals__.get("__file__"))
+
+
+def _user_import(name: str, globals_: dict[str, Any]) -> object:
+    """The module a function imports by ``name``; one of the user's modules that is not
+    imported yet is imported now (the function would import it when it runs), so that the
+    code it holds is followed as if it had been imported at the top."""
+    module = sys.modules.get(name)
+    if module is not None or not name or name.startswith("."):
+        return module if module is not None else _MISSING_NAME
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not _user_file(spec.origin):
+            return _MISSING_NAME
+        return importlib.import_module(name)
+    except Exception:  # what fails here fails in the call too; the name stays in the code
+        return _MISSING_NAME
+
+
+def _label(obj: object) -> str:
+    """``module.qualname`` of a function or class (a function's own code names it: a
+    ``functools.wraps`` wrapper copies the wrapped function's names)."""
+    if isinstance(obj, FunctionType):
+        module = obj.__globals__.get("__name__", obj.__module__)
+        return f"{module}.{getattr(obj.__code__, 'co_qualname', obj.__qualname__)}"
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
+
+
+# -- code: a normalised instruction stream ------------------------------------------------------
+
+_SKIPPED_OPS = frozenset({"CACHE", "EXTENDED_ARG", "NOP", "PUSH_NULL"})
+"""Not behaviour: cache slots, argument prefixes, line-number placeholders, and the NULL a
+call pushes (3.11 compiles ``math.sqrt(x)`` as ``PUSH_NULL ... LOAD_ATTR`` instead of
+``LOAD_METHOD`` when the module also imports ``math`` at top level, for a local ``math`` too)."""
+_RENAMED_OPS = {"LOAD_METHOD": "LOAD_ATTR"}
+_JUMPS = frozenset(dis.hasjrel) | frozenset(dis.hasjabs) | frozenset(getattr(dis, "hasjump", ()))
+_CONSTS = frozenset(dis.hasconst)
+_NAMES = frozenset(dis.hasname) | frozenset(dis.haslocal) | frozenset(dis.hasfree)
+_KEPT_FLAGS = (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS | inspect.CO_GENERATOR
+               | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+               | inspect.CO_ITERABLE_COROUTINE)
+_STORES = frozenset({"STORE_FAST", "STORE_NAME", "STORE_DEREF", "STORE_GLOBAL"})
+_LOCAL_LOADS = frozenset({"LOAD_FAST", "LOAD_DEREF", "LOAD_CLASSDEREF", "LOAD_NAME",
+                          "LOAD_FAST_CHECK", "LOAD_FAST_AND_CLEAR"})
+_MISSING_NAME = object()
+
+
+def _code_items(code: CodeType) -> Iterator[tuple[str, object, dis.Instruction]]:
+    """``(operation, argument)`` per instruction, independent of line numbers, offsets,
+    cache entries and the indices of names and constants: constants by value (code objects
+    as themselves), jumps by instruction index, names by name."""
+    instructions = [i for i in dis.get_instructions(code) if i.opname not in _SKIPPED_OPS]
+    index = {i.offset: n for n, i in enumerate(instructions)}
+    for ins in instructions:
+        op = _RENAMED_OPS.get(ins.opname, ins.opname)
+        arg: object
+        if ins.opcode in _CONSTS and ins.arg is not None and ins.arg < len(code.co_consts):
+            arg = code.co_consts[ins.arg]
+        elif ins.opcode in _JUMPS:
+            arg = ("to", index.get(ins.argval, ins.argval))
+        elif ins.opcode in _NAMES:
+            arg = ins.argval
         else:
-            digest.update(_const(const).encode())
-            digest.update(b"\x00")
+            arg = ins.arg
+        yield op, arg, ins
 
 
-_active = threading.local()
+# -- identities ----------------------------------------------------------------------------------
+
+_IDENTITY_SCHEME = b"tc-identity-1\x00"
+
+
+class Identity(NamedTuple):
+    """What a map's results depend on, as far as the library can see (:func:`identify`)."""
+
+    digest: bytes | None
+    """32-byte SHA-256 over every part below; None when something the call depends on has no
+    safe encoding (an ObjectRef, a lock, an unpicklable closure value...): then nothing may be
+    reused for this function and every row is computed."""
+    parts: tuple[tuple[str, str], ...]
+    """``(what, hex digest)`` for every piece covered, in a stable order, so that two
+    identities can say what changed: ``("function mod.f", ..)``, ``("helper mod.g", ..)``,
+    ``("class mod.Model", ..)``, ``("constant mod.K", ..)``, ``("closure of mod.f", ..)``..."""
+    unknown: str | None
+    """Why ``digest`` is None (names the value), else None."""
+
+
+class _Unknown(Exception):
+    """Something the identity depends on has no safe encoding (raised inside an encoding)."""
+
+
+class _UnknownRef(_Unknown):
+    """An ``ObjectRef`` or actor handle: a value that may change, wherever it is found."""
+
+
+class _Identifier:
+    """One identity computation: the parts found so far, each object digested once (by id;
+    the objects are kept alive meanwhile), cycles named instead of followed."""
+
+    def __init__(self, binder_target: object) -> None:
+        self.parts: list[tuple[str, str]] = []
+        self.done: dict[int, str] = {}
+        self.keep: list[object] = []
+        self.unknown: str | None = None
+        self.binder_target = binder_target
+        self.read_paths = False
+        self.constants: set[str] = set()
+        self.reduced: dict[int, tuple[object, Any]] = {}
+
+    def fail(self, why: str) -> str:
+        if self.unknown is None:
+            self.unknown = why
+        return "unknown"
+
+    def part(self, what: str, digest: str) -> None:
+        self.parts.append((what, digest))
+
+    def _start(self, obj: object, token: str) -> str | None:
+        """The token of ``obj`` if it is done or under way (a cycle), else None after marking
+        it under way. Tokens name things (their digests are parts of their own), so a part
+        changes only when its own piece does, and a cycle's token is the final one."""
+        known = self.done.get(id(obj))
+        if known is not None:
+            return known
+        self.keep.append(obj)
+        self.done[id(obj)] = token
+        return None
+
+    # -- callables --
+
+    def called(self, obj: object, role: str = "function") -> str:
+        """The digest of something called: every layer of it, outermost first."""
+        registry = getattr(obj, "registry", None)
+        if callable(getattr(obj, "dispatch", None)) and isinstance(registry, Mapping):
+            return self.dispatcher(obj, registry)
+        if isinstance(obj, FunctionType):
+            return self.function(obj, role, walk=True)
+        if isinstance(obj, MethodType):
+            func = self.called(obj.__func__, "function")
+            owner = obj.__self__
+            if isinstance(owner, type):
+                return f"{func} of {self.klass(owner)}"
+            return f"{func} of {self.state_part(owner, 'bound instance')}"
+        if isinstance(obj, functools.partial):
+            func = self.called(obj.func, role)
+            return f"{func} with {self.state_part((obj.args, obj.keywords), 'partial arguments')}"
+        if isinstance(obj, type):
+            return self.klass(obj)
+        if isinstance(obj, (BuiltinFunctionType, BuiltinMethodType, MethodWrapperType,
+                            WrapperDescriptorType, MethodDescriptorType)):
+            owner = getattr(obj, "__self__", None)
+            name = f"builtin {_label(obj)}"
+            if owner is None or isinstance(owner, ModuleType):
+                return name
+            return f"{name} of {self.state_part(owner, 'bound instance')}"
+        cls = type(obj)
+        wrapped = getattr(obj, "__wrapped__", None)
+        if not _user_class(cls) and wrapped is not None:  # lru_cache, chunked: transparent
+            return self.called(wrapped, role)
+        # a callable object: its class's code and its own state
+        return f"{self.klass(cls)} holding {self.state_part(obj, f'instance of {_label(cls)}')}"
+
+    def state_part(self, value: object, what: str) -> str:
+        """Record the digest of a value as the part ``what``; its token is that name."""
+        self.part(what, self.state(value, what))
+        return what
+
+    def dispatcher(self, obj: object, registry: Mapping[Any, Any]) -> str:
+        """A ``functools.singledispatch`` function: every registered overload."""
+        label = _label(obj)
+        token = f"singledispatch {label}"
+        if self._start(obj, token) is not None:
+            return token
+        entries = sorted((_label(cls), self.klass(cls), self.called(func, "overload"))
+                         for cls, func in registry.items())
+        self.part(token, hashlib.sha256(repr(entries).encode()).hexdigest())
+        return token
+
+    def function(self, fn: FunctionType, role: str, walk: bool = False,
+                 own_code: bool = False, where: str | None = None) -> str:
+        """A function's token, its digest a part. The user's functions: code (with what it
+        reaches by name), defaults, closure, ``__wrapped__``. Others by name; ``walk``
+        follows their closure and ``__wrapped__`` still (a library's decorator around the
+        user's code)."""
+        label = where or _label(fn)  # a method by its class (dataclasses generate code)
+        user = own_code or _user_function(fn)
+        token = label if user else f"{label} (by name)"
+        known = self._start(fn, token)
+        if known is not None:
+            return known
+        wrapped = getattr(fn, "__wrapped__", None)
+        if not user:
+            if walk and fn.__closure__:
+                self.closure(fn, label)
+            if wrapped is not None:
+                self.called(wrapped, "function")
+            return token
+        if wrapped is not None and role == "function":
+            role = "wrapper"
+        digest = hashlib.sha256(label.encode() + b"\x00")
+        digest.update(self.code(fn.__code__, fn.__globals__).encode())
+        if wrapped is not None:
+            digest.update(f"wraps {self.called(wrapped, 'function')}".encode())
+        self.part(f"{role} {label}", digest.hexdigest())
+        if fn.__closure__:
+            self.closure(fn, label)
+        defaults = (fn.__defaults__, fn.__kwdefaults__)
+        if defaults != (None, None):
+            value = self.state(defaults, f"defaults of {label}")
+            if fn is not self.binder_target:  # the Binder puts those in every row's key
+                self.part(f"defaults of {label}", value)
+        return token
+
+    def closure(self, fn: FunctionType, label: str) -> None:
+        values = []
+        for cell in fn.__closure__ or ():
+            try:
+                values.append(cell.cell_contents)
+            except ValueError:  # an empty cell (a name assigned later)
+                values.append(_EMPTY_CELL)
+        self.state_part(tuple(values), f"closure of {label}")
+
+    def code(self, code: CodeType, globals_: dict[str, Any]) -> str:
+        """The digest of a code object (nested code included) and of everything its global
+        names lead to: each global name chain read (``g``, ``helpers.g``, ``from m import
+        g``) with what it is now."""
+        digest = hashlib.sha256(repr((
+            code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
+            code.co_flags & _KEPT_FLAGS, code.co_varnames[:code.co_argcount
+                                                          + code.co_kwonlyargcount],
+            code.co_freevars, code.co_cellvars)).encode())
+        chain: object = _MISSING_NAME  # what the instructions just before loaded
+        path = ""
+        imported: dict[str, object] = {}  # local names bound to a module by an import
+        importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
+        for op, arg, ins in _code_items(code):
+            if isinstance(arg, CodeType):
+                text = f"{op} code {self.code(arg, globals_)}"
+            elif ins.opcode in _CONSTS:
+                text = f"{op} {_const(arg)}"
+            else:
+                text = f"{op} {arg!r}"
+            digest.update(text.encode() + b"\n")
+            name = arg if isinstance(arg, str) else ""
+            found: object = _MISSING_NAME
+            if op == "IMPORT_NAME":
+                importing = _user_import(name, globals_)
+                path = name.split(".")[0]
+                chain = sys.modules.get(path, _MISSING_NAME)
+                continue
+            if op == "IMPORT_FROM":
+                if isinstance(importing, ModuleType):
+                    path = f"{importing.__name__}.{name}"
+                    found = chain = getattr(importing, name, _MISSING_NAME)
+                    if found is not _MISSING_NAME:
+                        reached = self.reference(found, path, globals_)
+                        digest.update(f"= {path}: {reached}\n".encode())
+                continue
+            if op in _STORES:
+                if isinstance(chain, ModuleType):
+                    imported[name] = chain
+                chain = _MISSING_NAME
+                continue
+            if op == "POP_TOP":
+                importing = _MISSING_NAME
+            if op == "LOAD_GLOBAL" or (op == "LOAD_NAME" and name not in imported):
+                path = name
+                found = globals_.get(name, _MISSING_NAME)
+                if found is _MISSING_NAME:
+                    space = globals_.get("__builtins__", builtins)
+                    space = space if isinstance(space, dict) else vars(space)
+                    digest.update(f"= {'builtin' if name in space else 'missing'}\n".encode())
+            elif op in _LOCAL_LOADS and name in imported:
+                chain, path = imported[name], name
+                continue
+            elif op == "LOAD_ATTR" and isinstance(chain, ModuleType):
+                path = f"{path}.{name}"
+                found = getattr(chain, name, _MISSING_NAME)
+            chain = found
+            if found is not _MISSING_NAME:
+                digest.update(f"= {path}: {self.reference(found, path, globals_)}\n".encode())
+        return digest.hexdigest()
+
+    def reference(self, value: object, path: str, globals_: dict[str, Any]) -> str:
+        """What a global name chain read by the user's code is (its digest a part)."""
+        if isinstance(value, ModuleType):
+            return f"module {value.__name__}"
+        if isinstance(value, FunctionType):
+            if _user_function(value):
+                return self.function(value, "helper")
+            return self.library(value)
+        if isinstance(value, type):
+            return self.klass(value)
+        if isinstance(value, enum.Enum):
+            return f"{self.klass(type(value))}.{value._name_}"
+        module = globals_.get("__name__", "?")
+        label = f"{module}.{path}"
+        if _plain(value) or _is_array(value):
+            token = f"constant {label}"
+            if token not in self.constants:
+                self.constants.add(token)
+                self.state_part(value, token)
+            return token
+        refs = _refs()
+        if refs and isinstance(value, refs):
+            return self.fail(f"{label} read by the function is a {type(value).__name__}")
+        cls = type(value)
+        if _user_class(cls):  # an object of the user's, kept in a module
+            token = f"object {label}"
+            if self._start(value, token) is None:
+                self.state_part(value, token)
+            return token
+        if callable(value):
+            return self.library(value)
+        token = f"value {label}"  # another library's object (a compiled regex, a logger...)
+        if token in self.constants:
+            return token
+        try:
+            data = self.encode(value)
+        except _UnknownRef as exc:
+            return self.fail(f"{label} read by the function holds {exc}")
+        except _Unknown:  # no faithful encoding (a lock, a session): named, not seen
+            return f"a {_label(cls)} (by name)"
+        self.constants.add(token)
+        self.part(token, hashlib.sha256(data).hexdigest())
+        return token
+
+    def library(self, value: object) -> str:
+        """A library's callable read by name: by name, unless it wraps one of the user's
+        functions (a library's decorator on a helper, ``functools.cache``): then that one."""
+        inner: object = value
+        for _ in range(100):
+            inner = getattr(inner, "__wrapped__", None)
+            if inner is None:
+                break
+            if isinstance(inner, FunctionType) and _user_function(inner):
+                return f"{_label(value)} (by name) around {self.function(inner, 'helper')}"
+        return f"{_label(value)} (by name)"
+
+    # -- classes --
+
+    def klass(self, cls: type) -> str:
+        """A class's token, its digest a part: for each of the user's classes in its MRO,
+        every attribute (methods by code, plain data by value, nested classes); other bases
+        by name."""
+        label = _label(cls)
+        if not _user_class(cls):
+            return f"{label} (by name)"
+        token = f"class {label}"
+        if self._start(cls, token) is not None:
+            return token
+        digest = hashlib.sha256(label.encode() + b"\x00")
+        for base in cls.__mro__:
+            if base is object:
+                continue
+            if not _user_class(base):
+                digest.update(f"base {_label(base)}\n".encode())
+                continue
+            digest.update(f"class {_label(base)}\n".encode())
+            for name, value in sorted(vars(base).items()):
+                if name in _SKIPPED_ATTRS:
+                    continue
+                where = f"{_label(base)}.{name}"
+                digest.update(f"{name} = {self.attribute(value, where)}\n".encode())
+        self.part(token, digest.hexdigest())
+        return token
+
+    def attribute(self, value: object, where: str) -> str:
+        if isinstance(value, (staticmethod, classmethod)):
+            value = value.__func__
+        if isinstance(value, FunctionType):  # the class's own (or generated: dataclasses)
+            own = _user_function(value) or not value.__globals__.get("__file__")
+            return self.function(value, "method", own_code=own, where=where)
+        if isinstance(value, property):
+            return repr([self.attribute(f, where) for f in (value.fget, value.fset, value.fdel)])
+        if isinstance(value, type):
+            return self.klass(value)
+        if isinstance(value, enum.Enum):
+            return f"member {value._name_} {self.state(value._value_, where)}"
+        if _plain(value):
+            return self.state(value, where)
+        func = getattr(value, "func", None)  # functools.cached_property and the like
+        if isinstance(func, FunctionType):
+            return f"{_label(type(value))} of {self.attribute(func, where)}"
+        if getattr(value, "__wrapped__", None) is not None:  # a method under lru_cache
+            return self.called(value, "method")
+        if not callable(value):  # an array, a NamedTuple's field: by encoding if it has one
+            try:
+                return hashlib.sha256(self.encode(value)).hexdigest()
+            except _UnknownRef as exc:
+                return self.fail(f"{where} holds {exc}")
+            except _Unknown:
+                pass
+        return f"a {_label(type(value))}"
+
+    # -- values --
+
+    def state(self, value: object, what: str) -> str:
+        """The hex digest of a value's faithful encoding (functions and the user's classes
+        by digest, sets canonical), or "unknown" after recording why."""
+        try:
+            return hashlib.sha256(self.encode(value)).hexdigest()
+        except _Unknown as exc:
+            return self.fail(f"{what} holds {exc}")
+
+    def encode(self, value: object) -> bytes:
+        buffer = io.BytesIO()
+        pickler = _StateEncoder(buffer, self)
+        try:
+            pickler.dump(value)
+        except _Unknown:
+            raise
+        except RecursionError:
+            raise _Unknown("a cyclic structure") from None
+        except Exception as exc:
+            raise _Unknown(f"{type(exc).__name__}: {exc}") from None
+        data = buffer.getvalue()
+        if not _has_set(data):
+            return b"C" + data
+        buffer = io.BytesIO()  # a set may be inside: the slow pickler, sets canonical
+        slow = _CanonicalEncoder(buffer, self)
+        try:
+            slow.dump(value)
+        except _Unknown:
+            raise
+        except RecursionError:
+            raise _Unknown("a cyclic structure") from None
+        except Exception as exc:
+            raise _Unknown(f"{type(exc).__name__}: {exc}") from None
+        return b"P" + buffer.getvalue()
+
+    def reduce(self, obj: object) -> Any:
+        """The reduction of ``obj`` inside an identity's state, or NotImplemented."""
+        cls = type(obj)
+        if cls is FunctionType:
+            if obj is _mark:
+                return NotImplemented
+            return _mark, ("function", _label(obj), self.called(obj))
+        if isinstance(obj, type):
+            if _user_class(obj):
+                return _mark, ("class", _label(obj), self.klass(obj))
+            return NotImplemented
+        if isinstance(obj, enum.Enum):
+            return _mark, ("enum", cls, obj._name_, obj._value_)
+        if isinstance(obj, ModuleType):
+            return _mark, ("module", obj.__name__)
+        if cls is MethodType or cls is functools.partial:
+            return _mark, (cls.__name__, self.called(obj))
+        if self.read_paths and isinstance(obj, os.PathLike):
+            return _mark, ("path", os.fspath(obj), _path_digest(os.fspath(obj)))
+        if obj is _EMPTY_CELL:
+            return _mark, ("empty cell",)
+        known = self.reduced.get(id(obj))
+        if known is not None:  # an array met again (the slow pass after a set): hashed once
+            return known[1]
+        try:
+            reduced = _override(obj)
+        except Undigestable as exc:
+            refs = _refs()
+            raise (_UnknownRef if refs and isinstance(obj, refs) else _Unknown)(str(exc)) from None
+        if reduced is not NotImplemented:
+            self.reduced[id(obj)] = (obj, reduced)
+        return reduced
+
+
+_SKIPPED_ATTRS = frozenset({
+    "__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
+    "__firstlineno__", "__static_attributes__", "__dataclass_fields__",
+    "__dataclass_params__", "_abc_impl", "__orig_bases__", "__parameters__", "__slotnames__",
+    "_member_map_", "_value2member_map_", "_unhashable_values_", "__type_params__",
+})
+"""Class attributes that say nothing about behaviour beyond what the others say (the
+dataclass's fields are in its generated ``__init__``, an enum's members are attributes)."""
+
+_EMPTY_CELL = object()
+
+
+class _StateEncoder(pickle.Pickler):
+    """The C pickler, fast mode, with an identity's reductions."""
+
+    def __init__(self, file: io.BytesIO, owner: _Identifier) -> None:
+        super().__init__(file, _PROTOCOL)
+        self.fast = True
+        self.owner = owner
+
+    def reducer_override(self, obj: object) -> Any:
+        return self.owner.reduce(obj)
+
+
+class _CanonicalEncoder(pickle._Pickler):
+    """The Python pickler (it asks ``reducer_override`` about every value, sets included):
+    a set's members are encoded one by one and sorted, so hash randomisation cannot change
+    the encoding."""
+
+    def __init__(self, file: io.BytesIO, owner: _Identifier) -> None:
+        super().__init__(file, _PROTOCOL)
+        self.fast = True
+        self.owner = owner
+
+    def reducer_override(self, obj: object) -> Any:
+        cls = type(obj)
+        if cls is set or cls is frozenset:
+            members = sorted(self.owner.encode(v) for v in obj)  # type: ignore[attr-defined]
+            return _mark, (cls.__name__, tuple(members))
+        return self.owner.reduce(obj)
+
+
+def _has_set(data: bytes) -> bool:
+    """Whether a pickle holds a set or frozenset (EMPTY_SET, FROZENSET opcodes)."""
+    if b"\x8f" not in data and b"\x91" not in data:
+        return False
+    return any(op.name in ("EMPTY_SET", "FROZENSET") for op, _, _ in pickletools.genops(data))
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """Plain data: numbers, str, bytes, None, enums, and the builtin containers of those."""
+    cls = type(value)
+    if cls in _ATOMS or isinstance(value, enum.Enum):
+        return True
+    if depth > 50:
+        return False
+    if cls in (tuple, list, set, frozenset):
+        return all(_plain(v, depth + 1) for v in value)  # type: ignore[attr-defined]
+    if cls is dict:
+        return all(_plain(k, depth + 1) and _plain(v, depth + 1)
+                   for k, v in value.items())  # type: ignore[attr-defined]
+    return False
+
+
+_ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def _is_array(value: object) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and type(value) is numpy.ndarray
+
+
+def _path_digest(path: str) -> str:
+    """The bytes of a file, or the names and bytes of a directory's files (recursively)."""
+    digest = hashlib.sha256()
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                full = os.path.join(root, name)
+                digest.update(os.path.relpath(full, path).encode() + b"\x00")
+                digest.update(_path_digest(full).encode())
+        return "dir " + digest.hexdigest()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        return "missing"
+    return "file " + digest.hexdigest()
+
+
+def _binder_target(func: object) -> object:
+    """The function whose defaults :class:`Binder` binds into every row's key."""
+    seen = 0
+    while seen < 100:
+        seen += 1
+        if isinstance(func, MethodType):
+            func = func.__func__
+        elif isinstance(func, functools.partial):
+            func = func.func
+        elif isinstance(func, FunctionType):
+            return inspect.unwrap(func) if not hasattr(func, "__signature__") else None
+        elif getattr(func, "__wrapped__", None) is not None and not _user_class(type(func)):
+            func = func.__wrapped__  # type: ignore[attr-defined]
+        else:
+            return None
+    return None
+
+
+def _actor_class(actor_cls: object) -> type | None:
+    """The plain class of an ``actor_cls`` (perhaps decorated with ``ray.remote``)."""
+    meta = getattr(actor_cls, "__ray_metadata__", None)
+    if meta is not None:
+        actor_cls = getattr(meta, "modified_class", actor_cls)
+        actor_cls = getattr(actor_cls, "__ray_actor_class__", actor_cls)
+    return actor_cls if isinstance(actor_cls, type) else None
+
+
+def identify(func: object, *, actor_cls: object = None, depends_on: object = None) -> Identity:
+    """The identity of what ``func`` computes: computed once per map, not per row.
+
+    What it covers:
+
+    - the function's code as a normalised instruction stream (constants by value, names by
+      name; no line numbers, offsets or cache entries: docstrings, comments, moving code,
+      unrelated code and top-level imports keep it), its defaults, the values its closure
+      holds (recursively, sets in a canonical order), ``__wrapped__``;
+    - every layer of what is called: a decorator's wrapper, a bound method's function and
+      instance (or class, for a classmethod), a ``functools.partial``'s function and
+      arguments, every overload of a ``functools.singledispatch`` function, a callable
+      object's class and state, a class used as the function;
+    - what that code reaches by name in the user's own modules, transitively: functions,
+      classes (every method along the MRO, class attributes of plain data and others by
+      their encoding when they have one), module-level
+      constants of plain data (numbers, str, bytes, None, enums, builtin containers of
+      those) and numpy arrays, objects of the user's classes kept in a module, other
+      objects by their faithful encoding when they have one (a compiled regex, a logger by
+      name), else by name only (a lock, a network session: not seen). The user's
+      modules are ``__main__`` and those whose files are outside the standard library and
+      site-packages (an editable install of the user's own package counts as the user's).
+      Installed packages (and thread_chunks itself) are not followed and not versioned: what
+      the code reads from them is named, not digested;
+    - ``actor_cls`` (its class, as above; the default contributes nothing);
+    - ``depends_on``: any value, encoded like closure values; an :class:`os.PathLike` in it
+      stands for the bytes of that file (a directory: its files' names and bytes).
+
+    The digest is None (nothing may be reused) when something the call depends on has no safe
+    encoding: an ``ObjectRef`` or actor handle, a lock, an open file, a generator, a cyclic
+    structure, in the function's state (closure, partial arguments, defaults, bound instance,
+    object attributes) or read from a module.
+    """
+    return _identify(func, actor_cls, depends_on, _binder_target(func))
+
+
+def _identify(func: object, actor_cls: object, depends_on: object,
+              binder_target: object) -> Identity:
+    """:func:`identify`, the defaults of ``binder_target`` left to the row keys."""
+    ident = _Identifier(binder_target)
+    try:
+        ident.part("call", _hex(ident.called(func)))
+        plain = _actor_class(actor_cls) if actor_cls is not None else None
+        if actor_cls is not None and plain is None:
+            ident.fail(f"actor_cls {actor_cls!r} is not a class")
+        elif plain is not None and _user_class(plain):
+            ident.part(f"actor_cls {_label(plain)}", _hex(ident.klass(plain)))
+        if depends_on is not None:
+            ident.read_paths = True
+            ident.part("depends_on", ident.state(depends_on, "depends_on"))
+    except RecursionError:
+        ident.fail("code or state nested too deep to follow")
+    except Exception as exc:  # an object that breaks while looked at: compute again
+        ident.fail(f"{type(exc).__name__} while identifying: {exc}")
+    parts = tuple(ident.parts)
+    if ident.unknown is not None:
+        return Identity(None, parts, ident.unknown)
+    digest = hashlib.sha256(_IDENTITY_SCHEME)
+    for what, value in parts:
+        digest.update(what.encode() + b"\x00" + value.encode() + b"\x00")
+    return Identity(digest.digest(), parts, None)
+
+
+def _hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def function_digest(func: object) -> str:
-    """A digest of what a callable does, or "" when nothing can be said (a builtin's
-    behaviour is fixed by its name).
-
-    - A function: its bytecode, names and constants, except its docstring (moving it in its
-      file, editing a comment or the docstring keep the digest; changing what it does changes
-      it) and the values its closure captured (a factory's ``k`` in ``lambda x: x * k``).
-      Globals it reads are not included.
-    - A callable object: the code of its class's ``__call__`` and the object's own state.
-    - ``functools.partial`` and other objects: their encoding (the wrapped function by code).
-    """
-    target = inspect.unwrap(func) if callable(func) else func
-    digest = hashlib.sha256()
-    code = getattr(target, "__code__", None)
-    if isinstance(code, CodeType):
-        _feed_code(digest, code)
-        closure = getattr(target, "__closure__", None) or ()
-        seen: set[int] = getattr(_active, "seen", set())
-        if id(target) in seen:  # a recursive local function: its code is already in
-            return digest.hexdigest()
-        _active.seen = seen | {id(target)}
-        try:
-            for cell in closure:
-                try:
-                    digest.update(_encode(cell.cell_contents))
-                except (Undigestable, ValueError):  # an empty cell or an opaque value
-                    digest.update(b"?")
-        finally:
-            _active.seen = seen
-        return digest.hexdigest()
-    call = next((vars(c)["__call__"] for c in type(target).__mro__ if "__call__" in vars(c)),
-                None)
-    call_code = getattr(call, "__code__", None)
-    if isinstance(call_code, CodeType):  # a callable object
-        _feed_code(digest, call_code)
-    try:
-        digest.update(_encode(target))
-    except Undigestable:
-        if not isinstance(call_code, CodeType):
-            return ""
-    return digest.hexdigest()
+    """The hex digest of :func:`identify` (``func`` alone); when the identity is unknown, a
+    digest that matches no other (unknown means compute again, never "matches anything")."""
+    identity = identify(func)
+    if identity.digest is None:
+        return "unknown " + uuid.uuid4().hex
+    return identity.digest.hex()
 
 
 # -- values ---------------------------------------------------------------------------------
@@ -171,7 +847,14 @@ _REFS: tuple[type, ...] | None = None
 def _override(obj: object) -> object:
     """Our reduction of ``obj``, or NotImplemented for the pickler's own."""
     global _REFS
+    if obj is _mark:  # in every reduction below: first, the cheapest answer
+        return NotImplemented
     cls = type(obj)
+    if isinstance(obj, (type, enum.Enum)) or cls is FunctionType:
+        reduced = _memo_reduce(obj)
+        if isinstance(reduced, Undigestable):
+            raise reduced
+        return reduced
     numpy = sys.modules.get("numpy")
     if numpy is not None and cls is numpy.ndarray and not obj.dtype.hasobject:  # type: ignore[attr-defined]
         arr: Any = obj
@@ -185,15 +868,59 @@ def _override(obj: object) -> object:
     if cls is array.array:
         view = memoryview(obj)  # type: ignore[arg-type]
         return _mark, ("array", view.format, len(view), _buffer_digest(view))
-    if cls is FunctionType and obj is not _mark:
-        fn: Any = obj
-        return _mark, ("function", fn.__module__, fn.__qualname__, function_digest(fn),
-                       fn.__defaults__, fn.__kwdefaults__)
     if _REFS is None:
         _REFS = _refs()
     if isinstance(obj, _REFS):
-        raise Undigestable(f"a {cls.__name__} stands for a value that may change")
+        raise Undigestable(f"an {cls.__name__} (it stands for a value that may change)")
     return NotImplemented
+
+
+_memo = threading.local()
+
+
+@contextmanager
+def _memo_scope() -> Iterator[None]:
+    """Identities of the classes and functions met in rows, computed once per key
+    computation (:func:`row_keys`, :func:`value_key`), not once per row."""
+    if getattr(_memo, "known", None) is not None:
+        yield
+        return
+    _memo.known = {}
+    try:
+        yield
+    finally:
+        _memo.known = None
+
+
+def _memo_reduce(obj: object) -> object:
+    """:func:`_reduce_code`, once per object in the current scope (:func:`_memo_scope`)."""
+    known: dict[int, tuple[object, object]] | None = getattr(_memo, "known", None)
+    found = known.get(id(obj)) if known is not None else None
+    if found is None:
+        found = (obj, _reduce_code(obj))
+        if known is not None:
+            known[id(obj)] = found  # obj kept alive meanwhile: its id stays its own
+    return found[1]
+
+
+def _reduce_code(obj: object) -> object:
+    """The reduction of a function or class inside a row: by name and identity (one of the
+    user's classes; other classes by name: NotImplemented), or the Undigestable to raise.
+    An enum member: by class (as a class), member name and value (``auto()`` renumbers)."""
+    if isinstance(obj, enum.Enum):
+        cls = type(obj)
+        if not _user_class(cls):
+            return _mark, ("enum", cls.__module__, cls.__qualname__, obj._name_, obj._value_)
+        found = _memo_reduce(cls)
+        if isinstance(found, Undigestable):
+            return found
+        return _mark, ("enum", found, obj._name_, obj._value_)
+    if isinstance(obj, type) and not _user_class(obj):
+        return NotImplemented
+    identity = _identify(obj, None, None, None)  # an argument: no Binder binds its defaults
+    if identity.digest is None:
+        return Undigestable(f"{_label(obj)}: {identity.unknown}")
+    return _mark, (identity.digest,)  # its parts name it (module and qualified name)
 
 
 class _Encoder(pickle.Pickler):
@@ -251,7 +978,8 @@ def _encode(value: object) -> bytes:
 def value_key(value: object) -> bytes | None:
     """The 16-byte key of ``value``, or None when it is undigestable."""
     try:
-        return hashlib.sha256(_encode(value)).digest()[:KEY_BYTES]
+        with _memo_scope():
+            return hashlib.sha256(_encode(value)).digest()[:KEY_BYTES]
     except Undigestable:
         return None
 
@@ -409,6 +1137,12 @@ def row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any
     """Every row's key, in bulk: one encoder writes every row's encoding into one buffer,
     hashed a few MB at a time, and rows that give every parameter by position skip the
     binder. The keys are those of :meth:`Binder.key`, row by row."""
+    with _memo_scope():
+        return _row_keys(binder, rows, large)
+
+
+def _row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, Any] | None]],
+              large: int | None) -> RowKeys:
     keys: list[bytes | None] = [None] * len(rows)
     opaque: list[int] = []
     every = len(binder.defaults) if (binder.signature is not None and binder.simple and
