@@ -1,14 +1,16 @@
-"""Command line: ``thread-chunks inspect PATH [--json] [--plot FILE]``."""
+"""Command line: ``thread-chunks inspect PATH [--json] [--plot FILE]`` and ``thread-chunks
+prune PATH [--keep N] [--dry-run]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import datetime
 from typing import Any
 
-from ._checkpoint import summary, timeline
+from ._checkpoint import StoredIdentity, prune, summary, timeline
 from ._errors import CheckpointError
 
 
@@ -44,7 +46,23 @@ def _text(info: dict[str, Any]) -> str:
         f"eta:          {_duration(info['eta_seconds'])}",
         f"call memory:  median {_bytes(info['call_memory_median'])}, "
         f"max {_bytes(info['call_memory_max'])}",
+        *_listed([StoredIdentity(**entry) for entry in info.get("identities", [])]),
     ])
+
+
+def _listed(held: list[StoredIdentity]) -> list[str]:
+    """The identities of a file, one line each (the latest run's marked)."""
+    if not held:
+        return []
+    lines = [f"identities:   {len(held)} (results of each are reused only by a run with the "
+             "same identity)"]
+    for entry in held:
+        kind = "" if entry.kind == "identified" else f" [{entry.kind}]"
+        mark = "  <- latest run" if entry.latest else ""
+        lines.append(f"  #{entry.id} {entry.function}{kind}: {entry.results} results, first "
+                     f"seen {_when(entry.first_seen or None)}, last used "
+                     f"{_when(entry.last_used or None)}{mark}")
+    return lines
 
 
 def plot_timeline(path: str, out: str) -> None:
@@ -98,7 +116,17 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     inspect.add_argument("--plot", metavar="FILE", help="also draw a timeline of calls (PNG)")
+    pruning = sub.add_parser(
+        "prune", help="remove the results of older identities (default: all but the latest "
+        "run's) and shrink the file")
+    pruning.add_argument("path")
+    pruning.add_argument("--keep", type=int, default=1, metavar="N",
+                         help="keep the N most recently used identities (default 1)")
+    pruning.add_argument("--dry-run", action="store_true",
+                         help="only say what would be removed")
     args = parser.parse_args(argv)
+    if args.command == "prune":
+        return _prune(args.path, args.keep, args.dry_run)
     try:
         info = summary(args.path)
         if args.plot:
@@ -107,6 +135,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thread-chunks: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2) if args.json else _text(info))
+    return 0
+
+
+def _prune(path: str, keep: int, dry_run: bool) -> int:
+    try:
+        before = os.path.getsize(path) if os.path.exists(path) else 0
+        gone = prune(path, keep=keep, dry_run=dry_run)
+    except (CheckpointError, ValueError) as exc:
+        print(f"thread-chunks: {exc}", file=sys.stderr)
+        return 2
+    verb = "would remove" if dry_run else "removed"
+    for entry in gone:
+        print(f"{verb} #{entry.id} {entry.function} [{entry.kind}]: {entry.results} results, "
+              f"last used {_when(entry.last_used or None)}")
+    after = os.path.getsize(path)
+    print(f"{path}: {verb} {len(gone)} identities; {before / 2**20:,.1f} MiB"
+          + ("" if dry_run else f" -> {after / 2**20:,.1f} MiB"))
     return 0
 
 

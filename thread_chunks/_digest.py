@@ -466,3 +466,58 @@ def _new_counting(buffer: io.BytesIO) -> _CountingEncoder:
     pickler = _CountingEncoder(buffer, _PROTOCOL)
     pickler.fast = True  # no memo, as in _new
     return pickler
+
+
+# -- STAND-IN (i26-digest replaces) ---------------------------------------------------------
+# A temporary identity built from function_digest, with the signature the digest branch
+# delivers; the lead takes that branch's _digest.py at merge.
+
+
+class Identity(NamedTuple):  # STAND-IN (i26-digest replaces)
+    """What a function's results are reused for: ``digest`` (None: something it depends on
+    cannot be encoded), ``parts`` ((what, hex digest) pairs) and why it is ``unknown``."""
+
+    digest: bytes | None
+    parts: tuple[tuple[str, str], ...]
+    unknown: str | None
+
+
+def _stand_in_name(obj: object) -> str:  # STAND-IN (i26-digest replaces)
+    cls = getattr(obj, "__ray_metadata__", None)
+    obj = getattr(cls, "modified_class", obj)
+    module = getattr(obj, "__module__", None) or "?"
+    return f"{module}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
+def identify(func: object, *, actor_cls: object = None,  # STAND-IN (i26-digest replaces)
+             depends_on: object = None) -> Identity:
+    """STAND-IN (i26-digest replaces): the function by :func:`function_digest`, ``actor_cls``
+    by its name, ``depends_on`` by its encoding (a path by its file's bytes)."""
+    import os
+    import types
+
+    name = _stand_in_name(func)
+    body = function_digest(func)
+    if not body and isinstance(func, (types.BuiltinFunctionType, types.BuiltinMethodType)) \
+            and isinstance(getattr(func, "__self__", None), (types.ModuleType, type(None))):
+        body = hashlib.sha256(name.encode()).hexdigest()
+    if not body:
+        return Identity(None, (), f"{name} cannot be encoded")
+    parts = [(f"function {name}", body)]
+    if actor_cls is not None:
+        parts.append((f"actor_cls {_stand_in_name(actor_cls)}",
+                      hashlib.sha256(_stand_in_name(actor_cls).encode()).hexdigest()))
+    if depends_on is not None:
+        try:
+            if isinstance(depends_on, os.PathLike):
+                with open(depends_on, "rb") as handle:
+                    encoded = hashlib.sha256(handle.read()).digest()
+            else:
+                encoded = _encode(depends_on)
+        except (OSError, Undigestable) as exc:
+            return Identity(None, tuple(parts), f"depends_on cannot be encoded: {exc}")
+        parts.append(("depends_on", hashlib.sha256(encoded).hexdigest()))
+    whole = hashlib.sha256()
+    for what, hexed in parts:
+        whole.update(what.encode() + b"\x00" + hexed.encode() + b"\x00")
+    return Identity(whole.digest(), tuple(parts), None)
