@@ -118,7 +118,8 @@ def test_a_reused_result_replaced_meanwhile_is_an_error_not_another_rows_value(
     with sqlite3.connect(ckpt) as conn:  # another process: row 2's result gone, its rowid
         top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0]  # reused by
         conn.execute("DELETE FROM results WHERE rowid = ?", (top,))  # another key
-        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL)", (pack(-1),))
+        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL, ?)",
+                     (pack(-1), again.identity))  # of the same identity, another key
         assert conn.execute("SELECT max(rowid) FROM results").fetchone()[0] == top
     with pytest.raises(CheckpointError, match="lost the result"):
         list(again.read_reused())

@@ -3,32 +3,38 @@ call was, not where it stood in the list.
 
 The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA application_id``:
 
-- ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
-  finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
-  ``value`` the pickled result (as the actor pickled it) or exception.
+- ``identities``: what computed the results (:data:`_IDENTITIES`): one row per identity of
+  a function (its code and all it reaches, ``actor_cls``, ``depends_on``: see
+  :func:`~thread_chunks._digest.identify`) a run had. A run never deletes results: those of
+  another identity are kept, and reused only by a run of that identity again.
+- ``results(key, ok, value, started, ended, actor, recorded, memory, identity)``: one row per
+  distinct call ever finished, per identity (unique ``(identity, key)``). ``key`` is the
+  row's arguments' digest (16 bytes, see ``_digest``); ``value`` the pickled result (as the
+  actor pickled it) or exception.
 - ``staged``: the same columns, no index: results of small values recorded by the latest run,
   appended as they arrive, folded into ``results`` in that order (the latest of a key wins)
   when the run's store closes or, after a kill, when the next run opens the file. Readers see
   ``results`` and ``staged`` as one (:func:`_reading`).
 - ``run(row, key, ok)``: the latest run's list, one key per row, and the row's state as the
   run knows it (1 done, 0 failed, NULL not yet), kept as results are recorded.
-- ``meta``: the format, the digest scheme, the function (name and body digest) the results
-  belong to, and the latest run: its parameter list (pickled once, large arguments replaced by
-  a :class:`NotStored` description), how many rows it reused. ``index``/``done`` only while
-  the file is as ``Checkpoint.save`` wrote it (1.0.5 stores them as given).
+- ``meta``: the format, the digest scheme, and the latest run: its function's name and
+  identity (``identity``, an id in ``identities``), its parameter list (pickled once, large
+  arguments replaced by a :class:`NotStored` description), how many rows it reused.
+  ``index``/``done`` only while the file is as ``Checkpoint.save`` wrote it (1.0.5 stores
+  them as given).
 
 A run opens the file, computes every row's key, and finds in SQL (``run`` joined with
-``results``) the rows recorded as a success; it sends only the others, and reads the reused
-results back in row order, a few MB at a time, as they are handed out (:meth:`Store.reused`).
-Each batch of results is one small transaction (O(1) work per result), so a kill -9 at any
-instant leaves a consistent file that lost at most the calls that were in flight. Small results
-go to ``staged`` rather than straight into ``results``: keys are digests, so every result
-recorded into the key index lands on a random page of it, and once the index outgrows a batch
-each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at 200,000 rows);
-appended to ``staged`` a row costs its own bytes, and one fold per run writes each page of
-the index once. The summary
-(``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
-are pickled: load checkpoints only from a trusted source.
+``results`` of its identity) the rows recorded as a success; it sends only the others, and
+reads the reused results back in row order, a few MB at a time, as they are handed out
+(:meth:`Store.reused`). Each batch of results is one small transaction (O(1) work per result),
+so a kill -9 at any instant leaves a consistent file that lost at most the calls that were in
+flight. Small results go to ``staged`` rather than straight into ``results``: keys are digests,
+so every result recorded into the key index lands on a random page of it, and once the index
+outgrows a batch each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at
+200,000 rows); appended to ``staged`` a row costs its own bytes, and one fold per run writes
+each page of the index once. The summary (``thread-chunks inspect``) is SQL over keys and
+timing columns: it unpickles nothing. Results are pickled: load checkpoints only from a
+trusted source.
 """
 
 from __future__ import annotations
@@ -543,7 +549,8 @@ def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes, i
     (mine,) = conn.execute("SELECT count(*) FROM results WHERE identity = ?",
                            (identity,)).fetchone()
     if mine <= 4 * count:
-        (total,) = conn.execute("SELECT count(*) FROM results").fetchone()
+        alone = conn.execute("SELECT count(*) <= 1 FROM identities").fetchone()[0]
+        total = mine if alone else conn.execute("SELECT count(*) FROM results").fetchone()[0]
         scan = "NOT INDEXED" if total <= 2 * mine else ""  # else the index finds them
         # key -> a success's rowid and size in one int (-1: a failure): the dict is built,
         # and probed, in C

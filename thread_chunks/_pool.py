@@ -199,10 +199,13 @@ class Pool:
         ``identity`` is ``func``'s as computed now (once per map): when the pool put this
         very object under another identity (changed in place since: ``model.k = 3``), or
         under one that could not be computed, it is sent again, so the actors run what the
-        map identified. Without one (None), the object held is kept."""
+        map identified. Without one (None), the object held is kept; with one that could
+        not be computed, it is sent again unless runs of it are in progress (they share the
+        actors, as they would with any identity: its results are never reused anyway)."""
         with self._lock:
             self.fit()
-            if func is None or (func is self._func and self.holds(identity)):
+            if func is None or (func is self._func and (self.holds(identity) or (
+                    identity is not None and identity.digest is None and self._leases))):
                 return
             self._wait_for_runs(func)
             try:
