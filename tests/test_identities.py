@@ -318,6 +318,7 @@ def test_inspect_lists_identities_and_prune_removes_them_and_shrinks_the_file(
     shown = _cli("inspect", str(ckpt))
     assert shown.returncode == 0, shown.stderr
     assert "identities:   2" in shown.stdout and "<- latest run" in shown.stdout
+    assert "since the one before: the body of 'big' changed" in shown.stdout
     listed = json.loads(_cli("inspect", "--json", str(ckpt)).stdout)["identities"]
     assert [(e["function"], e["results"], e["latest"]) for e in listed] == [
         ("big", 20, True), ("big", 20, False)]

@@ -62,6 +62,8 @@ def _listed(held: list[StoredIdentity]) -> list[str]:
         lines.append(f"  #{entry.id} {entry.function}{kind}: {entry.results} results, first "
                      f"seen {_when(entry.first_seen or None)}, last used "
                      f"{_when(entry.last_used or None)}{mark}")
+        if entry.changed:
+            lines.append(f"     since the one before: {entry.changed}")
     return lines
 
 

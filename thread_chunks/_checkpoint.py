@@ -1258,6 +1258,9 @@ class StoredIdentity(NamedTuple):
     """Whether it is the latest run's."""
     parts: list[tuple[str, str]]
     """What it covers: (what, hex digest) pairs."""
+    changed: str = ""
+    """What changed since the identity of the same function used before it ("" for the
+    first, or when that one cannot be compared: legacy, unidentifiable)."""
 
 
 def _identities(conn: sqlite3.Connection, meta: Mapping[str, Any]) -> list[StoredIdentity]:
@@ -1269,6 +1272,11 @@ def _identities(conn: sqlite3.Connection, meta: Mapping[str, Any]) -> list[Store
              for id, name, kind, first, last, parts in conn.execute(
                  "SELECT id, func_name, kind, first_seen, last_used, parts FROM identities")]
     found.sort(key=lambda entry: (not entry.latest, -entry.last_used, -entry.id))
+    for i, entry in enumerate(found):
+        older = next((e for e in found[i + 1:] if e.function == entry.function), None)
+        if older is not None and _IDENTIFIED == entry.kind == older.kind:
+            said = _changes(older.parts, entry.parts, entry.function)
+            found[i] = entry._replace(changed=", ".join(said))
     return found
 
 
