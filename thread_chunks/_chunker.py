@@ -555,11 +555,15 @@ def chunk(
     if func is None and actors is None:
         raise ValueError("`func` and `actors` cannot both be None.")
     check_on_error(on_error)
-    Options.of("chunk", chunk_size, progress_bar, options)  # errors before Ray starts
+    settings = Options.of("chunk", chunk_size, progress_bar, options)  # before Ray starts
     iterate(parameters)
     with ray_session():
         if actors is None:
-            with Chunker(func, None, chunk_size, progress_bar, True, path, **options) as chunker:
+            if not callable(func):
+                raise TypeError(f"func: expected a callable, got {func!r}")
+            # the map identifies the function and sends it (once: not also when made)
+            with Chunker._lazy(func, pool_for(settings), settings) as chunker:
+                chunker.path = path
                 return chunker(parameters, on_error=on_error)
         chunker = Chunker(None, actors, chunk_size, progress_bar, True, path, **options)
         return chunker(parameters, func, on_error=on_error)
