@@ -170,7 +170,7 @@ def test_an_edited_value_runs_only_that_row(tmp_path: Path) -> None:
     assert counts == {0: 1, 1: 1, 2: 1, 3: 1, 12: 1}
 
 
-def test_a_different_function_starts_afresh(tmp_path: Path) -> None:
+def test_a_different_function_starts_afresh_and_keeps_the_older_results(tmp_path: Path) -> None:
     runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
     runs.mkdir()
     chunk(w.count_and_square, _rows(3, runs), chunk_size=2, path=ckpt)
@@ -178,7 +178,10 @@ def test_a_different_function_starts_afresh(tmp_path: Path) -> None:
                       match="changed from 'count_and_square' to 'slow_count'"):
         chunk(w.slow_count, _rows(3, runs), chunk_size=2, path=ckpt)
     assert w.executions(runs) == {i: 2 for i in range(3)}
-    assert Checkpoint.load(ckpt).stored == 3  # the old function's results are gone
+    assert Checkpoint.load(ckpt).stored == 3  # the latest function's
+    held = _checkpoint.identities(ckpt)  # the older function's are kept (issue 26)
+    assert [(e.function, e.results) for e in held] == [("slow_count", 3),
+                                                       ("count_and_square", 3)]
 
 
 def test_a_changed_body_starts_afresh(tmp_path: Path) -> None:

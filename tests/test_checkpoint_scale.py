@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests import identity_workloads as iw
 from tests import workloads as w
-from thread_chunks import Checkpoint, CheckpointError, chunked
+from thread_chunks import Checkpoint, CheckpointError, CheckpointRestartWarning, chunked
 from thread_chunks._actor import Outcome, pack
 from thread_chunks._checkpoint import FORMAT_VERSION, Store, _reading, _spans, summary, timeline
 from thread_chunks._digest import Binder, row_keys
@@ -117,7 +118,8 @@ def test_a_reused_result_replaced_meanwhile_is_an_error_not_another_rows_value(
     with sqlite3.connect(ckpt) as conn:  # another process: row 2's result gone, its rowid
         top = conn.execute("SELECT max(rowid) FROM results").fetchone()[0]  # reused by
         conn.execute("DELETE FROM results WHERE rowid = ?", (top,))  # another key
-        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL)", (pack(-1),))
+        conn.execute("INSERT INTO results VALUES (x'00', 1, ?, 0, 0, 'b', 0, NULL, ?)",
+                     (pack(-1), again.identity))  # of the same identity, another key
         assert conn.execute("SELECT max(rowid) FROM results").fetchone()[0] == top
     with pytest.raises(CheckpointError, match="lost the result"):
         list(again.read_reused())
@@ -227,18 +229,19 @@ def test_a_run_table_rewritten_without_its_list_digest_is_not_read_back(
 
 
 @pytest.mark.usefixtures("ray_running")
-def test_a_format_5_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
+def test_a_format_5_checkpoint_is_upgraded_and_none_of_it_reused(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.square)
     rows = [[i] for i in range(50)]
     f.map(rows, path=ckpt)
     _settle()
-    with sqlite3.connect(ckpt) as conn:  # as format 5 wrote it: every result in results
-        conn.execute("DROP TABLE staged")
-        conn.execute("UPDATE meta SET value = 5 WHERE key = 'format_version'")
+    iw.as_format(ckpt, 5)  # as format 5 wrote it: every result in results
     assert Checkpoint.load(ckpt).output == [i * i for i in range(50)]  # read as it is
+    with pytest.warns(CheckpointRestartWarning, match="older thread-chunks"):
+        assert f.map([*rows, [50]], path=ckpt) == [i * i for i in range(51)]
+    assert f.stats.calls == 51  # a legacy result is never reused (issue 26)
     assert f.map([*rows, [50]], path=ckpt) == [i * i for i in range(51)]
-    assert f.stats.calls == 1
+    assert f.stats.calls == 0
     with sqlite3.connect(ckpt) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
                             ).fetchone()[0] == FORMAT_VERSION

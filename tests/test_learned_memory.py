@@ -18,9 +18,16 @@ import psutil
 import pytest
 import ray
 
+from tests import identity_workloads as iw
 from tests import workloads as w
 from tests.conftest import ROOT, local_env, why_it_failed
-from thread_chunks import Checkpoint, RemoteLabelledActor, WorkerDiedError, chunked
+from thread_chunks import (
+    Checkpoint,
+    CheckpointRestartWarning,
+    RemoteLabelledActor,
+    WorkerDiedError,
+    chunked,
+)
 from thread_chunks._actor import OK, VALUE, NodeMemory, _marker, read_reply, unpack
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
 from thread_chunks._run import _killed_at
@@ -103,21 +110,19 @@ def test_a_format_4_checkpoint_without_memory_is_read_and_upgraded(tmp_path: Pat
     rows = [[i] for i in range(20)]
     f.map(rows, path=path)
     _wait_for_close(str(path))  # the store folds its staged results as it closes
-    with sqlite3.connect(path) as conn:  # as format 4 wrote it: no memory column, no staging
-        conn.execute("DROP TABLE staged")
-        conn.execute("ALTER TABLE results DROP COLUMN memory")
-        conn.execute("UPDATE meta SET value = 4 WHERE key = 'format_version'")
+    iw.as_format(path, 4)  # as format 4 wrote it: no memory column, no staging
     view = Checkpoint.load(path)
     assert view.output == [i * i for i in range(20)] and view.memory == [None] * 20
     info = summary(path)
     assert info["call_memory_median"] is None and info["call_memory_max"] is None
-    assert f.map([*rows, [20]], path=path) == [i * i for i in range(21)]  # reused, upgraded
-    assert f.stats.calls == 1
+    with pytest.warns(CheckpointRestartWarning, match="older thread-chunks"):
+        assert f.map([*rows, [20]], path=path) == [i * i for i in range(21)]  # upgraded
+    assert f.stats.calls == 21  # a legacy result is never reused (issue 26)
     view = Checkpoint.load(path)
-    assert view.memory[:20] == [None] * 20 and view.memory[20] is not None
+    assert None not in view.memory
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
-                            ).fetchone()[0] == FORMAT_VERSION == 6
+                            ).fetchone()[0] == FORMAT_VERSION == 7
     f.close()
 
 

@@ -11,22 +11,24 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from tests import identity_workloads as iw
 from tests import workloads as w
 from tests.conftest import ROOT, local_env
 from thread_chunks import (
     Checkpoint,
     CheckpointError,
     CheckpointFailedWarning,
+    CheckpointRestartWarning,
     ResultError,
     _checkpoint,
     chunked,
+    identities,
 )
 from thread_chunks._actor import Outcome
 from thread_chunks._checkpoint import NotStored, _wait_for_close
@@ -140,22 +142,18 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
     f.close()
 
 
-def test_a_format_3_checkpoint_is_upgraded_and_reused(tmp_path: Path) -> None:
+def test_a_format_3_checkpoint_is_upgraded_and_none_of_it_reused(tmp_path: Path) -> None:
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.square)
     rows = [[i] for i in range(50)]
     f.map(rows, path=ckpt)
     _wait_for_close(str(ckpt))  # format 3 stages nothing: the store's close folds it first
-    with sqlite3.connect(ckpt) as conn:  # as format 3 kept the latest run's keys
-        keys = b"".join(k for (k,) in conn.execute("SELECT key FROM run ORDER BY row"))
-        conn.execute("INSERT INTO meta VALUES ('keys', ?)", (keys,))
-        conn.execute("DROP TABLE run")
-        conn.execute("UPDATE meta SET value = 3 WHERE key = 'format_version'")
+    iw.as_format(ckpt, 3)  # as format 3 kept the latest run's keys
     assert Checkpoint.load(ckpt).output == [i * i for i in range(50)]  # read as it is
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no restart warning: nothing is lost
+    with pytest.warns(CheckpointRestartWarning, match="older thread-chunks"):
         assert f.map(rows, path=ckpt) == [i * i for i in range(50)]
-    assert f.stats.calls == 0
+    assert f.stats.calls == 50  # a legacy result is never reused (issue 26): kept, listed
+    assert [e.kind for e in identities(ckpt)] == ["identified", "legacy"]
     with sqlite3.connect(ckpt) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
                             ).fetchone()[0] == _checkpoint.FORMAT_VERSION

@@ -122,17 +122,20 @@ def test_equal_arrays_built_apart_match_and_another_dtype_does_not(tmp_path: Pat
                                    "float64:999000.0": 1, "float32:499500.0": 1}
 
 
-def test_object_refs_are_recorded_by_position(tmp_path: Path) -> None:
+def test_object_refs_are_computed_in_every_run(tmp_path: Path) -> None:
+    """A row holding an ObjectRef has no identity (what a ref names can change: Ray reuses
+    ids across sessions): it runs again in every run, the same list included (issue 26: no
+    key by position)."""
     runs, ckpt = tmp_path / "runs", tmp_path / "run.ckpt"
     runs.mkdir()
     ref = ray.put(np.full(10, 7.0))
     rows: list[list[object]] = [[np.full(10, 1.0), str(runs)], [ref, str(runs)]]
     assert chunk(rk.total, rows, chunk_size=2, path=ckpt) == [10.0, 70.0]
     assert chunk(rk.total, rows, chunk_size=2, path=ckpt) == [10.0, 70.0]  # the same list
-    assert rk.executions(runs) == {"float64:10.0": 1, "float64:70.0": 1}
+    assert rk.executions(runs) == {"float64:10.0": 1, "float64:70.0": 2}
     longer = [*rows, [np.full(10, 2.0), str(runs)]]  # another list: the ref row runs again
     assert chunk(rk.total, longer, chunk_size=2, path=ckpt) == [10.0, 70.0, 20.0]
-    assert rk.executions(runs) == {"float64:10.0": 1, "float64:70.0": 2, "float64:20.0": 1}
+    assert rk.executions(runs) == {"float64:10.0": 1, "float64:70.0": 3, "float64:20.0": 1}
     assert "not recorded" in str(Checkpoint.load(ckpt).parameters[1])
 
 

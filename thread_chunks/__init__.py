@@ -3,7 +3,7 @@ at once, with results in order, a progress bar and crash-safe checkpoints."""
 
 from . import config
 from ._actor import LabelledActor, RemoteLabelledActor
-from ._checkpoint import Checkpoint, NotStored
+from ._checkpoint import Checkpoint, NotStored, StoredIdentity, identities, prune
 from ._chunker import Chunker, chunk
 from ._decorator import Chunked, chunked
 from ._errors import (
@@ -38,10 +38,13 @@ __all__ = [
     "ResultError",
     "RunOptions",
     "RunStats",
+    "StoredIdentity",
     "ThreadChunksError",
     "TypedRow",
     "WorkerDiedError",
     "chunk",
     "chunked",
     "config",
+    "identities",
+    "prune",
 ]

@@ -1,16 +1,25 @@
-"""Command line: ``thread-chunks inspect PATH [--json] [--rows] [--plot FILE]``."""
+"""Command line: ``thread-chunks inspect PATH [--json] [--rows] [--plot FILE]`` and
+``thread-chunks prune PATH [--keep N] [--dry-run]``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
-from ._checkpoint import RATE_MIN_CALLS, RATE_MIN_SECONDS, summary, timeline
+from ._checkpoint import (
+    RATE_MIN_CALLS,
+    RATE_MIN_SECONDS,
+    StoredIdentity,
+    prune,
+    summary,
+    timeline,
+)
 from ._errors import CheckpointError
 from ._table import RowState, row_states
 
@@ -82,7 +91,25 @@ def _text(info: dict[str, Any]) -> str:
         f"rate:         {rate_text}",
         f"eta:          {_duration(info['eta_seconds'])}",
         f"call memory:  {memory}",
+        *_listed([StoredIdentity(**entry) for entry in info.get("identities", [])]),
     ])
+
+
+def _listed(held: list[StoredIdentity]) -> list[str]:
+    """The identities of a file, one line each (the latest run's marked)."""
+    if not held:
+        return []
+    lines = [f"identities:   {len(held)} (results of each are reused only by a run with the "
+             "same identity)"]
+    for entry in held:
+        kind = "" if entry.kind == "identified" else f" [{entry.kind}]"
+        mark = "  <- latest run" if entry.latest else ""
+        lines.append(f"  #{entry.id} {entry.function}{kind}: {entry.results} results, first "
+                     f"seen {_when(entry.first_seen or None)}, last used "
+                     f"{_when(entry.last_used or None)}{mark}")
+        if entry.changed:
+            lines.append(f"     since the one before: {entry.changed}")
+    return lines
 
 
 def _rows_text(states: Iterable[RowState]) -> Iterator[str]:
@@ -152,7 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("--rows", action="store_true",
                          help="also list every row: done, failed (with its error), running, "
                          "waiting")
+    pruning = sub.add_parser(
+        "prune", help="remove the results of older identities (default: all but the latest "
+        "run's) and shrink the file")
+    pruning.add_argument("path")
+    pruning.add_argument("--keep", type=int, default=1, metavar="N",
+                         help="keep the N most recently used identities (default 1)")
+    pruning.add_argument("--dry-run", action="store_true",
+                         help="only say what would be removed")
     args = parser.parse_args(argv)
+    if args.command == "prune":
+        return _prune(args.path, args.keep, args.dry_run)
     try:
         info = summary(args.path)
         if args.json:
@@ -173,6 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     except _CannotPlot as exc:
         print(f"thread-chunks: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _prune(path: str, keep: int, dry_run: bool) -> int:
+    try:
+        before = os.path.getsize(path) if os.path.exists(path) else 0
+        gone = prune(path, keep=keep, dry_run=dry_run)
+    except (CheckpointError, ValueError) as exc:
+        print(f"thread-chunks: {exc}", file=sys.stderr)
+        return 2
+    verb = "would remove" if dry_run else "removed"
+    for entry in gone:
+        print(f"{verb} #{entry.id} {entry.function} [{entry.kind}]: {entry.results} results, "
+              f"last used {_when(entry.last_used or None)}")
+    after = os.path.getsize(path)
+    print(f"{path}: {verb} {len(gone)} identities; {before / 2**20:,.1f} MiB"
+          + ("" if dry_run else f" -> {after / 2**20:,.1f} MiB"))
     return 0
 
 

@@ -3,32 +3,38 @@ call was, not where it stood in the list.
 
 The file is an SQLite database in WAL mode, marked as ours by ``PRAGMA application_id``:
 
-- ``results(key, ok, value, started, ended, actor, recorded)``: one row per distinct call ever
-  finished with this function. ``key`` is the row's identity (16 bytes, see ``_digest``);
-  ``value`` the pickled result (as the actor pickled it) or exception.
+- ``identities``: what computed the results (:data:`_IDENTITIES`): one row per identity of
+  a function (its code and all it reaches, ``actor_cls``, ``depends_on``: see
+  :func:`~thread_chunks._digest.identify`) a run had. A run never deletes results: those of
+  another identity are kept, and reused only by a run of that identity again.
+- ``results(key, ok, value, started, ended, actor, recorded, memory, identity)``: one row per
+  distinct call ever finished, per identity (unique ``(identity, key)``). ``key`` is the
+  row's arguments' digest (16 bytes, see ``_digest``); ``value`` the pickled result (as the
+  actor pickled it) or exception.
 - ``staged``: the same columns, no index: results of small values recorded by the latest run,
   appended as they arrive, folded into ``results`` in that order (the latest of a key wins)
   when the run's store closes or, after a kill, when the next run opens the file. Readers see
   ``results`` and ``staged`` as one (:func:`_reading`).
 - ``run(row, key, ok)``: the latest run's list, one key per row, and the row's state as the
   run knows it (1 done, 0 failed, NULL not yet), kept as results are recorded.
-- ``meta``: the format, the digest scheme, the function (name and body digest) the results
-  belong to, and the latest run: its parameter list (pickled once, large arguments replaced by
-  a :class:`NotStored` description), how many rows it reused. ``index``/``done`` only while
-  the file is as ``Checkpoint.save`` wrote it (1.0.5 stores them as given).
+- ``meta``: the format, the digest scheme, and the latest run: its function's name and
+  identity (``identity``, an id in ``identities``), its parameter list (pickled once, large
+  arguments replaced by a :class:`NotStored` description), how many rows it reused.
+  ``index``/``done`` only while the file is as ``Checkpoint.save`` wrote it (1.0.5 stores
+  them as given).
 
 A run opens the file, computes every row's key, and finds in SQL (``run`` joined with
-``results``) the rows recorded as a success; it sends only the others, and reads the reused
-results back in row order, a few MB at a time, as they are handed out (:meth:`Store.reused`).
-Each batch of results is one small transaction (O(1) work per result), so a kill -9 at any
-instant leaves a consistent file that lost at most the calls that were in flight. Small results
-go to ``staged`` rather than straight into ``results``: keys are digests, so every result
-recorded into the key index lands on a random page of it, and once the index outgrows a batch
-each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at 200,000 rows);
-appended to ``staged`` a row costs its own bytes, and one fold per run writes each page of
-the index once. The summary
-(``thread-chunks inspect``) is SQL over keys and timing columns: it unpickles nothing. Results
-are pickled: load checkpoints only from a trusted source.
+``results`` of its identity) the rows recorded as a success; it sends only the others, and
+reads the reused results back in row order, a few MB at a time, as they are handed out
+(:meth:`Store.reused`). Each batch of results is one small transaction (O(1) work per result),
+so a kill -9 at any instant leaves a consistent file that lost at most the calls that were in
+flight. Small results go to ``staged`` rather than straight into ``results``: keys are digests,
+so every result recorded into the key index lands on a random page of it, and once the index
+outgrows a batch each commit rewrites a page per row (4 KB of write-ahead log a row, ~30 us at
+200,000 rows); appended to ``staged`` a row costs its own bytes, and one fold per run writes
+each page of the index once. The summary (``thread-chunks inspect``) is SQL over keys and
+timing columns: it unpickles nothing. Results are pickled: load checkpoints only from a
+trusted source.
 
 Before SQLite touches the file, ``_files`` checks it is a regular file of ours (a new one is
 made beside it and linked into place whole) and tells its filesystem; a run holds the writer
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import logging
 import os
 import sqlite3
@@ -51,7 +58,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from itertools import repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import _files, _signals
 from ._actor import (
@@ -72,7 +79,8 @@ from ._digest import (
     KEY_BYTES,
     SCHEME,
     Binder,
-    function_digest,
+    Identity,
+    identify,
     list_key,
     position_key,
     row_keys,
@@ -94,11 +102,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 APPLICATION_ID = 0x54434B31  # "TCK1"
-FORMAT_VERSION = 6
-"""6: small results staged before they are folded into ``results``; 5: each result's
-measured peak memory (``results.memory``); 4: the latest run's keys in the ``run`` table (3
-kept them in one ``meta`` blob). Files of formats 3 to 5 are upgraded when a run opens them,
-and read as they are."""
+FORMAT_VERSION = 7
+"""7: results kept per identity (``identities``; ``results.identity``): a changed function
+deletes nothing; 6: small results staged before they are folded into ``results``; 5: each
+result's measured peak memory (``results.memory``); 4: the latest run's keys in the ``run``
+table (3 kept them in one ``meta`` blob). Files of formats 3 to 6 are upgraded when a run
+opens them (their results go under a *legacy* identity, never reused: their identity was
+narrower), and read as they are."""
 BUSY_TIMEOUT_MS = 10_000
 """How long a save waits for a lock held by another process before it counts as failed."""
 MAX_RECORD_BYTES = 1_000_000_000
@@ -126,22 +136,46 @@ _BYTES = frozenset({bytes})
 
 _RESULTS = """
 CREATE TABLE IF NOT EXISTS results (
-    key BLOB PRIMARY KEY,
+    key BLOB NOT NULL,
     ok INTEGER NOT NULL,
     value BLOB,
     started REAL,
     ended REAL,
     actor TEXT,
     recorded REAL NOT NULL,
-    memory INTEGER
+    memory INTEGER,
+    identity INTEGER NOT NULL,
+    UNIQUE (identity, key)
 );
 """
 _RUN = ("CREATE TABLE IF NOT EXISTS run "
         "(row INTEGER PRIMARY KEY, key BLOB NOT NULL, ok INTEGER);")
 _STAGED = "CREATE TABLE IF NOT EXISTS staged AS SELECT * FROM results WHERE 0;"
 """``results``' columns (whatever they are), without its key index."""
+_IDENTITIES = """
+CREATE TABLE IF NOT EXISTS identities (
+    id INTEGER PRIMARY KEY,
+    digest BLOB UNIQUE NOT NULL,
+    func_name TEXT NOT NULL,
+    parts TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    last_used REAL NOT NULL,
+    kind TEXT NOT NULL
+);
+"""
+"""What computed the results: one row per identity (the function and all it depends on, see
+:func:`~thread_chunks._digest.identify`) a run of this file had. ``digest`` is the identity's
+digest with the scheme (:func:`_stored_digest`); ``parts`` a JSON list of ``[what, hex]``
+pairs (what the warning compares); ``kind`` one of :data:`_KINDS`."""
+_IDENTIFIED, _LEGACY, _UNIDENTIFIABLE, _BY_HAND = "identified", "legacy", "unidentifiable", \
+    "by hand"
+_KINDS = (_IDENTIFIED, _LEGACY, _UNIDENTIFIABLE, _BY_HAND)
+"""identified: reused when a run has the same identity; legacy: results of a file of format 3
+to 6 (identified more narrowly: never reused); unidentifiable: a run whose function could not
+be encoded (a fresh identity, never matched); by hand: written by ``Checkpoint(...)``, adopted
+by the first run of a function of that name."""
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
-           + _RESULTS + _STAGED + _RUN)
+           + _RESULTS + _STAGED + _RUN + _IDENTITIES)
 
 
 def _unpickle(blob: bytes | None) -> Any:
@@ -351,42 +385,95 @@ def _meta(conn: sqlite3.Connection, *keys: str) -> dict[str, Any]:
     return dict(conn.execute(f"SELECT key, value FROM meta WHERE key IN ({marks})", keys))
 
 
-_FUNCTION_META = ("format_version", "scheme", "func_name", "func_digest", "by_hand")
+_FUNCTION_META = ("format_version", "scheme", "func_name", "identity", "by_hand")
 
 
-def _reset(conn: sqlite3.Connection, func_name: str, func_digest: str, by_hand: bool) -> None:
-    """Forget everything: the file now belongs to this function (inside a transaction)."""
-    conn.execute("DROP TABLE IF EXISTS results")
+def _reset(conn: sqlite3.Connection, func_name: str) -> int:
+    """Forget everything (inside a transaction): the file now holds what ``Checkpoint(...)``
+    writes, under a fresh identity of kind "by hand" (its id returned). Only a save by hand
+    does this; a run never deletes results."""
+    for table in ("results", "identities"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     conn.execute(_RESULTS)
+    conn.execute(_IDENTITIES)
     _renew_staged(conn)
     conn.execute("DELETE FROM run")
     conn.execute("DELETE FROM meta")
+    hand = _new_identity(conn, _BY_HAND, func_name, ())
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("format_version", FORMAT_VERSION), ("scheme", SCHEME), ("func_name", func_name),
-        ("func_digest", func_digest), ("by_hand", int(by_hand)), ("created", time.time())])
+        ("identity", hand), ("by_hand", 1), ("created", time.time())])
+    return hand
+
+
+def _stored_digest(identity: Identity) -> bytes | None:
+    """The digest an identity is kept under: with the row-key scheme (results keyed by
+    another scheme are never matched). None when the identity is unknown."""
+    if identity.digest is None:
+        return None
+    return hashlib.sha256(SCHEME.encode() + b"\x00" + identity.digest).digest()
+
+
+def _new_identity(conn: sqlite3.Connection, kind: str, func_name: str,
+                  parts: Sequence[tuple[str, str]], digest: bytes | None = None) -> int:
+    """The id of the identity ``digest`` (made now, or its ``last_used`` updated); without a
+    digest, a fresh identity no run can ever match (inside a transaction)."""
+    now = time.time()
+    if digest is None:
+        digest = kind.encode() + b" " + os.urandom(16)  # never a 32-byte digest: never matched
+    found = conn.execute("SELECT id FROM identities WHERE digest = ?", (digest,)).fetchone()
+    if found is not None:
+        conn.execute("UPDATE identities SET last_used = ?, func_name = ? WHERE id = ?",
+                     (now, func_name, found[0]))
+        return int(found[0])
+    cursor = conn.execute(
+        "INSERT INTO identities (digest, func_name, parts, first_seen, last_used, kind) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (digest, func_name, json.dumps([list(part) for part in parts]), now, now, kind))
+    return int(cursor.lastrowid or 0)
 
 
 def _split(blob: bytes) -> list[bytes]:
     return [blob[i:i + KEY_BYTES] for i in range(0, len(blob), KEY_BYTES)]
 
 
-def _upgrade(conn: sqlite3.Connection) -> None:
+def _upgrade(conn: sqlite3.Connection, path: str) -> None:
     """A file of format 3 (the latest run's keys in one ``meta`` blob), 4 (no memory
-    column) or 5 (no staged results) becomes format 6 (in a transaction): nothing recorded
-    is lost."""
-    meta = _meta(conn, "format_version", "keys")
+    column), 5 (no staged results) or 6 (no identities) becomes format 7 (in a transaction):
+    nothing recorded is lost. Its results go under one identity of kind "legacy": listed and
+    prunable, never reused (the identity they were recorded under was narrower: what a
+    function reached was not in it). A file of a newer format is a CheckpointError: it is not
+    changed."""
+    meta = _meta(conn, "format_version", "keys", "func_name", "func_digest", "by_hand")
     version = meta.get("format_version")
-    if version not in (3, 4, 5):
+    if version is None or version == FORMAT_VERSION:
         return
+    if version not in (3, 4, 5, 6):
+        raise CheckpointError(
+            f"checkpoint {path!r} was written by another version of thread-chunks (format "
+            f"{version}, this version reads formats 3 to {FORMAT_VERSION}); it is left as it "
+            "is: choose another path, or run that version")
     if version == 3:
         conn.execute("DELETE FROM run")
         conn.executemany("INSERT INTO run (row, key) VALUES (?, ?)",
                          enumerate(_split(meta.get("keys", b""))))
         conn.execute("DELETE FROM meta WHERE key = 'keys'")
-    if not _has_memory(conn):
-        conn.execute("ALTER TABLE results ADD COLUMN memory INTEGER")
-    _renew_staged(conn)  # with the memory column (a staged table there is a newer version's)
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'format_version'", (FORMAT_VERSION,))
+    if version == 6:
+        _fold(conn)  # what a killed run of format 6 staged
+    name = str(meta.get("func_name", "function"))
+    kind = _BY_HAND if meta.get("by_hand") else _LEGACY
+    legacy = _new_identity(conn, kind, name, [(f"{kind} (format {version})",
+                                               str(meta.get("func_digest") or ""))])
+    memory = "memory" if _has_memory(conn) else "NULL"
+    conn.execute("ALTER TABLE results RENAME TO results_old")
+    conn.execute(_RESULTS)
+    conn.execute(f"INSERT INTO results SELECT key, ok, value, started, ended, actor, recorded, "
+                 f"{memory}, ? FROM results_old ORDER BY rowid", (legacy,))
+    conn.execute("DROP TABLE results_old")
+    _renew_staged(conn)
+    conn.execute("DELETE FROM meta WHERE key IN ('func_digest', 'identity', 'list_key')")
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                     [("format_version", FORMAT_VERSION), ("identity", legacy)])
 
 
 def _renew_staged(conn: sqlite3.Connection) -> None:
@@ -538,25 +625,32 @@ def _insert_run(conn: sqlite3.Connection, keys: bytes, states: bytes = b"") -> N
             (keys, states, count))
 
 
-def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes
+def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes, identity: int
                  ) -> tuple[array[int], array[int], array[int]]:
     """Fill the ``run`` table with the keys (``blob``: ``keys`` joined) and each row's state;
-    the rows whose key is recorded as a success, ascending, the size of each one's pickled
-    result and its rowid in ``results`` (no result is read). Inside a transaction, with
-    nothing staged.
+    the rows whose key is recorded as a success under ``identity``, ascending, the size of
+    each one's pickled result and its rowid in ``results`` (no result is read). Inside a
+    transaction, with nothing staged.
 
-    When the file holds not many more results than the list has rows, one scan of the
-    results' keys into memory matches them (no lookup per row: SQLite's costs ~2.5 us);
-    otherwise the run's keys are joined with the results (the work follows the list).
+    When the file holds not many more results of this identity than the list has rows, one
+    scan of their keys into memory matches them (no lookup per row: SQLite's costs ~2.5 us;
+    the whole table is scanned, filtered in SQL, when it holds little else); otherwise the
+    run's keys are joined with the results (the work follows the list).
     """
     rows, sizes, ids = array("q"), array("q"), array("q")
     count = len(keys)
-    if conn.execute("SELECT count(*) FROM results").fetchone()[0] <= 4 * count:
+    (mine,) = conn.execute("SELECT count(*) FROM results WHERE identity = ?",
+                           (identity,)).fetchone()
+    if mine <= 4 * count:
+        alone = conn.execute("SELECT count(*) <= 1 FROM identities").fetchone()[0]
+        total = mine if alone else conn.execute("SELECT count(*) FROM results").fetchone()[0]
+        scan = "NOT INDEXED" if total <= 2 * mine else ""  # else the index finds them
         # key -> a success's rowid and size in one int (-1: a failure): the dict is built,
         # and probed, in C
         known = dict(conn.execute(
             "SELECT key, CASE WHEN ok = 1 THEN rowid << 32 | "
-            "min(coalesce(length(value), 0), 4294967295) ELSE -1 END FROM results"))
+            "min(coalesce(length(value), 0), 4294967295) ELSE -1 END "
+            f"FROM results {scan} WHERE identity = ?", (identity,)))
         hits = list(map(known.get, keys))
         del known
         rows.extend([row for row, hit in enumerate(hits) if hit is not None and hit >= 0])
@@ -571,7 +665,7 @@ def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes
     found: list[tuple[int, int]] = []
     for row, ok, size, rowid in conn.execute(
             "SELECT r.row, s.ok, length(s.value), s.rowid FROM run AS r JOIN results AS s "
-            "ON s.key = r.key ORDER BY r.row"):
+            "ON s.identity = ? AND s.key = r.key ORDER BY r.row", (identity,)):
         found.append((ok, row))
         if ok:
             rows.append(row)
@@ -581,18 +675,21 @@ def _find_reused(conn: sqlite3.Connection, keys: Sequence[bytes], blob: bytes
     return rows, sizes, ids
 
 
-def _adopt(conn: sqlite3.Connection, binder: Binder) -> None:
+def _adopt(conn: sqlite3.Connection, binder: Binder, hand: int, identity: int) -> None:
     """Re-key the rows of a checkpoint written by ``Checkpoint(...)`` (which knew no
-    signature) to this function's row identity (inside a transaction)."""
+    signature, under the identity ``hand``) to this function's row identity and move them to
+    ``identity`` (inside a transaction)."""
     meta = _meta(conn, "parameters")
-    if "parameters" not in meta:
-        return
-    parameters = list(_unpickle(meta["parameters"]))
-    old = [key for (key,) in conn.execute("SELECT key FROM run ORDER BY row")]
-    rows = [normalised for normalised in map(_as_call, parameters)]
-    new = row_keys(binder, rows).keys
-    conn.executemany("UPDATE OR REPLACE results SET key = ? WHERE key = ?",
-                     [(n, o) for n, o in zip(new, old, strict=True) if n != o])
+    if "parameters" in meta:
+        parameters = list(_unpickle(meta["parameters"]))
+        old = [key for (key,) in conn.execute("SELECT key FROM run ORDER BY row")]
+        rows = [normalised for normalised in map(_as_call, parameters)]
+        new = row_keys(binder, rows).keys
+        conn.executemany(
+            "UPDATE OR REPLACE results SET key = ?, identity = ? WHERE key = ? AND identity = ?",
+            [(n, identity, o, hand) for n, o in zip(new, old, strict=True)])
+    if not conn.execute("SELECT 1 FROM results WHERE identity = ? LIMIT 1", (hand,)).fetchone():
+        conn.execute("DELETE FROM identities WHERE id = ?", (hand,))
     conn.execute("UPDATE meta SET value = 0 WHERE key = 'by_hand'")
 
 
@@ -629,6 +726,8 @@ class Store:
         self._sizes: array[int] = array("q")
         self._ids: array[int] = array("q")  # each reused row's rowid in results
         self._staged = 0  # results this store staged and did not fold yet
+        self.identity = 0
+        """The id of this run's identity in the file (its results are recorded under it)."""
         self.peak_memory: int | None = None
         """The largest peak memory measured for a call of this function, in the file."""
         self._flight = InFlight()
@@ -641,51 +740,57 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], func: Callable[..., Any] | None, name: str,
-             calls: Collection[tuple[Sequence[Any], dict[str, Any] | None]], rows: Sequence[Any]
-             ) -> Store:
+             calls: Collection[tuple[Sequence[Any], dict[str, Any] | None]], rows: Sequence[Any],
+             identity: Identity | None = None) -> Store:
         """Open or create the checkpoint at ``path`` for a run of ``func`` over ``calls``
         (each row's ``(args, kwargs)``; ``rows`` are the same, as the user gave them: the
-        1.0.5 view shows them).
+        1.0.5 view shows them). ``identity`` is the function's (:func:`identify`, computed
+        once per map by the caller; computed here when not given).
 
-        ``store.reused`` lists the rows already known, read back by :meth:`read_reused`. A
-        checkpoint of another function, or whose function's body changed, is emptied first,
-        with a :class:`CheckpointRestartWarning` saying why. Every failure of the file is a
+        ``store.reused`` lists the rows already known *under this identity*, read back by
+        :meth:`read_reused`. Nothing is ever deleted: results of other identities (another
+        function, an earlier version of this one) stay in the file, and when none of this
+        identity's is there although the file holds others, a
+        :class:`CheckpointRestartWarning` says what changed. Every failure of the file is a
         :class:`CheckpointError` naming it.
         """
         path = os.fspath(path)
         _wait_for_close(path)
         _is_ours(path)  # a file not ours: refused before anything else
         func_name = getattr(func, "__name__", name) if func is not None else name
-        func_digest = function_digest(func) if func is not None else ""
+        if identity is None:
+            identity = _identify(func)
+        digest = _stored_digest(identity)
         binder = Binder(func)
-        listed = list_key(binder, rows)
+        listed = list_key(binder, rows) if digest is not None else None
+        if listed is not None and digest is not None:  # the list and the identity: a rerun
+            listed = hashlib.sha256(listed + digest).digest()  # of both reads its keys back
         conn, lock, network = _open_for_writing(path, len(calls))
         store = cls(path, conn, b"", lock=lock, network=network)
         try:
-            # the same list as the latest run's (checked again below): its keys are stored
             known = _keys_digest(_meta(conn, "list_key").get("list_key"), listed) is not None
             found = None if known else row_keys(binder, calls, large=SHARE_AT_BYTES)
             with _transaction(conn):
-                _upgrade(conn)
+                _upgrade(conn, path)
                 old = _meta(conn, *_FUNCTION_META, "list_key")
-                reason = _mismatch(old, func_name, func_digest)
-                if reason is not None:
-                    if reason:
-                        warn_user(
-                            f"checkpoint {path!r} holds results of another function "
-                            f"({reason}); starting afresh and replacing them",
-                            CheckpointRestartWarning)
-                    _reset(conn, func_name, func_digest, by_hand=False)
+                if "func_name" not in old:  # a new file
+                    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                        ("format_version", FORMAT_VERSION), ("scheme", SCHEME),
+                        ("created", time.time())])
                 else:
                     _fold(conn)  # what the previous run staged, if it could not fold it
                     _renew_staged(conn)
-                    if old.get("by_hand"):
-                        _adopt(conn, binder)
-                    if func_digest and not old.get("func_digest"):
-                        conn.execute("UPDATE meta SET value = ? WHERE key = 'func_digest'",
-                                     (func_digest,))
+                kind = _IDENTIFIED if digest is not None else _UNIDENTIFIABLE
+                store.identity = _new_identity(conn, kind, func_name, identity.parts, digest)
+                if old.get("by_hand"):
+                    if old.get("func_name") == func_name:  # 1.0.5: adopted by name
+                        _adopt(conn, binder, int(old["identity"]), store.identity)
+                    else:
+                        conn.execute("UPDATE meta SET value = 0 WHERE key = 'by_hand'")
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                    ("func_name", func_name), ("identity", store.identity)])
                 keys = _keys_of_list(conn, old.get("list_key"), listed, len(calls)) if (
-                    reason is None and not old.get("by_hand")) else None
+                    not old.get("by_hand")) else None
                 if keys is not None:  # the latest run's list, parameters and keys: kept
                     undigestable: Sequence[int] = ()
                     _begin_run(conn)
@@ -693,10 +798,13 @@ class Store:
                 else:
                     keys, undigestable, opaque = found or row_keys(
                         binder, calls, large=SHARE_AT_BYTES)
+                    for row in undigestable:  # computed again, never matched (not by position)
+                        keys[row] = os.urandom(KEY_BYTES)
                     store._keys = b"".join(keys)
                     _write_run(conn, rows, store._keys, undigestable, table=False,
                                opaque=opaque, list_key=listed)
-                store.reused, store._sizes, store._ids = _find_reused(conn, keys, store._keys)
+                store.reused, store._sizes, store._ids = _find_reused(
+                    conn, keys, store._keys, store.identity)
                 del keys, found
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'reused'",
                              (len(store.reused),))
@@ -704,19 +812,26 @@ class Store:
                              (_signature_blob(binder.signature),))
                 stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
                 store.peak_memory = conn.execute(
-                    "SELECT max(memory) FROM results").fetchone()[0]
+                    "SELECT max(memory) FROM results NOT INDEXED WHERE identity = ?",
+                    (store.identity,)).fetchone()[0]
+                reason = None if store.reused else _why_nothing(
+                    conn, store.identity, func_name, identity)
         except sqlite3.Error as exc:
             store.close()
             raise CheckpointError(f"cannot use checkpoint {path!r}: {exc}") from exc
         except BaseException:
             store.close()
             raise
+        if reason:
+            warn_user(f"checkpoint {path!r}: nothing of it is reused ({reason}); its "
+                      "results are kept in the file (thread-chunks inspect lists them, "
+                      "thread-chunks prune removes them)", CheckpointRestartWarning)
         log.info("checkpoint %s: reused %d of %d rows (%d results stored)", path,
                  len(store.reused), len(calls), stored)
         if undigestable:
             log.info("checkpoint %s: %d rows hold arguments that cannot be digested (first: "
-                     "row %d); they are recorded by position, reused only for the same list",
-                     path, len(undigestable), undigestable[0])
+                     "row %d); they are computed again in every run", path,
+                     len(undigestable), undigestable[0])
         return store
 
     def _key(self, row: int) -> bytes:
@@ -780,13 +895,15 @@ class Store:
         first = wanted[0]
         if wanted == list(range(first, first + len(wanted))):
             found: list[tuple[bytes | None, bytes | None]] = reader.execute(
-                "SELECT key, value FROM results WHERE rowid BETWEEN ? AND ? AND ok = 1",
-                (first, wanted[-1])).fetchall()
+                "SELECT key, value FROM results NOT INDEXED WHERE rowid BETWEEN ? AND ? AND "
+                "ok = 1 AND identity = ? ORDER BY rowid",  # by rowid, not (identity, key)
+                (first, wanted[-1], self.identity)).fetchall()
             if len(found) == len(wanted):  # each rowid of the range, once, in order
                 return found
         by_id = {rowid: (key, value) for rowid, key, value in reader.execute(
-            "SELECT rowid, key, value FROM results WHERE ok = 1 AND rowid IN "
-            f"({', '.join('?' * len(wanted))})", wanted)}
+            "SELECT rowid, key, value FROM results NOT INDEXED WHERE ok = 1 AND identity = ? "
+            "AND rowid IN "
+            f"({', '.join('?' * len(wanted))})", [self.identity, *wanted])}
         return [by_id.get(rowid, (None, None)) for rowid in wanted]
 
     def _open_reader(self) -> sqlite3.Connection:
@@ -826,7 +943,7 @@ class Store:
                 self._skip(r[ROW], len(blob))
                 continue
             rows.append((self._key(r[ROW]), int(r[OK]), blob, r[STARTED], r[ENDED], actor, now,
-                         r[MEMORY]))
+                         r[MEMORY], self.identity))
         staged = staged or all(len(row[2]) <= _STAGE_MAX_BYTES for row in rows)
         try:
             with _transaction(self._conn):
@@ -854,7 +971,8 @@ class Store:
             return []
         keys = self._keys_of(list(map(_ROW, records)))
         return list(zip(keys, repeat(1), values, map(_STARTED, records), map(_ENDED, records),
-                        repeat(actor), repeat(now), map(_MEMORY, records)))
+                        repeat(actor), repeat(now), map(_MEMORY, records),
+                        repeat(self.identity)))
 
     def sending(self, rows: Sequence[int]) -> None:
         """Note ``rows`` as sent to an actor, in one small transaction (see ``_inflight``):
@@ -1012,30 +1130,86 @@ def _fold_and_close(conn: sqlite3.Connection, staged: int, ended: float | None,
             lock.release()
 
 
-def _mismatch(old: dict[str, Any], func_name: str, func_digest: str) -> str | None:
-    """None when the results in the file belong to this function; else why not ("" for a
-    new, empty file: nothing to warn about)."""
-    if "func_name" not in old:
+def _identify(func: object) -> Identity:
+    """``func``'s identity, never raising: unknown (a miss) when it cannot be computed."""
+    if func is None:
+        return Identity(None, (), "the function the actors hold is not known")
+    try:
+        return identify(func)
+    except Exception as exc:  # a miss, never a crash nor a match
+        return Identity(None, (), f"{type(exc).__name__}: {exc}")
+
+
+_CHANGED = (("function ", "the body of {name!r} changed"), ("helper ", "helper {what} changed"),
+            ("constant ", "constant {what} changed"), ("default ", "a default changed ({what})"),
+            ("depends_on", "depends_on changed"), ("actor_cls", "actor_cls changed"))
+"""How a changed part of an identity is named, by what it is (its ``what`` starts so)."""
+
+
+def _changes(old: Sequence[Sequence[str]], new: Sequence[tuple[str, str]], name: str
+             ) -> list[str]:
+    """What differs between two identities' parts, in words."""
+    before, after = {what: hexed for what, hexed in old}, dict(new)
+    said: list[str] = []
+    for what in [*after, *(w for w in before if w not in after)]:
+        if before.get(what) == after.get(what):
+            continue
+        shown = what.split(" ", 1)[-1]
+        if what.startswith(("actor_cls", "depends_on")):  # one of each, or none
+            said.append(f"{what.split(' ', 1)[0]} changed")
+        elif what not in before:
+            said.append(f"{what} was added")
+        elif what not in after:
+            said.append(f"{what} is gone")
+        else:
+            said.append(next((text.format(name=name, what=shown) for start, text in _CHANGED
+                              if what.startswith(start)), f"{what} changed"))
+    return list(dict.fromkeys(said))
+
+
+def _why_nothing(conn: sqlite3.Connection, identity: int, func_name: str, current: Identity
+                 ) -> str:
+    """Why a run that reuses nothing finds nothing of its own although the file holds
+    results ("" when it holds none of another identity, or some of this one: then the rows
+    are new, nothing changed)."""
+    if conn.execute("SELECT 1 FROM results WHERE identity = ? LIMIT 1",
+                    (identity,)).fetchone():
         return ""
-    if old.get("format_version") != FORMAT_VERSION or old.get("scheme") != SCHEME:
-        return "written by another version of thread-chunks"
-    if old["func_name"] != func_name:
-        return f"the function changed from {old['func_name']!r} to {func_name!r}"
-    digest = old.get("func_digest") or ""
-    if digest and func_digest and digest != func_digest:
-        return f"the body of {func_name!r} changed"
-    return None
+    other = conn.execute(
+        "SELECT i.func_name, i.parts, i.kind FROM identities AS i WHERE i.id != ?1 AND "
+        "EXISTS (SELECT 1 FROM results AS s WHERE s.identity = i.id) "
+        "ORDER BY i.func_name = ?2 DESC, i.last_used DESC, i.id DESC LIMIT 1",
+        (identity, func_name)).fetchone()
+    if other is None:
+        return ""
+    name, parts, kind = other
+    if current.digest is None:
+        return (f"{func_name!r} cannot be identified ({current.unknown}): every row is "
+                "computed again")
+    if name != func_name:
+        return f"the function changed from {name!r} to {func_name!r}"
+    if kind == _LEGACY:
+        return (f"the results of {name!r} in it were recorded by an older thread-chunks, "
+                "which identified a function more narrowly: they are never reused")
+    if kind == _UNIDENTIFIABLE:
+        return f"the latest results of {name!r} in it were of a function that could not be " \
+            "identified"
+    changed = _changes(json.loads(parts), current.parts, func_name)
+    return ", ".join(changed) if changed else f"the identity of {func_name!r} changed"
 
 
-_STAGED_VIEW = (
-    "CREATE TEMP TABLE latest AS SELECT key, max(rowid) AS id FROM main.staged GROUP BY key",
-    "CREATE UNIQUE INDEX temp.latest_key ON latest (key)",
-    "CREATE TEMP VIEW results AS "
-    "SELECT * FROM main.results WHERE key NOT IN (SELECT key FROM temp.latest) "
-    "UNION ALL SELECT s.* FROM temp.latest AS l JOIN main.staged AS s ON s.rowid = l.id")
-"""For a reader of a file with staged results: ``results`` as the fold will make it, a view
-that shadows the table (the latest staged result of a key in place of the stored one), read
-in the same snapshot as the rest."""
+def _staged_view(unique: str) -> tuple[str, ...]:
+    """For a reader of a file with staged results: ``results`` as the fold will make it, a
+    view that shadows the table (the latest staged result of a ``unique`` key — ``key``, or
+    ``identity, key`` from format 7 — in place of the stored one), read in the same snapshot
+    as the rest."""
+    return (
+        f"CREATE TEMP TABLE latest AS SELECT {unique}, max(rowid) AS id FROM main.staged "
+        f"GROUP BY {unique}",
+        f"CREATE UNIQUE INDEX temp.latest_key ON latest ({unique})",
+        "CREATE TEMP VIEW results AS "
+        f"SELECT * FROM main.results WHERE ({unique}) NOT IN (SELECT {unique} FROM temp.latest) "
+        "UNION ALL SELECT s.* FROM temp.latest AS l JOIN main.staged AS s ON s.rowid = l.id")
 
 
 @contextmanager
@@ -1043,7 +1217,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
     """A read-only connection to our checkpoint at ``path`` holding a run, and its meta (the
     parameter list left out). Every failure is a CheckpointError naming the file. A file of
     format 3 is read through a temporary ``run`` table, staged results through a temporary
-    view (:data:`_STAGED_VIEW`): the file is not changed."""
+    view (:func:`_staged_view`): the file is not changed."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise CheckpointError(f"no checkpoint at {path!r}")
@@ -1061,15 +1235,19 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[tuple[sqlite3.Connection,
                                  enumerate(_split(meta.get("keys", b""))))
                 conn.execute("UPDATE temp.run SET ok = (SELECT s.ok FROM results AS s "
                              "WHERE s.key = temp.run.key)")
-            elif version == FORMAT_VERSION:
+            elif version in (6, FORMAT_VERSION):
                 if conn.execute("SELECT 1 FROM staged LIMIT 1").fetchone() is not None:
-                    for statement in _STAGED_VIEW:  # not executescript: it would commit
+                    unique = "identity, key" if version == FORMAT_VERSION else "key"
+                    for statement in _staged_view(unique):  # not executescript: it commits
                         conn.execute(statement)
             elif version not in (4, 5):
                 raise CheckpointError(
                     f"checkpoint {path!r} was written by another version of thread-chunks "
                     f"(format {version}, this version reads formats 3 to {FORMAT_VERSION})")
             meta["_memory"] = "s.memory" if _has_memory(conn) else "NULL"
+            meta["_same"] = (f"s.identity = {int(meta.get('identity') or 0)}"
+                             if version == FORMAT_VERSION else "1")
+            """The latest run's results, in SQL: those of its identity."""
             if "count" not in meta:
                 raise CheckpointError(f"checkpoint {path!r} holds no run yet")
             yield conn, meta
@@ -1189,14 +1367,14 @@ class Checkpoint:
         conn, lock, _ = _open_for_writing(target, len(self.parameters))
         try:
             with closing(conn), _transaction(conn):
-                _reset(conn, self.func_name, "", by_hand=True)
+                hand = _reset(conn, self.func_name)
                 _write_run(conn, self.parameters, b"".join(keys), (), light=False)
                 conn.executemany("INSERT INTO meta VALUES (?, ?)",
                                  [("index", int(self.index)), ("done", int(self.done))])
                 now = time.time()
-                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                conn.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                     (keys[i], 1, pack(self.output[i]), self.started[i], self.ended[i],
-                     self.actor[i], now, self.memory[i])
+                     self.actor[i], now, self.memory[i], hand)
                     for i, done in enumerate(self.completed) if done])
                 conn.executemany("UPDATE run SET ok = 1 WHERE row = ?",
                                  [(i,) for i, done in enumerate(self.completed) if done])
@@ -1227,8 +1405,10 @@ class Checkpoint:
                     "it is importable") from exc
             found = conn.execute(
                 f"SELECT r.row, s.ok, s.value, s.started, s.ended, s.actor, {meta['_memory']} "
-                "FROM run AS r JOIN results AS s ON s.key = r.key ORDER BY r.row").fetchall()
-            stored = conn.execute("SELECT count(*) FROM results WHERE ok = 1").fetchone()[0]
+                f"FROM run AS r JOIN results AS s ON s.key = r.key AND {meta['_same']} "
+                "ORDER BY r.row").fetchall()
+            stored = conn.execute(f"SELECT count(*) FROM results AS s WHERE ok = 1 AND "
+                                  f"{meta['_same']}").fetchone()[0]
         n = len(parameters)
         output: list[Any] = [None] * n
         completed = [False] * n
@@ -1314,10 +1494,12 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
             "min(CASE WHEN ended >= ?1 THEN started END), "
             "max(CASE WHEN ended >= ?1 AND started IS NOT NULL THEN ended END), "
             "max(CASE WHEN ended >= ?1 THEN ended - started END) "
-            "FROM results", (since,)).fetchone()
-        median, largest = _call_memory(conn, meta["_memory"], since)
+            f"FROM results AS s WHERE {meta['_same']}", (since,)).fetchone()
+        median, largest = _call_memory(conn, meta["_memory"], meta["_same"], since)
         distinct = conn.execute("SELECT count(DISTINCT key) FROM run").fetchone()[0] if (
             stored < total) else None  # only then can the list repeat a call
+        held = _identities(conn, meta) if "_same" in meta and meta.get(
+            "format_version") == FORMAT_VERSION else []
     done = int(meta["done"]) if "done" in meta else int(done)
     span = (fresh_last - fresh_first) if fresh else 0.0
     rate = fresh / span if fresh >= RATE_MIN_CALLS and span >= RATE_MIN_SECONDS else None
@@ -1342,17 +1524,105 @@ def summary(path: str | os.PathLike[str]) -> dict[str, Any]:
             "rows_latest_run": total, "distinct_calls_latest_run": distinct,
             "reused_latest_run": int(meta.get("reused", 0)),
             "calls_latest_run": max(0, done + int(failed) - int(meta.get("reused", 0))),
-            "call_memory_median": median, "call_memory_max": largest}
+            "call_memory_median": median, "call_memory_max": largest,
+            "identities": [entry._asdict() for entry in held]}
 
 
-def _call_memory(conn: sqlite3.Connection, column: str, since: float
+class StoredIdentity(NamedTuple):
+    """One identity a checkpoint holds results of (``thread-chunks inspect`` lists them)."""
+
+    id: int
+    function: str
+    kind: str
+    """"identified" (reused by a run with the same identity), "legacy" (from a file of an
+    older format: never reused), "unidentifiable" (never reused) or "by hand"
+    (``Checkpoint(...)``: adopted by the first run of ``function``)."""
+    first_seen: float
+    last_used: float
+    results: int
+    """Results held (successes and failures)."""
+    latest: bool
+    """Whether it is the latest run's."""
+    parts: list[tuple[str, str]]
+    """What it covers: (what, hex digest) pairs."""
+    changed: str = ""
+    """What changed since the identity of the same function used before it ("" for the
+    first, or when that one cannot be compared: legacy, unidentifiable)."""
+
+
+def _identities(conn: sqlite3.Connection, meta: Mapping[str, Any]) -> list[StoredIdentity]:
+    """Every identity of the file, the latest run's first, then the most recently used."""
+    latest = int(meta.get("identity") or 0)
+    held = dict(conn.execute("SELECT identity, count(*) FROM results GROUP BY identity"))
+    found = [StoredIdentity(id, name, kind, first, last, int(held.get(id, 0)), id == latest,
+                            [(str(what), str(hexed)) for what, hexed in json.loads(parts)])
+             for id, name, kind, first, last, parts in conn.execute(
+                 "SELECT id, func_name, kind, first_seen, last_used, parts FROM identities")]
+    found.sort(key=lambda entry: (not entry.latest, -entry.last_used, -entry.id))
+    for i, entry in enumerate(found):
+        older = next((e for e in found[i + 1:] if e.function == entry.function), None)
+        if older is not None and _IDENTIFIED == entry.kind == older.kind:
+            said = _changes(older.parts, entry.parts, entry.function)
+            found[i] = entry._replace(changed=", ".join(said))
+    return found
+
+
+def identities(path: str | os.PathLike[str]) -> list[StoredIdentity]:
+    """The identities whose results the checkpoint at ``path`` holds (the latest run's first,
+    then the most recently used): what computed them, when, how many. A file of an older
+    format (not yet opened by a run of this version) lists one legacy identity."""
+    with _reading(path) as (conn, meta):
+        if meta.get("format_version") == FORMAT_VERSION:
+            return _identities(conn, meta)
+        results = conn.execute("SELECT count(*) FROM results").fetchone()[0]
+    return [StoredIdentity(0, str(meta.get("func_name")), _LEGACY, 0.0, 0.0, int(results),
+                           True, [])]
+
+
+def prune(path: str | os.PathLike[str], *, keep: int = 1, dry_run: bool = False
+          ) -> list[StoredIdentity]:
+    """Remove from the checkpoint at ``path`` the results of every identity but the ``keep``
+    most recently used (the latest run's always among them), then shrink the file (SQLite's
+    ``VACUUM``). Returns the identities removed (with ``dry_run``: that would be, and nothing
+    is changed). A file of an older format is upgraded first (its results are one legacy
+    identity). CheckpointError when the file is missing, not ours or cannot be written."""
+    check = keep if isinstance(keep, int) and not isinstance(keep, bool) else 0
+    if check < 1:
+        raise ValueError(f"keep: expected a positive int, got {keep!r}")
+    target = os.fspath(path)
+    _wait_for_close(target)
+    if not _is_ours(target):
+        raise CheckpointError(f"no thread-chunks checkpoint at {target!r}")
+    if dry_run:
+        return identities(target)[keep:]
+    conn, lock, _ = _open_for_writing(target)  # no run writes it meanwhile
+    try:
+        with closing(conn):
+            with _transaction(conn):
+                _upgrade(conn, target)
+                _fold(conn)
+                meta = _meta(conn, "identity")
+                gone = _identities(conn, meta)[keep:]
+                ids = [(entry.id,) for entry in gone]
+                conn.executemany("DELETE FROM results WHERE identity = ?", ids)
+                conn.executemany("DELETE FROM identities WHERE id = ?", ids)
+            if gone:
+                conn.execute("VACUUM")
+    except sqlite3.Error as exc:
+        raise CheckpointError(f"cannot prune checkpoint {target!r}: {exc}") from exc
+    finally:
+        lock.release()
+    return gone
+
+
+def _call_memory(conn: sqlite3.Connection, column: str, same: str, since: float
                  ) -> tuple[int | None, int | None]:
     """The median and the largest measured peak memory of the calls the latest run made
     (bytes; reused rows ran earlier): None when none was measured."""
     if column == "NULL":
         return None, None
-    joined = ("FROM run AS r JOIN results AS s ON s.key = r.key WHERE s.memory IS NOT NULL "
-              "AND s.ended >= ?")
+    joined = (f"FROM run AS r JOIN results AS s ON s.key = r.key AND {same} "
+              "WHERE s.memory IS NOT NULL AND s.ended >= ?")
     count, largest = conn.execute(f"SELECT count(*), max(s.memory) {joined}",
                                   (since,)).fetchone()
     if not count:
@@ -1369,5 +1639,6 @@ def timeline(path: str | os.PathLike[str]) -> list[tuple[str, float, float, int,
         return [(actor or "?", start, end, row, memory)
                 for row, start, end, actor, memory in conn.execute(
                     f"SELECT r.row, s.started, s.ended, s.actor, {meta['_memory']} FROM run AS r "
-                    "JOIN results AS s ON s.key = r.key WHERE s.started IS NOT NULL AND "
+                    f"JOIN results AS s ON s.key = r.key AND {meta['_same']} "
+                    "WHERE s.started IS NOT NULL AND "
                     "s.ended IS NOT NULL ORDER BY r.row")]

@@ -24,6 +24,7 @@ from typing_extensions import Unpack
 from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
+from ._digest import Identity, identify
 from ._errors import Held, ResultError, holding_warnings, warn_user
 from ._options import (
     Options,
@@ -51,6 +52,8 @@ class _Plan:
     total: int | None
     store: Store | None
     name: str
+    identity: Identity | None = None
+    """The function's identity, computed once for this map (what the actors must hold)."""
 
     @property
     def reused(self) -> int:
@@ -116,7 +119,7 @@ class Chunker:
                 f"({len(actors)}); len(actors) must equal chunk_size")
         self._setup(func, settings, pool_for(settings, actors), persistent, path)
         self._pool.start()
-        self._pool.use(func)
+        self._pool.use(func, self._identify(func))
 
     def _setup(self, func: Callable[..., Any] | None, settings: Options, pool: Pool,
                persistent: bool, path: PathLike | None) -> None:
@@ -142,7 +145,7 @@ class Chunker:
     def actors(self) -> list[ActorHandle[Any]]:
         """The actor handles (created now if they do not exist yet)."""
         if self._pool.function is None:  # new actors get our function; never a swap here
-            self._pool.use(self._func)
+            self._pool.use(self._func, self._identify(self._func))
         return self._pool.handles()
 
     @property
@@ -190,18 +193,34 @@ class Chunker:
 
     def _prepare(self, parameters: Iterable[Any], func: Callable[..., Any] | None,
                  path: PathLike | None) -> _Plan:
-        self._hold(func)
-        return self._plan(parameters, path)
+        return self._plan(parameters, path, self._hold(func))
 
-    def _hold(self, func: Callable[..., Any] | None) -> None:
-        """Make ``func`` (when given) the function the actors run (Ray starts if needed)."""
+    def _identify(self, func: object) -> Identity | None:
+        """``func``'s identity with this Chunker's ``actor_cls`` and ``depends_on`` (never
+        raising: unknown when it cannot be computed); None for no function (actors handed
+        in hold theirs)."""
+        if func is None:
+            return None
+        try:
+            return identify(func, actor_cls=self._settings.actor_cls,
+                            depends_on=self._settings.depends_on)
+        except Exception as exc:  # unknown: a miss, and the function is sent again
+            return Identity(None, (), f"{type(exc).__name__}: {exc}")
+
+    def _hold(self, func: Callable[..., Any] | None) -> Identity | None:
+        """Make ``func`` (when given) the function the actors run (Ray starts if needed), as
+        it is now: its identity is computed (once per map) and the actors get it again when
+        it changed in place since they got it. Returns that identity."""
         if func is not None:
             if not callable(func):
                 raise TypeError(f"func: expected a callable, got {func!r}")
             self._func = func
-        self._pool.use(self._func)
+        identity = self._identify(self._func)
+        self._pool.use(self._func, identity)
+        return identity
 
-    def _plan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
+    def _plan(self, parameters: Iterable[Any], path: PathLike | None,
+              identity: Identity | None) -> _Plan:
         """Read (and, for a list or a checkpoint, validate) the rows; open the checkpoint
         and find the rows it already holds."""
         rows = iterate(parameters)
@@ -210,15 +229,17 @@ class Chunker:
         name = function_name(held) if held is not None else "function"
         total = len(parameters) if isinstance(parameters, Sequence) else None
         if path is None and total is None:
-            return _Plan(Rows(rows), None, None, name)
+            return _Plan(Rows(rows), None, None, name, identity)
         materialised = list(rows)
         calls = Calls.of(materialised)  # validates every row before any call starts
         if path is None:
-            return _Plan(calls.source(), len(calls), None, name)
+            return _Plan(calls.source(), len(calls), None, name, identity)
+        recorded = identity
         if held is None:  # actors handed in: ask them what they hold
             held = ray.get(self._pool.handle(0).get_func.remote())
             name = function_name(held) if held is not None else name
-        store = Store.open(path, held, name, calls, materialised)
+            recorded = self._identify(held) if held is not None else None
+        store = Store.open(path, held, name, calls, materialised, recorded)
         del materialised
         todo: Sequence[int] | None = None
         if store.reused:  # the rows not known
@@ -227,7 +248,7 @@ class Chunker:
                 skip[row] = 1
             todo = array("q", compress(range(len(calls)), map(operator.not_, skip)))
         source = calls.source(todo)
-        return _Plan(source, len(source) + len(store.reused), store, name)
+        return _Plan(source, len(source) + len(store.reused), store, name, identity)
 
     def aimap(
         self,
@@ -252,7 +273,7 @@ class Chunker:
     def _execute(self, plan: _Plan, ordered: bool, show: bool, on_error: OnError
                  ) -> Iterator[Any]:
         with ExitStack() as stack:
-            stack.enter_context(self._pool.lease(self._func))
+            stack.enter_context(self._pool.lease(self._func, plan.identity))
             state = self._open(plan, ordered, show, stack)
             records = stack.enter_context(closing(run(self._pool, state)))
             for values in _Merge(plan.known(), ordered, on_error, plan.name).all(records):
@@ -265,22 +286,23 @@ class Chunker:
         # that uses it), and the lease is this thread's, so another function's sweep open on
         # this loop is a RuntimeError at once, as in one thread. Reading, digesting and
         # matching the rows runs in a worker thread.
-        self._hold(func)
+        identity = self._hold(func)
         with ExitStack() as stack:
-            stack.enter_context(self._pool.lease(self._func))
-            plan = await self._aplan(parameters, path)
+            stack.enter_context(self._pool.lease(self._func, identity))
+            plan = await self._aplan(parameters, path, identity)
             state = self._open(plan, ordered, show, stack)
             async with aclosing(arun(self._pool, state)) as records:
                 async for value in _Merge(plan.known(), ordered, on_error,
                                           plan.name).aall(records):
                     yield value
 
-    async def _aplan(self, parameters: Iterable[Any], path: PathLike | None) -> _Plan:
+    async def _aplan(self, parameters: Iterable[Any], path: PathLike | None,
+                     identity: Identity | None) -> _Plan:
         """:meth:`_plan` in a worker thread. Cancelled meanwhile, the thread still finishes:
         the checkpoint it opened is then closed."""
         held: Held = []  # its warnings, given here: on the thread whose frames are the user's
         task = asyncio.ensure_future(asyncio.to_thread(
-            holding_warnings, held, self._plan, parameters, path))
+            holding_warnings, held, self._plan, parameters, path, identity))
         try:
             plan = await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -567,11 +589,15 @@ def chunk(
     _check_call(True, progress_bar, path, on_error)  # errors before Ray starts
     if actors is not None:
         actors = check_actors(actors)
-    Options.of("chunk", chunk_size, progress_bar, options)
+    settings = Options.of("chunk", chunk_size, progress_bar, options)
     iterate(parameters)
     with ray_session():
         if actors is None:
-            with Chunker(func, None, chunk_size, progress_bar, True, path, **options) as chunker:
+            if not callable(func):
+                raise TypeError(f"func: expected a callable, got {func!r}")
+            # the map identifies the function and sends it (once: not also when made)
+            with Chunker._lazy(func, pool_for(settings), settings) as chunker:
+                chunker.path = path
                 return chunker(parameters, on_error=on_error)
         chunker = Chunker(None, actors, chunk_size, progress_bar, True, path, **options)
         return chunker(parameters, func, on_error=on_error)

@@ -72,8 +72,10 @@ class CheckpointFailedWarning(UserWarning):
 
 
 class CheckpointRestartWarning(UserWarning):
-    """An existing checkpoint did not match this run (function, body or parameters) and was
-    replaced: every call is done afresh."""
+    """Nothing of an existing checkpoint is reused by this run: it holds results only of
+    other identities (another function, another version of this one: the message says what
+    changed, or that the function cannot be identified). They are kept in the file
+    (``thread-chunks prune`` removes them); every call of this run is done afresh."""
 
 
 class ConcurrencyReducedWarning(UserWarning):

@@ -12,6 +12,7 @@ from typing import Any, TypedDict
 
 from ray.actor import ActorClass, ActorHandle
 
+from ._digest import identify
 from ._pool import remote_actor_class
 from ._run import DEFAULT_MAX_BUFFERED_BYTES, Policy
 from ._types import ChunkSize, MemoryBudget, RetryOn
@@ -49,6 +50,10 @@ class RunOptions(TypedDict, total=False):
     """Bytes the calls running at once on one node may use together, each counted at its
     function's measured peak; "auto" (default): what Ray's memory monitor allows on the node
     less what is in use there, less a margin; None: no memory admission."""
+    depends_on: object
+    """What the function depends on that thread-chunks cannot see (a data file's version, a
+    ``pathlib.Path`` digested by its content, an external program's version): part of the
+    identity a checkpoint reuses results for. Plain data, encodable."""
 
 
 def check_positive(name: str, value: object, allow_none: bool = False) -> None:
@@ -57,6 +62,25 @@ def check_positive(name: str, value: object, allow_none: bool = False) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _depends_probe() -> None:
+    """The function ``depends_on`` is checked with (its identity is all that is computed)."""
+
+
+def check_depends_on(value: object) -> None:
+    """TypeError unless ``value`` can be part of an identity (None: nothing declared). A
+    path is digested by its content when a run starts: it need not exist yet."""
+    if value is None or isinstance(value, os.PathLike):
+        return
+    try:
+        known = identify(_depends_probe, depends_on=value).digest is not None
+    except Exception:
+        known = False
+    if not known:
+        raise TypeError(
+            f"depends_on: expected a value that can be encoded (plain data: str, numbers, "
+            f"tuples, dicts, a pathlib.Path ...), got {type(value).__name__} {value!r}")
 
 
 def check_on_error(on_error: object) -> None:
@@ -157,6 +181,7 @@ class Options:
     max_buffered: int | None = None
     max_buffered_bytes: int | None = DEFAULT_MAX_BUFFERED_BYTES
     memory_budget: MemoryBudget = "auto"
+    depends_on: object = None
 
     @classmethod
     def of(cls, where: str, chunk_size: ChunkSize | None, progress_bar: bool | None,
@@ -193,6 +218,7 @@ class Options:
         check_positive("max_buffered", self.max_buffered, allow_none=True)
         check_positive("max_buffered_bytes", self.max_buffered_bytes, allow_none=True)
         actor_cls = remote_actor_class(self.actor_cls)
+        check_depends_on(self.depends_on)
         if not isinstance(self.actor_options, Mapping):
             raise TypeError(f"actor_options: expected a mapping of Ray actor options, got "
                             f"{self.actor_options!r}")

@@ -13,6 +13,7 @@ import ray
 from ray.actor import ActorClass, ActorHandle
 
 from ._actor import LabelledActor, NodeMemory, RemoteLabelledActor, function_name
+from ._digest import Identity
 from ._errors import ConcurrencyReducedWarning, ThreadChunksError, warn_user
 from ._session import ensure_ray
 from ._types import ChunkSize
@@ -133,6 +134,7 @@ class Pool:
         elif size != "auto":
             self._actors = [None] * size
         self._func: object = None
+        self._identity: Identity | None = None  # the function's when it was put
         self._func_ref: ray.ObjectRef[Any] | None = None
         self._fitted = False
         self._holds: list[object] = [None] * len(self._actors)  # func ref each actor holds
@@ -180,6 +182,7 @@ class Pool:
             if stale:
                 log.info("Ray was restarted: making new actors in the current session")
             self._func, self._func_ref, self._fitted = None, None, False
+            self._identity = None
             size = self._requested
             if size == "auto":
                 size, self.auto = auto_chunk_size(self._memory_per_call)
@@ -189,12 +192,20 @@ class Pool:
             self._holds, self._ready, self._probes = [None] * n, [False] * n, [None] * n
             self._nodes = [None] * n
 
-    def use(self, func: Callable[..., Any] | None) -> None:
+    def use(self, func: Callable[..., Any] | None, identity: Identity | None = None) -> None:
         """Make ``func`` the function the actors hold (put into Ray once; each actor gets it
-        through its probe). No copy when they already hold it; None keeps theirs."""
+        through its probe). No copy when they already hold it; None keeps theirs.
+
+        ``identity`` is ``func``'s as computed now (once per map): when the pool put this
+        very object under another identity (changed in place since: ``model.k = 3``), or
+        under one that could not be computed, it is sent again, so the actors run what the
+        map identified. Without one (None), the object held is kept; with one that could
+        not be computed, it is sent again unless runs of it are in progress (they share the
+        actors, as they would with any identity: its results are never reused anyway)."""
         with self._lock:
             self.fit()
-            if func is None or func is self._func:
+            if func is None or (func is self._func and (self.holds(identity) or (
+                    identity is not None and identity.digest is None and self._leases))):
                 return
             self._wait_for_runs(func)
             try:
@@ -204,10 +215,17 @@ class Pool:
                     f"cannot send function {function_name(func)!r} to Ray workers: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            self._func, self._func_ref = func, ref
+            self._func, self._func_ref, self._identity = func, ref, identity
             self.generation += 1
             self._ready = [False] * self.size
             self._probes = [None] * self.size
+
+    def holds(self, identity: Identity | None) -> bool:
+        """Whether the function put into the actors had ``identity`` then (None: not
+        asked). An unknown identity never equals another, but is its own (the same map)."""
+        held = self._identity
+        return identity is None or identity is held or (
+            held is not None and identity.digest is not None and identity.digest == held.digest)
 
     def _wait_for_runs(self, func: object) -> None:
         """Block while runs of the current function are in progress in other threads."""
@@ -220,12 +238,14 @@ class Pool:
             self._idle.wait()
 
     @contextmanager
-    def lease(self, func: Callable[..., Any] | None) -> Iterator[None]:
-        """Hold the actors to ``func`` for one run: other threads wanting another function
-        wait until it ends (runs of the same function share the actors)."""
+    def lease(self, func: Callable[..., Any] | None, identity: Identity | None = None
+              ) -> Iterator[None]:
+        """Hold the actors to ``func`` (as ``identity`` says it was) for one run: other
+        threads wanting another function wait until it ends (runs of the same function
+        share the actors)."""
         me = threading.get_ident()
         with self._lock:
-            self.use(func)
+            self.use(func, identity)
             self._leases[me] += 1
         try:
             yield
