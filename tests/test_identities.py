@@ -147,7 +147,7 @@ def test_actor_cls_is_part_of_the_identity(tmp_path: Path) -> None:
     ckpt, runs = tmp_path / "run.ckpt", _runs(tmp_path)
     rows = _rows(runs, 1, 2)
     assert chunk(iw.identity, rows, chunk_size=1, path=ckpt) == [1, 2]
-    with pytest.warns(CheckpointRestartWarning, match=r"\(actor_cls changed\)"):
+    with pytest.warns(CheckpointRestartWarning, match=r"actor_cls changed"):
         assert chunk(iw.identity, rows, chunk_size=1, path=ckpt,
                      actor_cls=iw.Times10) == [10, 20]
     with _no_restart():
