@@ -8,13 +8,16 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import ray
 
 import thread_chunks
+from thread_chunks import CheckpointRestartWarning
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +112,10 @@ def why_it_failed(stderr: str) -> str:
     at = stderr.rfind("Traceback (most recent call last)")
     return stderr[at:][-3000:] if at >= 0 else stderr[-3000:]
 
+
+@contextmanager
+def no_restart() -> Iterator[None]:
+    """A CheckpointRestartWarning inside fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CheckpointRestartWarning)
+        yield

@@ -3,29 +3,15 @@ find them by reference)."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from tests.rowkey_workloads import executions as executions
+from tests.rowkey_workloads import mark as mark
 from thread_chunks import LabelledActor
 from thread_chunks._checkpoint import _wait_for_close
-
-
-def mark(directory: str, name: object) -> None:
-    """Leave one file per execution, named after the row."""
-    Path(directory, f"{name}-{os.getpid()}-{time.monotonic_ns()}").touch()
-
-
-def executions(directory: str | Path) -> dict[str, int]:
-    """How often each row ran, from the files :func:`mark` left."""
-    counts: dict[str, int] = {}
-    for entry in Path(directory).iterdir():
-        name = entry.name.rsplit("-", 2)[0]
-        counts[name] = counts.get(name, 0) + 1
-    return counts
 
 
 def identity(x: int, directory: str) -> int:

@@ -15,8 +15,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import pytest
 import ray
 
 from tests import identity_workloads as iw
-from tests.conftest import ROOT
+from tests.conftest import ROOT, no_restart
 from thread_chunks import (
     Checkpoint,
     CheckpointRestartWarning,
@@ -38,15 +37,6 @@ from thread_chunks import (
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close
 
 pytestmark = pytest.mark.usefixtures("ray_running")
-
-
-
-@contextmanager
-def _no_restart() -> Iterator[None]:
-    """A CheckpointRestartWarning inside fails the test."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CheckpointRestartWarning)
-        yield
 
 
 def _runs(tmp_path: Path) -> str:
@@ -79,7 +69,7 @@ def test_f_then_a_changed_f_then_f_again_computes_nothing_the_third_time(
     assert chunk(first, _rows(runs, 1, 2), chunk_size=1, path=ckpt) == [2, 3]
     with pytest.warns(CheckpointRestartWarning, match="the body of 'step' changed.*kept"):
         assert chunk(step, _rows(runs, 1, 2), chunk_size=1, path=ckpt) == [101, 102]
-    with _no_restart():
+    with no_restart():
         assert chunk(first, _rows(runs, 1, 2), chunk_size=1, path=ckpt) == [2, 3]
         assert chunk(step, _rows(runs, 1, 2), chunk_size=1, path=ckpt) == [101, 102]
     assert iw.executions(runs) == {"a1": 1, "a2": 1, "b1": 1, "b2": 1}
@@ -97,7 +87,7 @@ def test_another_function_on_the_same_file_keeps_the_first_ones_results(
     with pytest.warns(CheckpointRestartWarning,
                       match="changed from 'identity' to 'scaled_twice'.*kept"):
         assert chunk(iw.scaled_twice, rows, chunk_size=2, path=ckpt) == [2, 4, 6]
-    with _no_restart():
+    with no_restart():
         assert chunk(iw.identity, rows, chunk_size=2, path=ckpt) == [1, 2, 3]
     assert iw.executions(runs) == {"1": 2, "2": 2, "3": 2}  # once by each function
 
@@ -112,7 +102,7 @@ def test_the_warning_names_a_changed_depends_on_and_switching_back_reuses(
     assert chunk(iw.identity, rows, chunk_size=1, path=ckpt, depends_on="v1") == [1, 2]
     with pytest.warns(CheckpointRestartWarning, match=r"\(depends_on changed\)"):
         chunk(iw.identity, rows, chunk_size=1, path=ckpt, depends_on="v2")
-    with _no_restart():
+    with no_restart():
         chunk(iw.identity, rows, chunk_size=1, path=ckpt, depends_on="v1")
     assert iw.executions(runs) == {"1": 2, "2": 2}
 
@@ -150,7 +140,7 @@ def test_actor_cls_is_part_of_the_identity(tmp_path: Path) -> None:
     with pytest.warns(CheckpointRestartWarning, match=r"actor_cls changed"):
         assert chunk(iw.identity, rows, chunk_size=1, path=ckpt,
                      actor_cls=iw.Times10) == [10, 20]
-    with _no_restart():
+    with no_restart():
         assert chunk(iw.identity, rows, chunk_size=1, path=ckpt) == [1, 2]
     assert iw.executions(runs) == {"1": 2, "2": 2}
 
@@ -170,7 +160,7 @@ def test_a_callable_changed_in_place_is_sent_again_and_recorded_as_it_ran(
         assert chunker([[1], [2]]) == [3, 6]  # without path= too: they hold k = 3
         model.k = 4
         assert chunker([[1], [2]]) == [4, 8]  # changed without path=: sent again too
-    with _no_restart():  # a fresh Model(3) reuses what k = 3 computed, not k = 2's
+    with no_restart():  # a fresh Model(3) reuses what k = 3 computed, not k = 2's
         assert chunk(iw.Model(3, runs), [[1], [2]], chunk_size=1, path=ckpt) == [3, 6]
     assert iw.executions(runs) == {"2x1": 1, "2x2": 1, "3x1": 2, "3x2": 2, "4x1": 1,
                                    "4x2": 1}
@@ -280,7 +270,7 @@ def test_an_older_file_is_upgraded_its_rows_listed_and_none_reused(
     with closing(sqlite3.connect(ckpt)) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'format_version'"
                             ).fetchone()[0] == FORMAT_VERSION == 7
-    with _no_restart():  # and from now on, reused as any
+    with no_restart():  # and from now on, reused as any
         chunk(iw.identity, rows, chunk_size=2, path=ckpt)
     assert iw.executions(runs) == {"1": 2, "2": 2, "3": 2}
 
@@ -328,7 +318,7 @@ def test_inspect_lists_identities_and_prune_removes_them_and_shrinks_the_file(
     assert f"removed #{listed[1]['id']} big" in done.stdout
     assert os.path.getsize(ckpt) < before * 0.6  # half the results gone, the file shrank
     assert [(e.id, e.results) for e in identities(ckpt)] == [(listed[0]["id"], 20)]
-    with _no_restart():  # the latest run's results are all there
+    with no_restart():  # the latest run's results are all there
         assert chunk(big, rows, chunk_size=2, path=ckpt)[3] == bytes([4]) * 200_000
     with pytest.warns(CheckpointRestartWarning):  # the pruned version computes again
         chunk(version1, rows, chunk_size=2, path=ckpt)

@@ -13,9 +13,6 @@ import signal
 import subprocess
 import sys
 import threading
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +21,16 @@ import ray
 
 from tests import rowkey_workloads as rk
 from tests import workloads as w
-from tests.conftest import ROOT, until_killed_drivers_calls_end, wait_until_recorded
+from tests.conftest import (
+    ROOT,
+    no_restart,
+    until_killed_drivers_calls_end,
+    wait_until_recorded,
+)
 from thread_chunks import Checkpoint, CheckpointRestartWarning, Chunker, chunk, chunked
 from thread_chunks._digest import Binder, function_digest, value_key
 
 pytestmark = pytest.mark.usefixtures("ray_running")
-
-
-@contextmanager
-def _no_restart() -> Iterator[None]:
-    """A CheckpointRestartWarning inside fails the test."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", CheckpointRestartWarning)
-        yield
 
 
 # -- identity: signature binding, defaults, docstrings -----------------------------------------
@@ -66,7 +60,7 @@ def test_a_changed_default_is_a_different_call(tmp_path: Path) -> None:
         rk.mark(directory, f"{x}*{k}")
         return x * k
 
-    with _no_restart():  # same body: no warning, but every row is another call
+    with no_restart():  # same body: no warning, but every row is another call
         assert chunk(scaled, [[1, str(runs)], [2, str(runs)]], chunk_size=2,
                      path=ckpt) == [2, 4]
     # an explicit k=1 is the call recorded first
@@ -90,7 +84,7 @@ def test_a_docstring_edit_keeps_the_results(tmp_path: Path) -> None:
         rk.mark(directory, x)
         return x + 1
 
-    with _no_restart():
+    with no_restart():
         assert chunk(step, [[1, str(runs)], [2, str(runs)]], chunk_size=1,
                      path=ckpt) == [2, 3]
     assert rk.executions(runs) == {"1": 1, "2": 1}

@@ -569,30 +569,24 @@ class _Identifier:
             return self.fail(f"{what} holds {exc}")
 
     def encode(self, value: object) -> bytes:
-        buffer = io.BytesIO()
-        pickler = _StateEncoder(buffer, self)
-        try:
-            pickler.dump(value)
-        except _Unknown:
-            raise
-        except RecursionError:
-            raise _Unknown("a cyclic structure") from None
-        except Exception as exc:
-            raise _Unknown(f"{type(exc).__name__}: {exc}") from None
-        data = buffer.getvalue()
+        data = self._dump(_StateEncoder, value)
         if not _has_set(data):
             return b"C" + data
-        buffer = io.BytesIO()  # a set may be inside: the slow pickler, sets canonical
-        slow = _CanonicalEncoder(buffer, self)
+        return b"P" + self._dump(_CanonicalEncoder, value)  # a set may be inside: canonical
+
+    def _dump(self, encoder: type[_StateEncoder] | type[_CanonicalEncoder], value: object
+              ) -> bytes:
+        """``value`` pickled by ``encoder``; _Unknown when it has no faithful encoding."""
+        buffer = io.BytesIO()
         try:
-            slow.dump(value)
+            encoder(buffer, self).dump(value)
         except _Unknown:
             raise
         except RecursionError:
             raise _Unknown("a cyclic structure") from None
         except Exception as exc:
             raise _Unknown(f"{type(exc).__name__}: {exc}") from None
-        return b"P" + buffer.getvalue()
+        return buffer.getvalue()
 
     def reduce(self, obj: object) -> Any:
         """The reduction of ``obj`` inside an identity's state, or NotImplemented."""
