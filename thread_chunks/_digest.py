@@ -41,6 +41,7 @@ Arguments (:func:`row_keys`, :func:`value_key`):
 from __future__ import annotations
 
 import array
+import bisect
 import builtins
 import dis
 import enum
@@ -149,7 +150,8 @@ def _user_namespace(name: object, file: object) -> bool:
         return False
     if module is not None and getattr(module, "__file__", None):
         return _user_file(module.__file__)
-    return isinstance(name, str) and not name.startswith("thread_chunks")  # exec'd code
+    # exec'd code (its globals may have no __name__ at all): the user's, unless ours
+    return not (isinstance(name, str) and name.startswith("thread_chunks"))
 
 
 def _user_module(name: object) -> bool:
@@ -230,6 +232,19 @@ def _code_items(code: CodeType) -> Iterator[tuple[str, object, dis.Instruction]]
         yield op, arg, ins
 
 
+def _exception_items(code: CodeType) -> list[tuple[int, int, int, int, bool]]:
+    """The exception table (3.11+: which instructions a ``try`` covers is not in the
+    instructions themselves) as ``(start, end, target, depth, lasti)``, positions counted in
+    the instructions :func:`_code_items` keeps, so that offsets, caches and line numbers do
+    not count."""
+    if not getattr(code, "co_exceptiontable", b""):
+        return []
+    kept = [i.offset for i in dis.get_instructions(code) if i.opname not in _SKIPPED_OPS]
+    return [(bisect.bisect_left(kept, e.start), bisect.bisect_left(kept, e.end),
+             bisect.bisect_left(kept, e.target), e.depth, e.lasti)
+            for e in getattr(dis.Bytecode(code), "exception_entries", ())]
+
+
 # -- identities ----------------------------------------------------------------------------------
 
 _IDENTITY_SCHEME = b"tc-identity-1\x00"
@@ -271,6 +286,19 @@ class _Identifier:
         self.read_paths = False
         self.constants: set[str] = set()
         self.reduced: dict[int, tuple[object, Any]] = {}
+        self.named: dict[str, list[int]] = {}
+
+    def name(self, obj: object, label: str) -> str:
+        """``label``, or ``label #n`` for the n-th object met under that label: a token names
+        one object (two closures of one factory, one alias for two modules' constants), so
+        that ``[a, b, a]`` and ``[a, b, b]`` are told apart (numbered in the order met, which
+        is the same in every process)."""
+        ids = self.named.setdefault(label, [])
+        if id(obj) not in ids:
+            ids.append(id(obj))
+            self.keep.append(obj)
+        n = ids.index(id(obj))
+        return label if n == 0 else f"{label} #{n + 1}"
 
     def fail(self, why: str) -> str:
         if self.unknown is None:
@@ -332,7 +360,7 @@ class _Identifier:
 
     def dispatcher(self, obj: object, registry: Mapping[Any, Any]) -> str:
         """A ``functools.singledispatch`` function: every registered overload."""
-        label = _label(obj)
+        label = self.name(obj, _label(obj))
         token = f"singledispatch {label}"
         if self._start(obj, token) is not None:
             return token
@@ -347,7 +375,7 @@ class _Identifier:
         reaches by name), defaults, closure, ``__wrapped__``. Others by name; ``walk``
         follows their closure and ``__wrapped__`` still (a library's decorator around the
         user's code)."""
-        label = where or _label(fn)  # a method by its class (dataclasses generate code)
+        label = self.name(fn, where or _label(fn))  # a method by its class (dataclasses)
         user = own_code or _user_function(fn)
         token = label if user else f"{label} (by name)"
         known = self._start(fn, token)
@@ -393,11 +421,12 @@ class _Identifier:
             code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
             code.co_flags & _KEPT_FLAGS, code.co_varnames[:code.co_argcount
                                                           + code.co_kwonlyargcount],
-            code.co_freevars, code.co_cellvars)).encode())
+            code.co_freevars, code.co_cellvars, _exception_items(code))).encode())
         chain: object = _MISSING_NAME  # what the instructions just before loaded
         path = ""
         imported: dict[str, object] = {}  # local names bound to a module by an import
         importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
+        loaded: list[object] = [None, None]  # the last two constants: an import's level, names
         for op, arg, ins in _code_items(code):
             if isinstance(arg, CodeType):
                 text = f"{op} code {self.code(arg, globals_)}"
@@ -408,15 +437,28 @@ class _Identifier:
             digest.update(text.encode() + b"\n")
             name = arg if isinstance(arg, str) else ""
             found: object = _MISSING_NAME
+            if ins.opcode in _CONSTS:
+                loaded = [loaded[1], arg]
             if op == "IMPORT_NAME":
-                importing = _user_import(name, globals_)
+                level, names = loaded
+                if isinstance(level, int) and level > 0:  # from .helpers import g
+                    try:
+                        name = importlib.util.resolve_name(
+                            "." * level + name, globals_.get("__package__") or "")
+                    except (ImportError, ValueError, TypeError):
+                        name = "."  # what fails here fails in the call too
+                module = _user_import(name, globals_)
                 path = name.split(".")[0]
                 chain = sys.modules.get(path, _MISSING_NAME)
+                # without names (import a.b as h), what the import gives is the top package
+                importing = module if names or level else chain
                 continue
             if op == "IMPORT_FROM":
                 if isinstance(importing, ModuleType):
                     path = f"{importing.__name__}.{name}"
                     found = chain = getattr(importing, name, _MISSING_NAME)
+                    if found is _MISSING_NAME:  # a submodule not imported yet
+                        found = chain = _user_import(path, globals_)
                     if found is not _MISSING_NAME:
                         reached = self.reference(found, path, globals_)
                         digest.update(f"= {path}: {reached}\n".encode())
@@ -461,7 +503,7 @@ class _Identifier:
         module = globals_.get("__name__", "?")
         label = f"{module}.{path}"
         if _plain(value) or _is_array(value):
-            token = f"constant {label}"
+            token = self.name(value, f"constant {label}")
             if token not in self.constants:
                 self.constants.add(token)
                 self.state_part(value, token)
@@ -471,13 +513,21 @@ class _Identifier:
             return self.fail(f"{label} read by the function is a {type(value).__name__}")
         cls = type(value)
         if _user_class(cls):  # an object of the user's, kept in a module
-            token = f"object {label}"
+            token = self.name(value, f"object {label}")
             if self._start(value, token) is None:
                 self.state_part(value, token)
             return token
         if callable(value):
-            return self.library(value)
-        token = f"value {label}"  # another library's object (a compiled regex, a logger...)
+            seen: Any = value  # (not narrowed by callable())
+            if getattr(seen, "__wrapped__", None) is not None or isinstance(seen, _BUILTINS):
+                return self.library(seen)  # builtins by name (random.random: an RNG's state)
+            owner = getattr(seen, "__self__", None)
+            if isinstance(seen, functools.partial) or (isinstance(seen, MethodType) and _user_class(
+                    owner if isinstance(owner, type) else type(owner))):
+                return self.called(seen)  # its function (followed) and arguments or owner
+            # another callable (a poly1d, an itemgetter, np.vectorize): by its encoding
+        # another library's object (a compiled regex, a logger...)
+        token = self.name(value, f"value {label}")
         if token in self.constants:
             return token
         try:
@@ -508,9 +558,9 @@ class _Identifier:
         """A class's token, its digest a part: for each of the user's classes in its MRO,
         every attribute (methods by code, plain data by value, nested classes); other bases
         by name."""
-        label = _label(cls)
         if not _user_class(cls):
-            return f"{label} (by name)"
+            return f"{_label(cls)} (by name)"
+        label = self.name(cls, _label(cls))
         token = f"class {label}"
         if self._start(cls, token) is not None:
             return token
@@ -527,6 +577,9 @@ class _Identifier:
                     continue
                 where = f"{_label(base)}.{name}"
                 digest.update(f"{name} = {self.attribute(value, where)}\n".encode())
+        meta = type(cls)
+        if meta is not type:  # a metaclass's __call__ and methods run for the class
+            digest.update(f"metaclass {self.klass(meta)}\n".encode())
         self.part(token, digest.hexdigest())
         return token
 
@@ -544,19 +597,22 @@ class _Identifier:
             return f"member {value._name_} {self.state(value._value_, where)}"
         if _plain(value):
             return self.state(value, where)
+        if isinstance(value, (functools.partial, MethodType)):
+            return self.called(value, "method")
+        if isinstance(value, functools.partialmethod):
+            return (f"partialmethod of {self.attribute(value.func, where)} with "
+                    f"{self.state((value.args, value.keywords), where)}")
         func = getattr(value, "func", None)  # functools.cached_property and the like
         if isinstance(func, FunctionType):
             return f"{_label(type(value))} of {self.attribute(func, where)}"
         if getattr(value, "__wrapped__", None) is not None:  # a method under lru_cache
             return self.called(value, "method")
-        if not callable(value):  # an array, a NamedTuple's field: by encoding if it has one
-            try:
-                return hashlib.sha256(self.encode(value)).hexdigest()
-            except _UnknownRef as exc:
-                return self.fail(f"{where} holds {exc}")
-            except _Unknown:
-                pass
-        return f"a {_label(type(value))}"
+        try:  # an array, a NamedTuple's field, a builtin, a callable object: by encoding
+            return hashlib.sha256(self.encode(value)).hexdigest()
+        except _UnknownRef as exc:
+            return self.fail(f"{where} holds {exc}")
+        except _Unknown:
+            return f"a {_label(type(value))}"
 
     # -- values --
 
@@ -627,6 +683,9 @@ class _Identifier:
             self.reduced[id(obj)] = (obj, reduced)
         return reduced
 
+
+_BUILTINS = (BuiltinFunctionType, BuiltinMethodType, MethodWrapperType, WrapperDescriptorType,
+             MethodDescriptorType)
 
 _SKIPPED_ATTRS = frozenset({
     "__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
