@@ -320,3 +320,60 @@ def test_a_helper_reached_by_a_string(user: Project, call: str) -> None:
     source = _DISPATCH.replace("{call}", call)
     _differ(user, source, source,
             helpers=("def g(x):\n    return x * 2\n", "def g(x):\n    return x * 3\n"))
+
+
+# -- wrappers of installed libraries, objects that look like functools' ------------------------
+
+_WRAPT = """
+import wrapt
+
+def times(k):
+    @wrapt.decorator
+    def wrapper(wrapped, instance, args, kwargs):
+        return wrapped(*args, **kwargs) * k
+    return wrapper
+
+@times({k})
+def helper(x):
+    return x
+
+class Model:
+    @times({k})
+    def scale(self, x):
+        return x
+
+f = helper
+
+def g(x):
+    return helper(x)
+
+def h(x):
+    return Model().scale(x)
+"""
+
+
+@pytest.mark.parametrize("expr", ["f", "g", "h"], ids=["function", "helper", "method"])
+def test_a_wrapt_decorator_edited(user: Project, expr: str) -> None:
+    """A ``wrapt`` proxy passes for the function it wraps (``isinstance(f, FunctionType)``)."""
+    _differ(user, _WRAPT.format(k=2), _WRAPT.format(k=3), expr)
+
+
+_ROUTER = """
+class Router:
+    def __init__(self, k):
+        self.registry = {{}}
+        self.k = k
+
+    def dispatch(self, x):
+        return self.registry.get(type(x))
+
+    def __call__(self, x):
+        return x * self.k
+
+f = Router({k})
+"""
+
+
+def test_an_object_with_a_registry_and_a_dispatch_method(user: Project) -> None:
+    """Not a ``functools.singledispatch`` function: its class and state count."""
+    _differ(user, _ROUTER.format(k=2), _ROUTER.format(k=3))

@@ -324,8 +324,10 @@ class _Identifier:
     def called(self, obj: object, role: str = "function") -> str:
         """The digest of something called: every layer of it, outermost first."""
         registry = getattr(obj, "registry", None)
-        if callable(getattr(obj, "dispatch", None)) and isinstance(registry, Mapping):
-            return self.dispatcher(obj, registry)
+        if (callable(getattr(obj, "dispatch", None)) and isinstance(registry, Mapping)
+                and isinstance(obj, FunctionType) and not _user_function(obj)):
+            return self.dispatcher(obj, registry)  # functools' (an object of the user's with
+            # a registry and a dispatch method is an object like any other)
         if isinstance(obj, FunctionType):
             return self.function(obj, role, walk=True)
         if isinstance(obj, MethodType):
@@ -349,7 +351,7 @@ class _Identifier:
         cls = type(obj)
         wrapped = getattr(obj, "__wrapped__", None)
         if not _user_class(cls) and wrapped is not None:  # lru_cache, chunked: transparent
-            return self.called(wrapped, role)
+            return self._layer(obj, self.called(wrapped, role))
         # a callable object: its class's code and its own state
         return f"{self.klass(cls)} holding {self.state_part(obj, f'instance of {_label(cls)}')}"
 
@@ -375,6 +377,10 @@ class _Identifier:
         reaches by name), defaults, closure, ``__wrapped__``. Others by name; ``walk``
         follows their closure and ``__wrapped__`` still (a library's decorator around the
         user's code)."""
+        wrapped = getattr(fn, "__wrapped__", None)
+        kind: type = type(fn)
+        if kind is not FunctionType and wrapped is not None:  # a proxy (wrapt) passing for
+            return self._layer(fn, self.called(wrapped, role))  # the function it wraps
         label = self.name(fn, where or _label(fn))  # a method by its class (dataclasses)
         user = own_code or _user_function(fn)
         token = label if user else f"{label} (by name)"
@@ -545,12 +551,23 @@ class _Identifier:
         functions (a library's decorator on a helper, ``functools.cache``): then that one."""
         inner: object = value
         for _ in range(100):
-            inner = getattr(inner, "__wrapped__", None)
+            outer, inner = inner, getattr(inner, "__wrapped__", None)
             if inner is None:
                 break
             if isinstance(inner, FunctionType) and _user_function(inner):
-                return f"{_label(value)} (by name) around {self.function(inner, 'helper')}"
+                around = self._layer(outer, self.function(inner, 'helper'))
+                return f"{_label(value)} (by name) around {around}"
         return f"{_label(value)} (by name)"
+
+    def _layer(self, wrapper: object, inner: str) -> str:
+        """``inner`` (what ``wrapper`` wraps), and the code of a ``wrapt`` decorator, which a
+        ``wrapt`` proxy holds beside ``__wrapped__`` (``@wrapt.decorator`` around the user's
+        code: its closure says what it does)."""
+        try:
+            layer = object.__getattribute__(wrapper, "_self_wrapper")
+        except AttributeError:
+            return inner
+        return f"{self.called(layer, 'wrapper')} around {inner}"
 
     # -- classes --
 
