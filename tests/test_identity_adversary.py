@@ -470,3 +470,23 @@ def test_what_the_fixes_read_has_one_identity_in_every_process(tmp_path: Path) -
         assert proc.returncode == 0, proc.stderr
         outputs.add(proc.stdout)
     assert len(outputs) == 1 and len(outputs.pop().strip()) == 64, outputs
+
+
+_DISPATCHED_HELPER = """
+import functools
+
+@functools.singledispatch
+def g(x):
+    return x
+
+@g.register
+def _(x: int):
+    return x * {k}
+
+def f(x):
+    return g(x)
+"""
+
+
+def test_an_overload_of_a_singledispatch_helper_edited(user: Project) -> None:
+    _differ(user, _DISPATCHED_HELPER.format(k=2), _DISPATCHED_HELPER.format(k=3))

@@ -549,6 +549,10 @@ class _Identifier:
     def library(self, value: object) -> str:
         """A library's callable read by name: by name, unless it wraps one of the user's
         functions (a library's decorator on a helper, ``functools.cache``): then that one."""
+        registry = getattr(value, "registry", None)
+        if (isinstance(value, FunctionType) and isinstance(registry, Mapping)
+                and callable(getattr(value, "dispatch", None))):
+            return self.dispatcher(value, registry)  # a singledispatch helper: its overloads
         inner: object = value
         for _ in range(100):
             outer, inner = inner, getattr(inner, "__wrapped__", None)
