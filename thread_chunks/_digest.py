@@ -397,7 +397,14 @@ class _Identifier:
         if wrapped is not None and role == "function":
             role = "wrapper"
         digest = hashlib.sha256(label.encode() + b"\x00")
-        digest.update(self.code(fn.__code__, fn.__globals__).encode())
+        modules = {}  # a module in the closure (imported by the enclosing function)
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+            try:
+                if isinstance(cell.cell_contents, ModuleType):
+                    modules[name] = cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+        digest.update(self.code(fn.__code__, fn.__globals__, modules).encode())
         if wrapped is not None:
             digest.update(f"wraps {self.called(wrapped, 'function')}".encode())
         self.part(f"{role} {label}", digest.hexdigest())
@@ -419,10 +426,13 @@ class _Identifier:
                 values.append(_EMPTY_CELL)
         self.state_part(tuple(values), f"closure of {label}")
 
-    def code(self, code: CodeType, globals_: dict[str, Any]) -> str:
+    def code(self, code: CodeType, globals_: dict[str, Any],
+             modules: dict[str, object] | None = None) -> str:
         """The digest of a code object (nested code included) and of everything its global
         names lead to: each global name chain read (``g``, ``helpers.g``, ``from m import
-        g``) with what it is now."""
+        g``) with what it is now. ``modules``: the names bound to a module outside this
+        code (by the enclosing function's imports: a comprehension or a lambda inside it
+        reads them as free variables)."""
         digest = hashlib.sha256(repr((
             code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
             code.co_flags & _KEPT_FLAGS, code.co_varnames[:code.co_argcount
@@ -430,12 +440,12 @@ class _Identifier:
             code.co_freevars, code.co_cellvars, _exception_items(code))).encode())
         chain: object = _MISSING_NAME  # what the instructions just before loaded
         path = ""
-        imported: dict[str, object] = {}  # local names bound to a module by an import
+        imported = dict(modules or {})  # local names bound to a module by an import
         importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
         loaded: list[object] = [None, None]  # the last two constants: an import's level, names
         for op, arg, ins in _code_items(code):
             if isinstance(arg, CodeType):
-                text = f"{op} code {self.code(arg, globals_)}"
+                text = f"{op} code {self.code(arg, globals_, dict(imported))}"
             elif ins.opcode in _CONSTS:
                 text = f"{op} {_const(arg)}"
             else:
