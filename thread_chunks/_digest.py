@@ -397,7 +397,7 @@ class _Identifier:
         if wrapped is not None and role == "function":
             role = "wrapper"
         digest = hashlib.sha256(label.encode() + b"\x00")
-        modules = {}  # a module in the closure (imported by the enclosing function)
+        modules: dict[str, object] = {}  # a module in the closure (the enclosing import)
         for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
             try:
                 if isinstance(cell.cell_contents, ModuleType):
