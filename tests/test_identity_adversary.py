@@ -544,3 +544,53 @@ def test_a_rerun_with_another_undigestable_row_is_computed(tmp_path: Path) -> No
     path = tmp_path / "run.ckpt"
     assert chunk(len, [[_cyclic(1, 2)]], path=path) == [3]
     assert chunk(len, [[_cyclic(7)]], path=path) == [2]
+
+
+_DISPATCHED_METHOD = """
+import functools
+
+class Model:
+    @functools.singledispatchmethod
+    def run(self, x):
+        return x
+
+    @run.register
+    def _(self, x: int):
+        return x * {k}
+
+    @run.register
+    def _(self, x: float):
+        return x * 10.0
+
+def f(x):
+    return Model().run(x)
+"""
+
+_DISPATCHED_ATTRIBUTE = """
+import functools
+
+@functools.singledispatch
+def g(x):
+    return x
+
+@g.register(int)
+def _(x):
+    return x * {k}
+
+@g.register(float)
+def _(x):
+    return x * 10.0
+
+class Model:
+    run = staticmethod(g)
+
+def f(x):
+    return Model.run(x)
+"""
+
+
+@pytest.mark.parametrize("source", [_DISPATCHED_METHOD, _DISPATCHED_ATTRIBUTE],
+                         ids=["singledispatchmethod", "class-attribute"])
+def test_an_overload_named_like_another_edited(user: Project, source: str) -> None:
+    """The overloads are all named ``_``: only the last is an attribute of class or module."""
+    _differ(user, source.format(k=2), source.format(k=3))

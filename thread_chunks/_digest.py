@@ -323,11 +323,9 @@ class _Identifier:
 
     def called(self, obj: object, role: str = "function") -> str:
         """The digest of something called: every layer of it, outermost first."""
-        registry = getattr(obj, "registry", None)
-        if (callable(getattr(obj, "dispatch", None)) and isinstance(registry, Mapping)
-                and isinstance(obj, FunctionType) and not _user_function(obj)):
-            return self.dispatcher(obj, registry)  # functools' (an object of the user's with
-            # a registry and a dispatch method is an object like any other)
+        registry = _registry(obj)
+        if registry is not None:
+            return self.dispatcher(obj, registry)
         if isinstance(obj, FunctionType):
             return self.function(obj, role, walk=True)
         if isinstance(obj, MethodType):
@@ -559,10 +557,9 @@ class _Identifier:
     def library(self, value: object) -> str:
         """A library's callable read by name: by name, unless it wraps one of the user's
         functions (a library's decorator on a helper, ``functools.cache``): then that one."""
-        registry = getattr(value, "registry", None)
-        if (isinstance(value, FunctionType) and isinstance(registry, Mapping)
-                and callable(getattr(value, "dispatch", None))):
-            return self.dispatcher(value, registry)  # a singledispatch helper: its overloads
+        registry = _registry(value)
+        if registry is not None:  # a singledispatch helper: its overloads
+            return self.dispatcher(value, registry)
         inner: object = value
         for _ in range(100):
             outer, inner = inner, getattr(inner, "__wrapped__", None)
@@ -617,6 +614,11 @@ class _Identifier:
     def attribute(self, value: object, where: str) -> str:
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
+        if isinstance(value, functools.singledispatchmethod):  # overloads named "_" (the
+            value = value.dispatcher  # usual way) are not attributes of the class: its own
+        registry = _registry(value)
+        if registry is not None:
+            return self.dispatcher(value, registry)
         if isinstance(value, FunctionType):  # the class's own (or generated: dataclasses)
             own = _user_function(value) or not value.__globals__.get("__file__")
             return self.function(value, "method", own_code=own, where=where)
@@ -758,6 +760,17 @@ class _CanonicalEncoder(pickle._Pickler):
             members = sorted(self.owner.encode(v) for v in obj)  # type: ignore[attr-defined]
             return _mark, (cls.__name__, tuple(members))
         return self.owner.reduce(obj)
+
+
+def _registry(obj: object) -> Mapping[Any, Any] | None:
+    """The overloads of a ``functools.singledispatch`` function, by class (functools' own
+    wrapper only: an object of the user's with a ``registry`` and a ``dispatch`` method is an
+    object like any other)."""
+    registry = getattr(obj, "registry", None)
+    if (isinstance(obj, FunctionType) and isinstance(registry, Mapping)
+            and callable(getattr(obj, "dispatch", None)) and not _user_function(obj)):
+        return registry
+    return None
 
 
 def _has_set(data: bytes) -> bool:
