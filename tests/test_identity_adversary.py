@@ -594,3 +594,21 @@ def f(x):
 def test_an_overload_named_like_another_edited(user: Project, source: str) -> None:
     """The overloads are all named ``_``: only the last is an attribute of class or module."""
     _differ(user, source.format(k=2), source.format(k=3))
+
+
+_PARTIAL_SUBCLASS = """
+import functools
+
+def mul(a, b):
+    return a * b
+
+class Scaled(functools.partial):
+    def __call__(self, *args, **kwargs):
+        return super().__call__(*args, **kwargs) * {k}
+
+f = Scaled(mul, 3)
+"""
+
+
+def test_a_subclass_of_partial_edited(user: Project) -> None:
+    _differ(user, _PARTIAL_SUBCLASS.format(k=2), _PARTIAL_SUBCLASS.format(k=3))

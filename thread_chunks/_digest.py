@@ -334,7 +334,7 @@ class _Identifier:
             if isinstance(owner, type):
                 return f"{func} of {self.klass(owner)}"
             return f"{func} of {self.state_part(owner, 'bound instance')}"
-        if isinstance(obj, functools.partial):
+        if type(obj) is functools.partial:  # a subclass of the user's: its class counts
             func = self.called(obj.func, role)
             return f"{func} with {self.state_part((obj.args, obj.keywords), 'partial arguments')}"
         if isinstance(obj, type):
