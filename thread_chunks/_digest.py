@@ -533,9 +533,11 @@ class _Identifier:
             return token
         if callable(value):
             seen: Any = value  # (not narrowed by callable())
-            if getattr(seen, "__wrapped__", None) is not None or isinstance(seen, _BUILTINS):
-                return self.library(seen)  # builtins by name (random.random: an RNG's state)
             owner = getattr(seen, "__self__", None)
+            if isinstance(seen, _BUILTINS) and (type(owner) in _DATA or _is_array(owner)):
+                return self.called(seen)  # TABLE.get, ", ".join: the method of that data
+            if getattr(seen, "__wrapped__", None) is not None or isinstance(seen, _BUILTINS):
+                return self.library(seen)  # others by name (random.random: an RNG's state)
             if isinstance(seen, functools.partial) or (isinstance(seen, MethodType) and _user_class(
                     owner if isinstance(owner, type) else type(owner))):
                 return self.called(seen)  # its function (followed) and arguments or owner
@@ -796,6 +798,7 @@ def _plain(value: object, depth: int = 0) -> bool:
 
 
 _ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_DATA = _ATOMS | {tuple, list, set, frozenset, dict, bytearray}
 
 
 def _is_array(value: object) -> bool:
