@@ -464,6 +464,8 @@ class Model(metaclass=Meta):
     root = staticmethod(math.sqrt)
     key = operator.itemgetter(0)
     names = {"alpha", "beta", "gamma", "delta"}
+    noise = staticmethod(np.random.normal)
+    draw = staticmethod(random.random)
 
     def __call__(self, x):
         return self.act(x)

@@ -536,10 +536,10 @@ class _Identifier:
             owner = getattr(seen, "__self__", None)
             if isinstance(seen, _BUILTINS) and (type(owner) in _DATA or _is_array(owner)):
                 return self.called(seen)  # TABLE.get, ", ".join: the method of that data
-            if getattr(seen, "__wrapped__", None) is not None or isinstance(seen, _BUILTINS):
-                return self.library(seen)  # others by name (random.random: an RNG's state)
-            if isinstance(seen, functools.partial) or (isinstance(seen, MethodType) and _user_class(
-                    owner if isinstance(owner, type) else type(owner))):
+            if (_bound_elsewhere(seen) or isinstance(seen, _BUILTINS)
+                    or getattr(seen, "__wrapped__", None) is not None):
+                return self.library(seen)  # by name (random.random: a generator's state)
+            if isinstance(seen, (functools.partial, MethodType)):
                 return self.called(seen)  # its function (followed) and arguments or owner
             # another callable (a poly1d, an itemgetter, np.vectorize): by its encoding
         # another library's object (a compiled regex, a logger...)
@@ -616,6 +616,8 @@ class _Identifier:
     def attribute(self, value: object, where: str) -> str:
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
+        if callable(value) and _bound_elsewhere(value):
+            return self.library(value)  # np.random.normal: a generator's state, named
         if isinstance(value, functools.singledispatchmethod):  # overloads named "_" (the
             value = value.dispatcher  # usual way) are not attributes of the class: its own
         registry = _registry(value)
@@ -762,6 +764,17 @@ class _CanonicalEncoder(pickle._Pickler):
             members = sorted(self.owner.encode(v) for v in obj)  # type: ignore[attr-defined]
             return _mark, (cls.__name__, tuple(members))
         return self.owner.reduce(obj)
+
+
+def _bound_elsewhere(func: object) -> bool:
+    """Whether ``func`` is a method bound to an object that is neither data, nor the user's,
+    nor a module (``random.random``, ``np.random.normal``: a generator whose state changes
+    with every draw, named rather than digested, or every run would miss)."""
+    owner = getattr(func, "__self__", None)
+    if owner is None or isinstance(owner, ModuleType) or type(owner) in _DATA:
+        return False
+    return not (_is_array(owner) or _user_class(owner if isinstance(owner, type)
+                                                 else type(owner)))
 
 
 def _registry(obj: object) -> Mapping[Any, Any] | None:
