@@ -440,7 +440,7 @@ class _Identifier:
         path = ""
         imported = dict(modules or {})  # local names bound to a module by an import
         importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
-        loaded: list[object] = [None, None]  # the last two constants: an import's level, names
+        loaded: list[object] = [_MISSING_NAME, _MISSING_NAME]
         for op, arg, ins in _code_items(code):
             if isinstance(arg, CodeType):
                 text = f"{op} code {self.code(arg, globals_, dict(imported))}"
@@ -451,10 +451,12 @@ class _Identifier:
             digest.update(text.encode() + b"\n")
             name = arg if isinstance(arg, str) else ""
             found: object = _MISSING_NAME
-            if ins.opcode in _CONSTS:
-                loaded = [loaded[1], arg]
+            # what the two instructions before loaded (an import's level and names), if
+            # constants (3.14 loads a small int, the level, by LOAD_SMALL_INT)
+            level, names = loaded
+            loaded = [loaded[1], arg if ins.opcode in _CONSTS or op == "LOAD_SMALL_INT"
+                      else _MISSING_NAME]
             if op == "IMPORT_NAME":
-                level, names = loaded
                 if isinstance(level, int) and level > 0:  # from .helpers import g
                     try:
                         name = importlib.util.resolve_name(
