@@ -232,14 +232,13 @@ def _code_items(code: CodeType) -> Iterator[tuple[str, object, dis.Instruction]]
         yield op, arg, ins
 
 
-def _exception_items(code: CodeType) -> list[tuple[int, int, int, int, bool]]:
+def _exception_items(code: CodeType, kept: list[int]) -> list[tuple[int, int, int, int, bool]]:
     """The exception table (3.11+: which instructions a ``try`` covers is not in the
     instructions themselves) as ``(start, end, target, depth, lasti)``, positions counted in
-    the instructions :func:`_code_items` keeps, so that offsets, caches and line numbers do
-    not count."""
+    the instructions :func:`_code_items` keeps (``kept``: their offsets, ascending), so that
+    offsets, caches and line numbers do not count."""
     if not getattr(code, "co_exceptiontable", b""):
         return []
-    kept = [i.offset for i in dis.get_instructions(code) if i.opname not in _SKIPPED_OPS]
     return [(bisect.bisect_left(kept, e.start), bisect.bisect_left(kept, e.end),
              bisect.bisect_left(kept, e.target), e.depth, e.lasti)
             for e in getattr(dis.Bytecode(code), "exception_entries", ())]
@@ -435,13 +434,15 @@ class _Identifier:
             code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
             code.co_flags & _KEPT_FLAGS, code.co_varnames[:code.co_argcount
                                                           + code.co_kwonlyargcount],
-            code.co_freevars, code.co_cellvars, _exception_items(code))).encode())
+            code.co_freevars, code.co_cellvars)).encode())
+        kept: list[int] = []  # the offsets of the instructions digested
         chain: object = _MISSING_NAME  # what the instructions just before loaded
         path = ""
         imported = dict(modules or {})  # local names bound to a module by an import
         importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
         loaded: list[object] = [_MISSING_NAME, _MISSING_NAME]
         for op, arg, ins in _code_items(code):
+            kept.append(ins.offset)
             if isinstance(arg, CodeType):
                 text = f"{op} code {self.code(arg, globals_, dict(imported))}"
             elif ins.opcode in _CONSTS:
@@ -502,6 +503,7 @@ class _Identifier:
             chain = found
             if found is not _MISSING_NAME:
                 digest.update(f"= {path}: {self.reference(found, path, globals_)}\n".encode())
+        digest.update(f"exceptions {_exception_items(code, kept)!r}\n".encode())
         return digest.hexdigest()
 
     def reference(self, value: object, path: str, globals_: dict[str, Any]) -> str:
