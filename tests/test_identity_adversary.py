@@ -623,3 +623,52 @@ f = Scaled(mul, 3)
 
 def test_a_subclass_of_partial_edited(user: Project) -> None:
     _differ(user, _PARTIAL_SUBCLASS.format(k=2), _PARTIAL_SUBCLASS.format(k=3))
+
+
+# -- false alarms: a new identity although nothing the call reads changed ------------------------
+
+_ENVIRON = """
+import os
+
+def f(x):
+    return x * int(os.environ.get("TCID_SCALE", "1"))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="a function reading os.environ is digested with the "
+                   "whole environment: any unrelated variable (a job id, SHLVL, OLDPWD) gives "
+                   "a new identity, and every row is computed again (a miss, never a wrong "
+                   "reuse)")
+def test_an_unrelated_environment_variable_keeps_the_identity(tmp_path: Path) -> None:
+    (tmp_path / "tcid_environ.py").write_text(textwrap.dedent(_ENVIRON))
+    code = ("import tcid_environ as m\nfrom thread_chunks._digest import identify\n"
+            "print(identify(m.f).digest.hex())")
+    outputs = set()
+    for job in ("1", "2"):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+               "PYTHONDONTWRITEBYTECODE": "1", "TCID_SCALE": "3", "TCID_JOB_ID": job}
+        proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        outputs.add(proc.stdout)
+    assert len(outputs) == 1
+
+
+_GETENV = """
+import os
+
+def f(x):
+    return x * int(os.getenv("TCID_SCALE", "1"))
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="os.getenv is a library function, named: the variable "
+                   "it reads is not seen (os.environ.get is: the whole environment); name it "
+                   "with depends_on")
+def test_an_environment_variable_read_by_getenv(user: Project,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TCID_SCALE", "2")
+    module = user.load("m", _GETENV)
+    before = identify(module.f)
+    monkeypatch.setenv("TCID_SCALE", "3")
+    assert identify(module.f).digest != before.digest
