@@ -41,6 +41,7 @@ Arguments (:func:`row_keys`, :func:`value_key`):
 from __future__ import annotations
 
 import array
+import bisect
 import builtins
 import dis
 import enum
@@ -149,7 +150,8 @@ def _user_namespace(name: object, file: object) -> bool:
         return False
     if module is not None and getattr(module, "__file__", None):
         return _user_file(module.__file__)
-    return isinstance(name, str) and not name.startswith("thread_chunks")  # exec'd code
+    # exec'd code (its globals may have no __name__ at all): the user's, unless ours
+    return not (isinstance(name, str) and name.startswith("thread_chunks"))
 
 
 def _user_module(name: object) -> bool:
@@ -230,6 +232,18 @@ def _code_items(code: CodeType) -> Iterator[tuple[str, object, dis.Instruction]]
         yield op, arg, ins
 
 
+def _exception_items(code: CodeType, kept: list[int]) -> list[tuple[int, int, int, int, bool]]:
+    """The exception table (3.11+: which instructions a ``try`` covers is not in the
+    instructions themselves) as ``(start, end, target, depth, lasti)``, positions counted in
+    the instructions :func:`_code_items` keeps (``kept``: their offsets, ascending), so that
+    offsets, caches and line numbers do not count."""
+    if not getattr(code, "co_exceptiontable", b""):
+        return []
+    return [(bisect.bisect_left(kept, e.start), bisect.bisect_left(kept, e.end),
+             bisect.bisect_left(kept, e.target), e.depth, e.lasti)
+            for e in getattr(dis.Bytecode(code), "exception_entries", ())]
+
+
 # -- identities ----------------------------------------------------------------------------------
 
 _IDENTITY_SCHEME = b"tc-identity-1\x00"
@@ -271,6 +285,19 @@ class _Identifier:
         self.read_paths = False
         self.constants: set[str] = set()
         self.reduced: dict[int, tuple[object, Any]] = {}
+        self.named: dict[str, list[int]] = {}
+
+    def name(self, obj: object, label: str) -> str:
+        """``label``, or ``label #n`` for the n-th object met under that label: a token names
+        one object (two closures of one factory, one alias for two modules' constants), so
+        that ``[a, b, a]`` and ``[a, b, b]`` are told apart (numbered in the order met, which
+        is the same in every process)."""
+        ids = self.named.setdefault(label, [])
+        if id(obj) not in ids:
+            ids.append(id(obj))
+            self.keep.append(obj)
+        n = ids.index(id(obj))
+        return label if n == 0 else f"{label} #{n + 1}"
 
     def fail(self, why: str) -> str:
         if self.unknown is None:
@@ -295,8 +322,8 @@ class _Identifier:
 
     def called(self, obj: object, role: str = "function") -> str:
         """The digest of something called: every layer of it, outermost first."""
-        registry = getattr(obj, "registry", None)
-        if callable(getattr(obj, "dispatch", None)) and isinstance(registry, Mapping):
+        registry = _registry(obj)
+        if registry is not None:
             return self.dispatcher(obj, registry)
         if isinstance(obj, FunctionType):
             return self.function(obj, role, walk=True)
@@ -306,7 +333,7 @@ class _Identifier:
             if isinstance(owner, type):
                 return f"{func} of {self.klass(owner)}"
             return f"{func} of {self.state_part(owner, 'bound instance')}"
-        if isinstance(obj, functools.partial):
+        if type(obj) is functools.partial:  # a subclass of the user's: its class counts
             func = self.called(obj.func, role)
             return f"{func} with {self.state_part((obj.args, obj.keywords), 'partial arguments')}"
         if isinstance(obj, type):
@@ -321,7 +348,7 @@ class _Identifier:
         cls = type(obj)
         wrapped = getattr(obj, "__wrapped__", None)
         if not _user_class(cls) and wrapped is not None:  # lru_cache, chunked: transparent
-            return self.called(wrapped, role)
+            return self._layer(obj, self.called(wrapped, role))
         # a callable object: its class's code and its own state
         return f"{self.klass(cls)} holding {self.state_part(obj, f'instance of {_label(cls)}')}"
 
@@ -332,7 +359,7 @@ class _Identifier:
 
     def dispatcher(self, obj: object, registry: Mapping[Any, Any]) -> str:
         """A ``functools.singledispatch`` function: every registered overload."""
-        label = _label(obj)
+        label = self.name(obj, _label(obj))
         token = f"singledispatch {label}"
         if self._start(obj, token) is not None:
             return token
@@ -347,7 +374,11 @@ class _Identifier:
         reaches by name), defaults, closure, ``__wrapped__``. Others by name; ``walk``
         follows their closure and ``__wrapped__`` still (a library's decorator around the
         user's code)."""
-        label = where or _label(fn)  # a method by its class (dataclasses generate code)
+        wrapped = getattr(fn, "__wrapped__", None)
+        kind: type = type(fn)
+        if kind is not FunctionType and wrapped is not None:  # a proxy (wrapt) passing for
+            return self._layer(fn, self.called(wrapped, role))  # the function it wraps
+        label = self.name(fn, where or _label(fn))  # a method by its class (dataclasses)
         user = own_code or _user_function(fn)
         token = label if user else f"{label} (by name)"
         known = self._start(fn, token)
@@ -363,7 +394,14 @@ class _Identifier:
         if wrapped is not None and role == "function":
             role = "wrapper"
         digest = hashlib.sha256(label.encode() + b"\x00")
-        digest.update(self.code(fn.__code__, fn.__globals__).encode())
+        modules: dict[str, object] = {}  # a module in the closure (the enclosing import)
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
+            try:
+                if isinstance(cell.cell_contents, ModuleType):
+                    modules[name] = cell.cell_contents
+            except ValueError:  # an empty cell
+                pass
+        digest.update(self.code(fn.__code__, fn.__globals__, modules).encode())
         if wrapped is not None:
             digest.update(f"wraps {self.called(wrapped, 'function')}".encode())
         self.part(f"{role} {label}", digest.hexdigest())
@@ -385,22 +423,28 @@ class _Identifier:
                 values.append(_EMPTY_CELL)
         self.state_part(tuple(values), f"closure of {label}")
 
-    def code(self, code: CodeType, globals_: dict[str, Any]) -> str:
+    def code(self, code: CodeType, globals_: dict[str, Any],
+             modules: dict[str, object] | None = None) -> str:
         """The digest of a code object (nested code included) and of everything its global
         names lead to: each global name chain read (``g``, ``helpers.g``, ``from m import
-        g``) with what it is now."""
+        g``) with what it is now. ``modules``: the names bound to a module outside this
+        code (by the enclosing function's imports: a comprehension or a lambda inside it
+        reads them as free variables)."""
         digest = hashlib.sha256(repr((
             code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount,
             code.co_flags & _KEPT_FLAGS, code.co_varnames[:code.co_argcount
                                                           + code.co_kwonlyargcount],
             code.co_freevars, code.co_cellvars)).encode())
+        kept: list[int] = []  # the offsets of the instructions digested
         chain: object = _MISSING_NAME  # what the instructions just before loaded
         path = ""
-        imported: dict[str, object] = {}  # local names bound to a module by an import
+        imported = dict(modules or {})  # local names bound to a module by an import
         importing: object = _MISSING_NAME  # the module of an IMPORT_NAME, for IMPORT_FROM
+        loaded: list[object] = [_MISSING_NAME, _MISSING_NAME]
         for op, arg, ins in _code_items(code):
+            kept.append(ins.offset)
             if isinstance(arg, CodeType):
-                text = f"{op} code {self.code(arg, globals_)}"
+                text = f"{op} code {self.code(arg, globals_, dict(imported))}"
             elif ins.opcode in _CONSTS:
                 text = f"{op} {_const(arg)}"
             else:
@@ -408,15 +452,30 @@ class _Identifier:
             digest.update(text.encode() + b"\n")
             name = arg if isinstance(arg, str) else ""
             found: object = _MISSING_NAME
+            # what the two instructions before loaded (an import's level and names), if
+            # constants (3.14 loads a small int, the level, by LOAD_SMALL_INT)
+            level, names = loaded
+            loaded = [loaded[1], arg if ins.opcode in _CONSTS or op == "LOAD_SMALL_INT"
+                      else _MISSING_NAME]
             if op == "IMPORT_NAME":
-                importing = _user_import(name, globals_)
+                if isinstance(level, int) and level > 0:  # from .helpers import g
+                    try:
+                        name = importlib.util.resolve_name(
+                            "." * level + name, globals_.get("__package__") or "")
+                    except (ImportError, ValueError, TypeError):
+                        name = "."  # what fails here fails in the call too
+                module = _user_import(name, globals_)
                 path = name.split(".")[0]
                 chain = sys.modules.get(path, _MISSING_NAME)
+                # without names (import a.b as h), what the import gives is the top package
+                importing = module if names or level else chain
                 continue
             if op == "IMPORT_FROM":
                 if isinstance(importing, ModuleType):
                     path = f"{importing.__name__}.{name}"
                     found = chain = getattr(importing, name, _MISSING_NAME)
+                    if found is _MISSING_NAME:  # a submodule not imported yet
+                        found = chain = _user_import(path, globals_)
                     if found is not _MISSING_NAME:
                         reached = self.reference(found, path, globals_)
                         digest.update(f"= {path}: {reached}\n".encode())
@@ -444,6 +503,7 @@ class _Identifier:
             chain = found
             if found is not _MISSING_NAME:
                 digest.update(f"= {path}: {self.reference(found, path, globals_)}\n".encode())
+        digest.update(f"exceptions {_exception_items(code, kept)!r}\n".encode())
         return digest.hexdigest()
 
     def reference(self, value: object, path: str, globals_: dict[str, Any]) -> str:
@@ -461,7 +521,7 @@ class _Identifier:
         module = globals_.get("__name__", "?")
         label = f"{module}.{path}"
         if _plain(value) or _is_array(value):
-            token = f"constant {label}"
+            token = self.name(value, f"constant {label}")
             if token not in self.constants:
                 self.constants.add(token)
                 self.state_part(value, token)
@@ -471,13 +531,23 @@ class _Identifier:
             return self.fail(f"{label} read by the function is a {type(value).__name__}")
         cls = type(value)
         if _user_class(cls):  # an object of the user's, kept in a module
-            token = f"object {label}"
+            token = self.name(value, f"object {label}")
             if self._start(value, token) is None:
                 self.state_part(value, token)
             return token
         if callable(value):
-            return self.library(value)
-        token = f"value {label}"  # another library's object (a compiled regex, a logger...)
+            seen: Any = value  # (not narrowed by callable())
+            owner = getattr(seen, "__self__", None)
+            if isinstance(seen, _BUILTINS) and (type(owner) in _DATA or _is_array(owner)):
+                return self.called(seen)  # TABLE.get, ", ".join: the method of that data
+            if (_bound_elsewhere(seen) or isinstance(seen, _BUILTINS)
+                    or getattr(seen, "__wrapped__", None) is not None):
+                return self.library(seen)  # by name (random.random: a generator's state)
+            if isinstance(seen, (functools.partial, MethodType)):
+                return self.called(seen)  # its function (followed) and arguments or owner
+            # another callable (a poly1d, an itemgetter, np.vectorize): by its encoding
+        # another library's object (a compiled regex, a logger...)
+        token = self.name(value, f"value {label}")
         if token in self.constants:
             return token
         try:
@@ -493,14 +563,28 @@ class _Identifier:
     def library(self, value: object) -> str:
         """A library's callable read by name: by name, unless it wraps one of the user's
         functions (a library's decorator on a helper, ``functools.cache``): then that one."""
+        registry = _registry(value)
+        if registry is not None:  # a singledispatch helper: its overloads
+            return self.dispatcher(value, registry)
         inner: object = value
         for _ in range(100):
-            inner = getattr(inner, "__wrapped__", None)
+            outer, inner = inner, getattr(inner, "__wrapped__", None)
             if inner is None:
                 break
             if isinstance(inner, FunctionType) and _user_function(inner):
-                return f"{_label(value)} (by name) around {self.function(inner, 'helper')}"
+                around = self._layer(outer, self.function(inner, 'helper'))
+                return f"{_label(value)} (by name) around {around}"
         return f"{_label(value)} (by name)"
+
+    def _layer(self, wrapper: object, inner: str) -> str:
+        """``inner`` (what ``wrapper`` wraps), and the code of a ``wrapt`` decorator, which a
+        ``wrapt`` proxy holds beside ``__wrapped__`` (``@wrapt.decorator`` around the user's
+        code: its closure says what it does)."""
+        try:
+            layer = object.__getattribute__(wrapper, "_self_wrapper")
+        except AttributeError:
+            return inner
+        return f"{self.called(layer, 'wrapper')} around {inner}"
 
     # -- classes --
 
@@ -508,9 +592,9 @@ class _Identifier:
         """A class's token, its digest a part: for each of the user's classes in its MRO,
         every attribute (methods by code, plain data by value, nested classes); other bases
         by name."""
-        label = _label(cls)
         if not _user_class(cls):
-            return f"{label} (by name)"
+            return f"{_label(cls)} (by name)"
+        label = self.name(cls, _label(cls))
         token = f"class {label}"
         if self._start(cls, token) is not None:
             return token
@@ -527,12 +611,22 @@ class _Identifier:
                     continue
                 where = f"{_label(base)}.{name}"
                 digest.update(f"{name} = {self.attribute(value, where)}\n".encode())
+        meta = type(cls)
+        if meta is not type:  # a metaclass's __call__ and methods run for the class
+            digest.update(f"metaclass {self.klass(meta)}\n".encode())
         self.part(token, digest.hexdigest())
         return token
 
     def attribute(self, value: object, where: str) -> str:
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
+        if callable(value) and _bound_elsewhere(value):
+            return self.library(value)  # np.random.normal: a generator's state, named
+        if isinstance(value, functools.singledispatchmethod):  # overloads named "_" (the
+            value = value.dispatcher  # usual way) are not attributes of the class: its own
+        registry = _registry(value)
+        if registry is not None:
+            return self.dispatcher(value, registry)
         if isinstance(value, FunctionType):  # the class's own (or generated: dataclasses)
             own = _user_function(value) or not value.__globals__.get("__file__")
             return self.function(value, "method", own_code=own, where=where)
@@ -544,19 +638,22 @@ class _Identifier:
             return f"member {value._name_} {self.state(value._value_, where)}"
         if _plain(value):
             return self.state(value, where)
+        if isinstance(value, (functools.partial, MethodType)):
+            return self.called(value, "method")
+        if isinstance(value, functools.partialmethod):
+            return (f"partialmethod of {self.attribute(value.func, where)} with "
+                    f"{self.state((value.args, value.keywords), where)}")
         func = getattr(value, "func", None)  # functools.cached_property and the like
         if isinstance(func, FunctionType):
             return f"{_label(type(value))} of {self.attribute(func, where)}"
         if getattr(value, "__wrapped__", None) is not None:  # a method under lru_cache
             return self.called(value, "method")
-        if not callable(value):  # an array, a NamedTuple's field: by encoding if it has one
-            try:
-                return hashlib.sha256(self.encode(value)).hexdigest()
-            except _UnknownRef as exc:
-                return self.fail(f"{where} holds {exc}")
-            except _Unknown:
-                pass
-        return f"a {_label(type(value))}"
+        try:  # an array, a NamedTuple's field, a builtin, a callable object: by encoding
+            return hashlib.sha256(self.encode(value)).hexdigest()
+        except _UnknownRef as exc:
+            return self.fail(f"{where} holds {exc}")
+        except _Unknown:
+            return f"a {_label(type(value))}"
 
     # -- values --
 
@@ -622,6 +719,9 @@ class _Identifier:
         return reduced
 
 
+_BUILTINS = (BuiltinFunctionType, BuiltinMethodType, MethodWrapperType, WrapperDescriptorType,
+             MethodDescriptorType)
+
 _SKIPPED_ATTRS = frozenset({
     "__module__", "__qualname__", "__doc__", "__dict__", "__weakref__", "__annotations__",
     "__firstlineno__", "__static_attributes__", "__dataclass_fields__",
@@ -664,6 +764,28 @@ class _CanonicalEncoder(pickle._Pickler):
         return self.owner.reduce(obj)
 
 
+def _bound_elsewhere(func: object) -> bool:
+    """Whether ``func`` is a method bound to an object that is neither data, nor the user's,
+    nor a module (``random.random``, ``np.random.normal``: a generator whose state changes
+    with every draw, named rather than digested, or every run would miss)."""
+    owner = getattr(func, "__self__", None)
+    if owner is None or isinstance(owner, ModuleType) or type(owner) in _DATA:
+        return False
+    return not (_is_array(owner) or _user_class(owner if isinstance(owner, type)
+                                                 else type(owner)))
+
+
+def _registry(obj: object) -> Mapping[Any, Any] | None:
+    """The overloads of a ``functools.singledispatch`` function, by class (functools' own
+    wrapper only: an object of the user's with a ``registry`` and a ``dispatch`` method is an
+    object like any other)."""
+    registry = getattr(obj, "registry", None)
+    if (isinstance(obj, FunctionType) and isinstance(registry, Mapping)
+            and callable(getattr(obj, "dispatch", None)) and not _user_function(obj)):
+        return registry
+    return None
+
+
 def _has_set(data: bytes) -> bool:
     """Whether a pickle holds a set or frozenset (EMPTY_SET, FROZENSET opcodes)."""
     if b"\x8f" not in data and b"\x91" not in data:
@@ -687,6 +809,7 @@ def _plain(value: object, depth: int = 0) -> bool:
 
 
 _ATOMS = frozenset({type(None), bool, int, float, complex, str, bytes})
+_DATA = _ATOMS | {tuple, list, set, frozenset, dict, bytearray}
 
 
 def _is_array(value: object) -> bool:
