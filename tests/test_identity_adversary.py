@@ -536,21 +536,17 @@ def _cyclic(*values: object) -> list[object]:
     return made
 
 
-@pytest.mark.xfail(strict=True, reason="an undigestable row is keyed by its position in a list "
-                   "of the same length and digestable rows (documented in "
-                   "docs/checkpointing.md); issue 26 asks for a miss (a key never reused): a "
-                   "change of row_keys, of _checkpoint's message, the docs and "
-                   "test_rowkeys' expectations, left to the lead")
 def test_two_different_undigestable_rows_get_different_keys() -> None:
     binder = Binder(len)
     first = row_keys(binder, [((_cyclic(1, 2),), {})])
     second = row_keys(binder, [((_cyclic(7),), {})])
     assert first.undigestable == second.undigestable == [0]
     assert first.keys != second.keys  # len() gives 3, then 2
+    again = row_keys(binder, [((_cyclic(1, 2),), {})])
+    assert again.keys != first.keys  # the same list again: computed again too
 
 
 @pytest.mark.usefixtures("ray_running")
-@pytest.mark.xfail(strict=True, reason="as above: the second run's row is reused by position")
 def test_a_rerun_with_another_undigestable_row_is_computed(tmp_path: Path) -> None:
     path = tmp_path / "run.ckpt"
     assert chunk(len, [[_cyclic(1, 2)]], path=path) == [3]

@@ -798,8 +798,6 @@ class Store:
                 else:
                     keys, undigestable, opaque = found or row_keys(
                         binder, calls, large=SHARE_AT_BYTES)
-                    for row in undigestable:  # computed again, never matched (not by position)
-                        keys[row] = os.urandom(KEY_BYTES)
                     store._keys = b"".join(keys)
                     _write_run(conn, rows, store._keys, undigestable, table=False,
                                opaque=opaque, list_key=listed)

@@ -35,7 +35,8 @@ Arguments (:func:`row_keys`, :func:`value_key`):
 - Anything else goes through its own pickle (``__reduce_ex__``), recursively through these
   rules; what the standard pickler refuses goes through cloudpickle.
 - What cannot be encoded at all (a lock, an open file, a generator, a cyclic structure, a
-  Ray ``ObjectRef`` or actor handle) makes the row *undigestable* (no key of its own).
+  Ray ``ObjectRef`` or actor handle) makes the row *undigestable*: :func:`row_keys` gives
+  it a random key, so it is computed in every run and never reused.
 """
 
 from __future__ import annotations
@@ -1220,7 +1221,6 @@ def position_key(list_digest: bytes, row: int) -> bytes:
                           ).digest()[:KEY_BYTES]
 
 
-_PLACEHOLDER = b"\xff" * KEY_BYTES
 _FLUSH_BYTES = 4 << 20
 """Row keys are hashed from one buffer of encodings, emptied when it holds this much."""
 
@@ -1243,7 +1243,8 @@ class RowKeys(NamedTuple):
     keys: list[bytes]
     """Every row's key, in order."""
     undigestable: list[int]
-    """The rows that could not be encoded (keyed by position, see :func:`position_key`)."""
+    """The rows that could not be encoded: each has a random key, so it is computed in every
+    run and its result never reused (unknown means a miss)."""
     opaque: list[int]
     """The rows holding something other than builtin data, or whose encoding is at least
     ``large`` bytes: the only rows that can hold a large argument (an array, a buffer)."""
@@ -1303,13 +1304,8 @@ def _row_keys(binder: Binder, rows: Collection[tuple[Sequence[Any], dict[str, An
             start = 0
     flush()
     missing = [i for i, key in enumerate(keys) if key is None]
-    if missing:
-        whole = hashlib.sha256(len(keys).to_bytes(8, "little"))
-        for key in keys:
-            whole.update(key or _PLACEHOLDER)
-        list_digest = whole.digest()
-        for i in missing:
-            keys[i] = position_key(list_digest, i)
+    for i in missing:  # unknown means a miss: a key no other row, list or run can have
+        keys[i] = os.urandom(KEY_BYTES)
     return RowKeys([k for k in keys if k is not None], missing, opaque)
 
 
