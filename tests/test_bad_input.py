@@ -289,17 +289,18 @@ def test_checkpoint_restart_warning_points_at_the_users_line(tmp_path: Path) -> 
     with pytest.warns(CheckpointRestartWarning) as records:
         assert chunk(w.add, ROWS, chunk_size=1, path=ckpt) == [0, 1, 2, 3]
     assert [r.filename for r in records] == [__file__]
-    f = chunked(chunk_size=1)(w.square)
+    # each run of a function the file holds no results of (switching back would reuse them)
+    f = chunked(chunk_size=1)(w.negate)
     with pytest.warns(CheckpointRestartWarning) as records:
-        assert list(f.imap(ROWS, path=ckpt)) == [0, 1, 4, 9]
+        assert list(f.imap(ROWS, path=ckpt)) == [0, -1, -2, -3]
     assert [r.filename for r in records] == [__file__]
-    g = chunked(chunk_size=1)(w.add)
+    g = chunked(chunk_size=1)(w.cube)
 
     async def sweep() -> list[int]:  # the checkpoint is opened in a worker thread
         return await g.amap(ROWS, path=ckpt)
 
     with pytest.warns(CheckpointRestartWarning) as records:
-        assert asyncio.run(sweep()) == [0, 1, 2, 3]
+        assert asyncio.run(sweep()) == [0, 1, 8, 27]
     assert [r.filename for r in records] == [__file__]
     f.close()
     g.close()
