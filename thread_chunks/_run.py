@@ -59,6 +59,7 @@ from ._errors import (
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import Source, annotate
+from ._session import watch_shutdown
 from ._wire import Wire, pack_batch
 
 log = logging.getLogger("thread_chunks")
@@ -98,6 +99,9 @@ _WORKED_SECONDS = 0.1
 """A first call's memory holds still only if, between two readings, it is asleep or it ran
 this long: one starved of CPU on a loaded machine has not had the time to grow."""
 _GONE = object()  # what an actor that died answers (see Dispatcher.answer)
+_RAY_CHECK_SECONDS = 1.0
+"""Where Ray gives no signal of its shutdown (see :func:`watch_shutdown`), a run's driver
+waits at most this long before it looks whether Ray is still running."""
 _STILL_BYTES = 16 << 20
 """A worker Ray killed for memory while using at most this much above an idle actor's
 footprint was killed beside the one that used it (Ray kills several at once, and the newest
@@ -590,11 +594,25 @@ class _Inbox:
     def __init__(self) -> None:
         self.finished: deque[ray.ObjectRef[Any]] = deque()
         self.wakes: tuple[_Wake, ...] = ()  # of the open runs (replaced whole)
+        self.gone = False
+        """Ray was shut down (the references pending then never resolve)."""
+        self.watched = watch_shutdown(self)
+        """A shutdown of Ray is reported here as it happens (else waits are capped at
+        :data:`_RAY_CHECK_SECONDS`, to look)."""
 
     def finish(self, ref: ray.ObjectRef[Any], _: object) -> None:
         self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
+        self.wake()
+
+    def wake(self) -> None:
         for wake in self.wakes:
             wake.set()
+
+    def ray_stopping(self) -> None:
+        self.gone = True
+
+    def ray_stopped(self) -> None:
+        self.wake()
 
 
 class Dispatcher:
@@ -698,10 +716,11 @@ class Dispatcher:
             mine = [call for call in self.inflight.values() if call.run is run]
             for call in mine:
                 call.orphaned = True
-            for slot in {call.slot for call in mine}:
+            live = not self.ray_gone()  # else its actors are gone with Ray
+            for slot in {call.slot for call in mine} if live else ():
                 self.stop_orphans(slot)
             run.wire.close()
-            if self.runs:
+            if self.runs and live:
                 self.fill()
         if run.on_end is not None:
             run.on_end(run.stats)
@@ -1098,6 +1117,8 @@ class Dispatcher:
             try:
                 self.pump()
             except Exception as exc:  # the pool cannot go on: every run fails with it
+                if self.ray_gone():  # (what Ray raised while it went away)
+                    exc = self.ray_gone_error(exc)
                 for each in tuple(self.runs):
                     each.fail(exc)
             if run.ready:
@@ -1115,8 +1136,25 @@ class Dispatcher:
                         self.enlist(slot)
             return []
 
+    def ray_gone(self) -> bool:
+        """Whether Ray was shut down since this dispatcher was made (then nothing it waits
+        for will come, and Ray must not be touched: a call would start a new Ray)."""
+        return self.inbox.gone or not ray.is_initialized()
+
+    def ray_gone_error(self, cause: BaseException | None = None) -> ThreadChunksError:
+        error = ThreadChunksError(
+            f"Ray was shut down while {self.names()!r} ran (ray.shutdown() was called, "
+            "in this or another thread, or at exit): its calls in flight are lost. Results "
+            "handed out so far stay handed out and those recorded in a checkpoint are kept; "
+            "the next map (Ray running again) makes new actors and resumes from its "
+            "checkpoint, if it has one")
+        error.__cause__ = cause
+        return error
+
     def pump(self) -> None:
         """Everything due: finished references, deadlines, then free actors to runs."""
+        if self.ray_gone():
+            raise self.ray_gone_error()
         finished = self.inbox.finished
         while finished:
             ref = finished.popleft()
@@ -1281,7 +1319,10 @@ class Dispatcher:
         """Seconds until the next deadline (None: none, wait for a call or probe)."""
         with self.lock:
             deadline = self.deadline()
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.inbox.watched:
+            return left
+        return _RAY_CHECK_SECONDS if left is None else min(left, _RAY_CHECK_SECONDS)
 
     def on_time(self) -> None:
         """A deadline came: calls past their timeout fail; actors Ray has not placed are
