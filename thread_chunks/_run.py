@@ -595,7 +595,9 @@ class _Inbox:
         self.finished: deque[ray.ObjectRef[Any]] = deque()
         self.wakes: tuple[_Wake, ...] = ()  # of the open runs (replaced whole)
         self.gone = False
-        """Ray was shut down (the references pending then never resolve)."""
+        """Ray's shutdown began (the references pending then never resolve)."""
+        self.over = False
+        """... and is over."""
         self.watched = watch_shutdown(self)
         """A shutdown of Ray is reported here as it happens (else waits are capped at
         :data:`_RAY_CHECK_SECONDS`, to look)."""
@@ -612,6 +614,7 @@ class _Inbox:
         self.gone = True
 
     def ray_stopped(self) -> None:
+        self.over = True
         self.wake()
 
 
@@ -1115,12 +1118,16 @@ class Dispatcher:
         run.wake.clear()
         with self.lock:
             try:
-                self.pump()
+                if not self.ray_gone():
+                    self.pump()
             except Exception as exc:  # the pool cannot go on: every run fails with it
-                if self.ray_gone():  # (what Ray raised while it went away)
-                    exc = self.ray_gone_error(exc)
+                if not self.ray_gone():  # (else it is what Ray raised while it went away)
+                    for each in tuple(self.runs):
+                        each.fail(exc)
+            if self.ray_gone() and not self.ray_stopping():
+                error = self.ray_gone_error()
                 for each in tuple(self.runs):
-                    each.fail(exc)
+                    each.fail(error)
             if run.ready:
                 out = list(run.ready)
                 run.ready.clear()
@@ -1129,6 +1136,8 @@ class Dispatcher:
                 raise run.error
             if run.done():
                 return None
+            if self.ray_gone():  # its shutdown is under way: its end wakes the run
+                return []
             if not run.inflight_calls and not self.probes and run.has_work() \
                     and not self.ready.keys() - self.retired:
                 for slot in range(self.size):  # rows left and no actor asked for: ask again
@@ -1137,24 +1146,27 @@ class Dispatcher:
             return []
 
     def ray_gone(self) -> bool:
-        """Whether Ray was shut down since this dispatcher was made (then nothing it waits
-        for will come, and Ray must not be touched: a call would start a new Ray)."""
+        """Whether Ray was shut down since this dispatcher was made, or its shutdown began:
+        nothing the dispatcher waits for will come, and Ray must not be touched (a call
+        could start a new Ray)."""
         return self.inbox.gone or not ray.is_initialized()
 
-    def ray_gone_error(self, cause: BaseException | None = None) -> ThreadChunksError:
-        error = ThreadChunksError(
+    def ray_stopping(self) -> bool:
+        """Whether Ray's shutdown began in another thread and is not over: the run fails once
+        it is (when its wake comes), so that nothing done after the failure (closing a
+        checkpoint, our actors, a Ray we started) meets a Ray half shut down."""
+        return self.inbox.gone and not self.inbox.over and ray.is_initialized()
+
+    def ray_gone_error(self) -> ThreadChunksError:
+        return ThreadChunksError(
             f"Ray was shut down while {self.names()!r} ran (ray.shutdown() was called, "
             "in this or another thread, or at exit): its calls in flight are lost. Results "
             "handed out so far stay handed out and those recorded in a checkpoint are kept; "
             "the next map (Ray running again) makes new actors and resumes from its "
             "checkpoint, if it has one")
-        error.__cause__ = cause
-        return error
 
     def pump(self) -> None:
         """Everything due: finished references, deadlines, then free actors to runs."""
-        if self.ray_gone():
-            raise self.ray_gone_error()
         finished = self.inbox.finished
         while finished:
             ref = finished.popleft()
