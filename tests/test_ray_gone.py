@@ -26,12 +26,17 @@ def start() -> None:
 GONE = "Ray was shut down while 'slow_count' ran"
 
 
-def test_shutdown_between_two_next_calls_of_an_imap(tmp_path: Path) -> None:
+@pytest.mark.parametrize("watched", [True, False])
+def test_shutdown_between_two_next_calls_of_an_imap(tmp_path: Path, watched: bool) -> None:
     """The next ``next()`` raises at once; what was handed out stays handed out and is in
     the checkpoint; with Ray started again the same decorated function makes new actors,
     resumes from the checkpoint (rows handed out do not run again) and returns the right
-    results."""
+    results. Unwatched: as with a Ray that gives no signal of its shutdown (a Ray Client
+    connection), where the run looks whether Ray still runs."""
     out = run_script(PRELUDE + f"""
+import thread_chunks._run
+if not {watched!r}:
+    thread_chunks._run.watch_shutdown = lambda watcher: False
 markers, path = {str(tmp_path / "markers")!r}, {str(tmp_path / "ck.sqlite")!r}
 import os; os.mkdir(markers)
 start()
@@ -67,22 +72,21 @@ def test_shutdown_from_another_thread_during_a_map(tmp_path: Path, driver: str) 
     next map, Ray running again, works."""
     out = run_script(PRELUDE + f"""
 import asyncio
-path = {str(tmp_path / "ck.sqlite")!r}
 markers = {str(tmp_path / "markers")!r}
 import os, pathlib; os.mkdir(markers)
 slow = chunked(chunk_size=2, progress_bar=False, batch_size=1)(slow_count)
 rows = [[i, markers, 0.2] for i in range(60)]
 
-def stop_after_two_calls() -> None:
+def stop_after_two_calls(path: str) -> None:
     while recorded(pathlib.Path(path)) < 2:
         time.sleep(0.02)
     ray.shutdown()
 
 errors = []
 for attempt in range(2):
-    pathlib.Path(path).unlink(missing_ok=True)
+    path = {str(tmp_path)!r} + f"/ck{{attempt}}.sqlite"
     start()
-    threading.Thread(target=stop_after_two_calls).start()
+    threading.Thread(target=stop_after_two_calls, args=(path,)).start()
     try:
         if {driver!r} == "map":
             slow.map(rows, path=path)
