@@ -338,7 +338,8 @@ class Pool:
         """Once per Ray session, before the first actor: check the resources
         ``actor_options`` ask for.
 
-        No node able to hold one actor is a ValueError naming what was asked for. Fewer
+        No node able to hold one actor is a ValueError naming what was asked for (and
+        again on every use: the check is not passed until it passes). Fewer
         actors fitting the cluster than ``size`` shrinks the pool to what fits, with a
         ConcurrencyReducedWarning. Only explicit requests count (``num_cpus``, ``num_gpus``,
         ``memory``, ``resources``). Capacity lost later (a node gone, resources held by
@@ -347,9 +348,9 @@ class Pool:
         self.start()
         if self._fitted or not self.owned:
             return
-        self._fitted = True
         demand = explicit_demand(self._options)
         if not demand:
+            self._fitted = True
             return
         fits = sum(min(int(node["Resources"].get(name, 0.0) / amount + 1e-9)
                        for name, amount in demand.items())
@@ -361,7 +362,8 @@ class Pool:
                 + ["memory_per_call"] * self._memory_via_call)
             raise ValueError(
                 f"{named}: no node of the Ray cluster can hold an actor asking for "
-                f"{asked}; change {named} or add such a node")
+                f"{asked}; change {named} or add such a node")  # again on the next use
+        self._fitted = True
         if fits < self.size:
             warn_user(
                 f"only {fits} actors asking for {asked} fit the Ray cluster at once; running "

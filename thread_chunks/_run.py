@@ -59,6 +59,7 @@ from ._errors import (
 from ._pool import Pool
 from ._progress import Progress
 from ._rows import Source, annotate
+from ._session import watch_shutdown
 from ._wire import Wire, pack_batch
 
 log = logging.getLogger("thread_chunks")
@@ -98,6 +99,9 @@ _WORKED_SECONDS = 0.1
 """A first call's memory holds still only if, between two readings, it is asleep or it ran
 this long: one starved of CPU on a loaded machine has not had the time to grow."""
 _GONE = object()  # what an actor that died answers (see Dispatcher.answer)
+_RAY_CHECK_SECONDS = 1.0
+"""Where Ray gives no signal of its shutdown (see :func:`watch_shutdown`), a run's driver
+waits at most this long before it looks whether Ray is still running."""
 _STILL_BYTES = 16 << 20
 """A worker Ray killed for memory while using at most this much above an idle actor's
 footprint was killed beside the one that used it (Ray kills several at once, and the newest
@@ -590,11 +594,28 @@ class _Inbox:
     def __init__(self) -> None:
         self.finished: deque[ray.ObjectRef[Any]] = deque()
         self.wakes: tuple[_Wake, ...] = ()  # of the open runs (replaced whole)
+        self.gone = False
+        """Ray's shutdown began (the references pending then never resolve)."""
+        self.over = False
+        """... and is over."""
+        self.watched = watch_shutdown(self)
+        """A shutdown of Ray is reported here as it happens (else waits are capped at
+        :data:`_RAY_CHECK_SECONDS`, to look)."""
 
     def finish(self, ref: ray.ObjectRef[Any], _: object) -> None:
         self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
+        self.wake()
+
+    def wake(self) -> None:
         for wake in self.wakes:
             wake.set()
+
+    def ray_stopping(self) -> None:
+        self.gone = True
+
+    def ray_stopped(self) -> None:
+        self.over = True
+        self.wake()
 
 
 class Dispatcher:
@@ -698,10 +719,11 @@ class Dispatcher:
             mine = [call for call in self.inflight.values() if call.run is run]
             for call in mine:
                 call.orphaned = True
-            for slot in {call.slot for call in mine}:
+            live = not self.ray_gone()  # else its actors are gone with Ray
+            for slot in {call.slot for call in mine} if live else ():
                 self.stop_orphans(slot)
             run.wire.close()
-            if self.runs:
+            if self.runs and live:
                 self.fill()
         if run.on_end is not None:
             run.on_end(run.stats)
@@ -1096,10 +1118,16 @@ class Dispatcher:
         run.wake.clear()
         with self.lock:
             try:
-                self.pump()
+                if not self.ray_gone():
+                    self.pump()
             except Exception as exc:  # the pool cannot go on: every run fails with it
+                if not self.ray_gone():  # (else it is what Ray raised while it went away)
+                    for each in tuple(self.runs):
+                        each.fail(exc)
+            if self.ray_gone() and not self.ray_stopping():
+                error = self.ray_gone_error()
                 for each in tuple(self.runs):
-                    each.fail(exc)
+                    each.fail(error)
             if run.ready:
                 out = list(run.ready)
                 run.ready.clear()
@@ -1108,12 +1136,34 @@ class Dispatcher:
                 raise run.error
             if run.done():
                 return None
+            if self.ray_gone():  # its shutdown is under way: its end wakes the run
+                return []
             if not run.inflight_calls and not self.probes and run.has_work() \
                     and not self.ready.keys() - self.retired:
                 for slot in range(self.size):  # rows left and no actor asked for: ask again
                     if slot not in self.ready and slot not in self.retired:
                         self.enlist(slot)
             return []
+
+    def ray_gone(self) -> bool:
+        """Whether Ray was shut down since this dispatcher was made, or its shutdown began:
+        nothing the dispatcher waits for will come, and Ray must not be touched (a call
+        could start a new Ray)."""
+        return self.inbox.gone or not ray.is_initialized()
+
+    def ray_stopping(self) -> bool:
+        """Whether Ray's shutdown began in another thread and is not over: the run fails once
+        it is (when its wake comes), so that nothing done after the failure (closing a
+        checkpoint, our actors, a Ray we started) meets a Ray half shut down."""
+        return self.inbox.gone and not self.inbox.over and ray.is_initialized()
+
+    def ray_gone_error(self) -> ThreadChunksError:
+        return ThreadChunksError(
+            f"Ray was shut down while {self.names()!r} ran (ray.shutdown() was called, "
+            "in this or another thread, or at exit): its calls in flight are lost. Results "
+            "handed out so far stay handed out and those recorded in a checkpoint are kept; "
+            "the next map (Ray running again) makes new actors and resumes from its "
+            "checkpoint, if it has one")
 
     def pump(self) -> None:
         """Everything due: finished references, deadlines, then free actors to runs."""
@@ -1281,7 +1331,10 @@ class Dispatcher:
         """Seconds until the next deadline (None: none, wait for a call or probe)."""
         with self.lock:
             deadline = self.deadline()
-        return None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.inbox.watched:
+            return left
+        return _RAY_CHECK_SECONDS if left is None else min(left, _RAY_CHECK_SECONDS)
 
     def on_time(self) -> None:
         """A deadline came: calls past their timeout fail; actors Ray has not placed are
