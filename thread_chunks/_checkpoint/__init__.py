@@ -52,6 +52,12 @@ from .runlist import _as_call, _spans
 from .schema import FORMAT_VERSION, _unpickle
 from .store import Store
 
+for _moved in (Checkpoint, NotStored, StoredIdentity):
+    # named by where they were defined before this package: a NotStored pickled into a
+    # file's parameters (and any of these a user pickled) reads the same in any version
+    _moved.__module__ = __name__
+del _moved
+
 __all__ = [
     "FORMAT_VERSION",
     "RATE_MIN_CALLS",

@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS identities (
 """
 """What computed the results: one row per identity (the function and all it depends on, see
 :func:`~thread_chunks._digest.identify`) a run of this file had. ``digest`` is the identity's
-digest with the scheme (:func:`_stored_digest`); ``parts`` a JSON list of ``[what, hex]``
+digest with the scheme (:func:`.identity._stored_digest`); ``parts`` a JSON list of ``[what, hex]``
 pairs (what the warning compares); ``kind`` one of :data:`.identity._KINDS`."""
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
            + _RESULTS + _STAGED + _RUN + _IDENTITIES)
