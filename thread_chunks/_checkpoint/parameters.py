@@ -101,7 +101,6 @@ def _pickle_rows(rows: Sequence[Any], undigestable: Sequence[int], light: bool,
         return pack(kept)
 
 
-
 def _signature_blob(signature: inspect.Signature | None) -> bytes | None:
     """The parameters of the run's function as the table view binds rows to them: ``(name,
     kind, has a default, default)`` each, pickled (a default that cannot be is described,
