@@ -11,7 +11,7 @@
 2. cold: 40 calls of ~50 ms pure-Python work where the run makes its actors (a new
    ``chunked`` function each round; ActorPool over 2 actors made in the round), wall time
    and driver CPU; also with ``memory_budget=None`` (no memory admission: no first call
-   alone to learn). Goal: <= 1.0 x ActorPool in wall time, driver CPU <= 1.1 x.
+   alone to learn). Goal (issue 29): <= 1.05 x ActorPool in wall time, driver CPU <= 1.15 x.
 3. warm: calls of one row each on started actors, 8 and then 32 of them (``--actors``), each
    size in a Ray of its own (2 CPUs, both peers' actors with ``num_cpus=0``: the calls sleep,
    so CPUs do not limit them); the sleep is 50 ms at 8 actors, 200 ms at 32, so that replies
@@ -136,8 +136,8 @@ def cold(repeats: int) -> None:
           "thread-chunks (actors made by the run)", 40)
     ours_t, peer = found["thread-chunks (actors made by the run)"], \
         found["ray.util.ActorPool (2 new actors)"]
-    print(f"goal: wall <= 1.0 x ActorPool -> {ours_t[0] / peer[0]:.3f} x; "
-          f"driver CPU <= 1.1 x -> {ours_t[1] / peer[1]:.2f} x (with nothing known of the "
+    print(f"goal: wall <= 1.05 x ActorPool -> {ours_t[0] / peer[0]:.3f} x; "
+          f"driver CPU <= 1.15 x -> {ours_t[1] / peer[1]:.2f} x (with nothing known of the "
           "function's memory, its first call on a node runs alone, to learn)")
 
 
