@@ -17,10 +17,10 @@ from typing_extensions import Self, Unpack
 from . import config
 from ._actor import function_name
 from ._chunker import Chunker, PathLike, pool_for
+from ._engine import RunStats
 from ._options import Options, RunOptions
 from ._pool import Pool
 from ._rows import RowMaker, TypedRow
-from ._run import RunStats
 from ._types import C, C_co, ChunkSize, G, P, R, Row
 
 if TYPE_CHECKING:
