@@ -17,9 +17,8 @@ from typing_extensions import Self, Unpack
 from . import config
 from ._actor import function_name
 from ._chunker import Chunker, PathLike, pool_for
-from ._engine import RunStats
+from ._engine import Pool, RunStats
 from ._options import Options, RunOptions
-from ._pool import Pool
 from ._rows import RowMaker, TypedRow
 from ._types import C, C_co, ChunkSize, G, P, R, Row
 

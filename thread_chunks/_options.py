@@ -13,8 +13,7 @@ from typing import Any, TypedDict
 from ray.actor import ActorClass, ActorHandle
 
 from ._digest import identify
-from ._engine import DEFAULT_MAX_BUFFERED_BYTES, Policy
-from ._pool import remote_actor_class
+from ._engine import DEFAULT_MAX_BUFFERED_BYTES, Policy, remote_actor_class
 from ._types import ChunkSize, MemoryBudget, RetryOn
 
 

@@ -8,7 +8,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, islice
+from itertools import islice
 from typing import Protocol
 
 from .._actor import (
@@ -19,21 +19,23 @@ from .._actor import (
     Item,
     NodeMemory,
     Outcome,
-    consecutive,
     failed,
-    weight,
 )
 from .._errors import WorkerDiedError
 from .._progress import Progress
 from .._rows import Source, annotate
-from .._wire import Wire
 from .batching import Batcher
+from .ordering import Ordering
 from .wake import Wake
 
 log = logging.getLogger("thread_chunks")
 
 DEFAULT_MAX_BUFFERED_BYTES = 256 << 20
 """``max_buffered_bytes``' default: results held back for order, in bytes."""
+_MARGIN_ACTORS = 32
+"""The default read-ahead is what fills every actor and its queue (two calls of a batch
+each), plus as much again up to this many actors' worth (unchanged from ``4 * actors *
+batch`` up to 32 actors; bounded above it: 20,064 rows at 10,000 actors of one row a call)."""
 
 
 class Store(Protocol):
@@ -85,11 +87,9 @@ class Policy:
 
 class Run:
     """One sweep: its rows, what waits to run again, what was read from the input but not
-    yet handed out, its outcomes ready to hand out. Driven by :func:`run` or :func:`arun`;
-    the dispatcher of its pool sends its calls and hands it their outcomes."""
-
-    pool_size = 1
-    """Actors of the pool (set when the run opens): the default read-ahead scales with it."""
+    yet handed out, its outcomes to hand out. Driven by :func:`~.drive.run` or
+    :func:`~.drive.arun`; the scheduler of its pool sends its calls and hands it their
+    outcomes, through its methods only."""
 
     def __init__(self, source: Iterator[Item], *, ordered: bool, batch_size: int | None,
                  progress: Progress, store: Store | None, policy: Policy, stats: RunStats,
@@ -102,8 +102,10 @@ class Run:
         self.progress = progress
         self.store = store
         self.on_end = on_end
+        self.pool_size = 1
+        """Actors of the pool (set when the run opens): the default read-ahead scales with
+        it."""
         self.clock = time.perf_counter()
-        self.wire = Wire()
         self.batcher = Batcher(batch_size, policy.timeout)
         self.wake: Wake = Wake()
         self.retry_queue: deque[Item] = deque()  # rows to run again, before new rows
@@ -112,13 +114,7 @@ class Run:
         self.suspects: set[int] = set()  # rows held by an actor that died: run alone
         self.memory_suspects: dict[int, int] = {}  # killed for memory -> bytes used then
         self.memory_kills: dict[int, int] = {}  # times each row was killed for memory
-        self.order: deque[list[int]] = deque()
-        """Ordered mode: the rows read and not yet handed out, as spans [start, stop),
-        ascending (rows reused from a checkpoint are not read: they leave gaps)."""
-        self.held_back: dict[int, tuple[list[Outcome], int]] = {}
-        """Finished early, waiting for their turn: consecutive rows by the first of them,
-        and the bytes of their pickled results."""
-        self.held_bytes = 0  # pickled results in ``held_back``
+        self.ordering = Ordering() if ordered else None
         self.ready: deque[Outcome] = deque()  # to hand out
         self.error: BaseException | None = None  # fails the run when its driver sees it
         self.inflight_calls = 0
@@ -127,11 +123,47 @@ class Run:
         self.pulled = 0  # rows read from the input
         self.handed = 0  # outcomes handed out (yielded)
 
+    # -- life ------------------------------------------------------------------------------
+
+    def opened(self, pool_size: int) -> None:
+        """The run starts on a pool of ``pool_size`` actors."""
+        self.pool_size = pool_size
+
+    def ended(self, final_concurrency: int) -> None:
+        """The run ended: its last statistics."""
+        self.stats.wall_time = time.perf_counter() - self.clock
+        self.stats.final_concurrency = final_concurrency
+
+    def to_hand_out(self) -> list[Outcome] | None:
+        """The outcomes to hand out now ([] when none yet), None when the run is done.
+        Raises what fails the run."""
+        if self.ready:
+            out = list(self.ready)
+            self.ready.clear()
+            return out
+        if self.error is not None:
+            raise self.error
+        if self.done():
+            return None
+        return []
+
+    def handed_out(self, n: int) -> None:
+        """The driver handed ``n`` outcomes out."""
+        self.handed += n
+
+    def note_concurrency(self, busy: int) -> None:
+        if busy > self.stats.peak_concurrency:
+            self.stats.peak_concurrency = busy
+
     # -- input ----------------------------------------------------------------------------
 
     def bound(self) -> int:
         """Rows read from the input and not yet handed out, at most."""
-        return self.policy.max_buffered or 4 * self.pool_size * self.batcher.size
+        if self.policy.max_buffered:
+            return self.policy.max_buffered
+        batch = self.batcher.size
+        fill = 2 * self.pool_size * batch
+        return fill + min(fill, 2 * _MARGIN_ACTORS * batch)
 
     def room(self) -> int:
         """New rows that may be read now: within ``max_buffered`` rows and, ordered, within
@@ -140,9 +172,9 @@ class Run:
         outstanding = self.pulled - self.handed
         rows = self.bound() - outstanding
         limit, size = self.policy.max_buffered_bytes, self.batcher.row_bytes
-        if not self.ordered or limit is None or size == 0 or rows <= 0:
+        if self.ordering is None or limit is None or size == 0 or rows <= 0:
             return rows
-        free = limit - self.held_bytes - self.inflight_rows * size
+        free = limit - self.ordering.held_bytes - self.inflight_rows * size
         return min(rows, max(free // size, 0 if outstanding else 1))
 
     def has_work(self) -> bool:
@@ -151,7 +183,14 @@ class Run:
             return False
         return bool(self.retry_queue) or (not self.exhausted and self.room() > 0)
 
+    def suspect_head(self) -> Item | None:
+        """The next row to run, when it is a suspect (it runs alone on its actor)."""
+        queue = self.retry_queue
+        return queue[0] if queue and queue[0][ROW] in self.suspects else None
+
     def take(self, n: int) -> list[Item]:
+        """Up to ``n`` rows to send: those to run again first, then new ones from the input
+        (within :meth:`room`)."""
         batch: list[Item] = []
         while self.retry_queue and len(batch) < n:
             batch.append(self.retry_queue.popleft())
@@ -168,32 +207,67 @@ class Run:
             self.pulled += len(fresh)
             if len(fresh) < want:
                 self.exhausted = True
-            if self.ordered and fresh:
-                self.line_up(fresh)
+            if self.ordering is not None and fresh:
+                self.ordering.line_up(fresh)
             batch.extend(fresh)
         return batch
 
-    def line_up(self, fresh: list[Item]) -> None:
-        """Rows just read join the line to be handed out in order."""
-        first, last, order = fresh[0][ROW], fresh[-1][ROW], self.order
-        if last - first == len(fresh) - 1:  # consecutive (rows are read in ascending order)
-            spans = [(first, last + 1)]
-        else:
-            spans = [(item[ROW], item[ROW] + 1) for item in fresh]
-        for start, stop in spans:
-            if order and order[-1][1] == start:
-                order[-1][1] = stop
-            else:
-                order.append([start, stop])
+    def take_suspect(self) -> list[Item]:
+        """The suspect row at the head of the retry queue, alone."""
+        return [self.retry_queue.popleft()]
 
     def done(self) -> bool:
         """Nothing left: every row read, run and handed over."""
         return self.exhausted and not self.retry_queue and not self.inflight_calls \
             and not self.ready
 
+    # -- calls -----------------------------------------------------------------------------
+
+    def sending(self, batch: list[Item]) -> None:
+        """A call of ``batch`` is sent."""
+        if self.store is not None:
+            self.store.sending([item[ROW] for item in batch])
+        self.inflight_calls += 1
+        self.inflight_rows += len(batch)
+
+    def returned(self, batch: list[Item]) -> None:
+        """The call of ``batch`` is over (replied, died or dropped)."""
+        self.inflight_calls -= 1
+        self.inflight_rows -= len(batch)
+
+    def again(self, batch: list[Item]) -> None:
+        """The rows of a call that never ran (queued behind one that timed out) go first,
+        uncharged."""
+        self.retry_queue.extendleft(reversed(batch))
+
+    def replied(self, records: list[Outcome], batch: list[Item], ok: bool, size: int,
+                busy: float, label: str) -> None:
+        """A call of ``batch`` replied ``records`` (``ok``: all succeeded; ``size``: the bytes
+        of their pickled results; ``busy``: seconds in the function)."""
+        final = self.apply_retries(records, batch, ok)
+        busy_time = self.stats.busy_time
+        busy_time[label] = busy_time.get(label, 0.0) + busy
+        self.deliver(final, label, size if final is records else None)
+
+    def learned(self, peak: int) -> None:
+        """A call of this run peaked at ``peak`` bytes."""
+        if self.stats.peak_call_memory is None or peak > self.stats.peak_call_memory:
+            self.stats.peak_call_memory = peak
+
+    def timed_out(self, batch: list[Item], timeout: float, wall: float) -> None:
+        """The call of ``batch`` ran longer than ``timeout``: its actor was killed; its rows
+        fail (or run again, with retries left)."""
+        self.stats.worker_deaths += 1
+        records: list[Outcome] = [
+            failed(item[ROW], TimeoutError(
+                f"row {item[ROW]} ran longer than timeout={timeout}s; its actor "
+                "was killed and replaced"), wall - timeout, wall)
+            for item in batch]
+        self.deliver(self.apply_retries(records, batch), "")
+
     # -- outcomes --------------------------------------------------------------------------
 
-    def settle(self, records: list[Outcome], batch: list[Item], ok: bool = False
+    def apply_retries(self, records: list[Outcome], batch: list[Item], ok: bool = False
                ) -> list[Outcome]:
         """The final outcomes; failed rows with retries left go back into the retry queue.
         ``ok``: every row is known to have succeeded."""
@@ -227,53 +301,9 @@ class Run:
             self.store.record(final, actor)
         self.progress.update(len(final))
         self.stats.calls += len(final)
-        self.ready.extend(self.releasable(final, size))
+        self.ready.extend(final if self.ordering is None else
+                          self.ordering.releasable(final, size))
         self.wake.set()
-
-    def releasable(self, final: list[Outcome], size: int | None = None) -> list[Outcome]:
-        """What can be handed out now: everything when unordered; in order, what is next in
-        line (holding back only what arrived early). A batch of consecutive rows, the usual
-        one, is held and released whole: O(1) Python however many rows it has."""
-        if not self.ordered:
-            return final
-        held, order = self.held_back, self.order
-        if consecutive(final):
-            if size is None:
-                size = sum(weight(r[VALUE]) for r in final if r[OK])
-            self.hold(final[0][ROW], final, size)
-        else:
-            for record in final:
-                self.hold(record[ROW], [record], weight(record[VALUE]) if record[OK] else 0)
-        parts: list[list[Outcome]] = []
-        while order:
-            span = order[0]
-            found = held.pop(span[0], None)
-            if found is None:
-                break
-            rows, nbytes = found
-            self.held_bytes -= nbytes
-            parts.append(rows)
-            if len(rows) > 1 and held:  # a row of these reported again on its own: drop it
-                for row in [r for r in held if span[0] < r < span[0] + len(rows)]:
-                    self.held_bytes -= held.pop(row)[1]
-            span[0] += len(rows)
-            if span[0] >= span[1]:
-                order.popleft()
-        return parts[0] if len(parts) == 1 else list(chain.from_iterable(parts))
-
-    def hold(self, first: int, rows: list[Outcome], size: int) -> None:
-        """Hold back consecutive ``rows`` from ``first`` (``size`` bytes of results) until
-        it is their turn. A row reported again replaces its first report (rows held from
-        the same first row beyond the new ones are kept)."""
-        replaced = self.held_back.get(first)
-        if replaced is not None:
-            self.held_bytes -= replaced[1]
-            beyond = replaced[0][len(rows):]
-            if beyond:
-                rows = rows + beyond
-                size += sum(weight(r[VALUE]) for r in beyond if r[OK])
-        self.held_back[first] = (rows, size)
-        self.held_bytes += size
 
     def charge_death(self, held: list[Item], exc: BaseException, alone: bool) -> None:
         """Rows of this run held by an actor that died. ``alone``: they were the only rows

@@ -189,6 +189,12 @@ class Closed:
 
 
 @dataclass(frozen=True, slots=True)
+class Reloaded:
+    """The actors are to hold another function (no run is open): none is ready until probed
+    again, and what was learned of the last function's first calls is void."""
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """The clock reached ``Scheduler.deadline()``."""
 
@@ -202,7 +208,7 @@ class Broken:
 
 
 Event: TypeAlias = (Placed | StartFailed | Replied | CallFailed | Died | Answered | Opened
-                    | Handed | Closed | Tick | Broken)
+                    | Handed | Closed | Reloaded | Tick | Broken)
 
 
 class Peaks(Protocol):
