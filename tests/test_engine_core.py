@@ -17,6 +17,7 @@ from thread_chunks._engine.vocabulary import (
     Opened,
     Placed,
     Probe,
+    Reloaded,
     Replied,
     Send,
     Tick,
@@ -156,3 +157,43 @@ def test_the_default_read_ahead_is_bounded_at_large_pools() -> None:
     large.opened(10_000)
     assert small.bound() == 4 * 8  # unchanged up to 32 actors
     assert large.bound() == 2 * 10_000 + 64
+
+
+def test_calls_beyond_a_nodes_memory_wait_and_start_as_calls_there_end() -> None:
+    node = NodeMemory("node-b", 10 << 30, 0, 1.0, 0, 99)  # a budget of 9.5 GiB for calls
+    core = Scheduler(6, owned=True, clock=FakeClock(), peaks=Peaks(3 << 30),
+                     describe_wait=lambda: "the test cluster")
+    run = a_run(12)
+    object.__setattr__(run.policy, "memory_budget", "auto")
+    core.handle(Opened(run))
+    in_flight: list[Send] = []
+    for slot in range(6):
+        in_flight += sends(core.handle(Placed(slot, 1, node)))
+    assert len(in_flight) == 3  # 3 calls of 3 GiB fit, the other actors wait
+    assert core.admission.node_use["node-b"] == 9 << 30
+    done = 0
+    while in_flight:
+        commands = core.handle(reply(in_flight.pop(0)))
+        in_flight += sends(commands)
+        done += 1
+        # three actors busy at most (a short call may have a second queued behind it)
+        assert core.busy <= 3 and core.admission.node_use.get("node-b", 0) <= 9 << 30
+        out = run.to_hand_out()
+        if out:
+            core.handle(Handed(run, len(out)))
+    assert done == 12 and run.stats.calls == 12
+
+
+def test_another_function_makes_every_actor_be_probed_again() -> None:
+    core = scheduler(2)
+    first = a_run(1)
+    core.handle(Opened(first))
+    [send] = sends(core.handle(Placed(0, 1, NODE)))
+    core.handle(reply(send))
+    core.handle(Closed(first))
+    again = core.handle(Opened(a_run(1)))  # slot 0 is ready, slot 1's probe is out
+    assert [(type(c), c.slot) for c in again] == [(Send, 0)]
+    core.handle(Closed(core.runs[0]))
+    assert core.handle(Reloaded()) == []
+    # slot 0's actor was killed when the second run closed with its call running there
+    assert core.handle(Opened(a_run(1))) == [Probe(0, 2), Probe(1, 1)]

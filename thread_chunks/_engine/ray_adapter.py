@@ -699,11 +699,8 @@ class Adapter:
             except RayActorError as exc:
                 return StartFailed(slot, actor, exc,
                                    bool(getattr(exc, "actor_init_failed", False)))
-            except RayError as exc:
-                error = ThreadChunksError(
-                    f"the actors could not load {self.scheduler.name()!r}: {exc}")
-                error.__cause__ = exc
-                return Broken(error)
+            except RayError as exc:  # the function could not be loaded there
+                return StartFailed(slot, actor, exc, True)
             return Placed(slot, actor, reading if isinstance(reading, NodeMemory) else None)
         try:
             value = ray.get(ref) if future is None else future.result()
