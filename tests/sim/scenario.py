@@ -80,6 +80,8 @@ class Scenario:
     """Chance that a new actor is never placed (it waits for capacity that never comes)."""
     call_fails: float = 0.0
     """Chance that a call raises on the driver's side (fails its run)."""
+    slow_place: float = 0.05
+    """Chance that an actor takes 20 s more to be placed."""
     stale_reports: bool = True
     """Calls of a killed actor are still reported as died (the core must ignore them)."""
     notes: list[str] = field(default_factory=list)

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from time import perf_counter_ns
 from typing import Protocol
 
 from thread_chunks._actor import Item, NodeMemory, Outcome
@@ -46,7 +47,7 @@ from thread_chunks._engine.vocabulary import (
 )
 from thread_chunks._progress import Progress
 
-from .invariants import Invariants, SimViolation
+from .invariants import Invariants, SimViolation, Unchecked
 from .scenario import RunSpec, Scenario, draw
 
 MAX_EVENTS = 20_000
@@ -220,7 +221,8 @@ class World:
     """One simulated cluster and its runs, driving ``core``."""
 
     def __init__(self, scenario: Scenario, make_core: MakeCore = real_core,
-                 binding: Binding | None = None, trace: int = TRACE) -> None:
+                 binding: Binding | None = None, trace: int = TRACE, checks: bool = True
+                 ) -> None:
         self.scenario = scenario
         self.rng = random.Random(scenario.seed * 7919 + 1)
         self.clock = FakeClock()
@@ -244,13 +246,19 @@ class World:
         self.questions: set[int] = set()
         self.pids = 1000
         self.executing = 0
+        self.running_on: dict[int, int] = {}  # slot -> its actors running a call
+        self.timings: dict[str, list[int]] | None = None  # event kind -> ns per event
+        self.measure_from = 0  # replies heard before timing begins
+        self.replies = 0
+        self.stop_after: int | None = None  # timed events, then the world stops
+        self.max_events = MAX_EVENTS
         self.learned: int | None = None  # the largest peak the core was told of (see inv. 4)
         self.memory_suspects: set[tuple[int, int]] = set()
         self.streak = 0  # Ticks in a row at a deadline already past
         self.spins = 0
         self.starving: tuple[int, int] | None = None  # (sends, ticks) when it began
         self.ticks = 0
-        self.inv = Invariants(self)
+        self.inv = Invariants(self) if checks else Unchecked(self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -270,7 +278,16 @@ class World:
         while not all(wr.closed for wr in self.runs):
             self.inv.quiet_check()
             due = self.queue[0][0] if self.queue else None
-            deadline = self.core.deadline()
+            timings = self.timings
+            if timings is not None and self.replies >= self.measure_from:
+                began = perf_counter_ns()
+                deadline = self.core.deadline()
+                timings.setdefault("deadline()", []).append(perf_counter_ns() - began)
+                if self.stop_after is not None and len(timings["deadline()"]) >= \
+                        self.stop_after:
+                    break
+            else:
+                deadline = self.core.deadline()
             if deadline is not None and (due is None or deadline <= due):
                 self.tick(deadline)
             elif due is not None:
@@ -282,7 +299,7 @@ class World:
                 self.inv.stalled()
                 break
             self.drive()
-            if self.events > MAX_EVENTS or self.clock.now > MAX_TIME:
+            if self.events > self.max_events or self.clock.now > MAX_TIME:
                 self.inv.fail(5, f"no end after {self.events} events, "
                                  f"{self.clock.now:.0f} s simulated")
         return self
@@ -314,7 +331,13 @@ class World:
         """Hand ``event`` to the core, carry out its commands, check the invariants."""
         self.events += 1
         self.note(f"#{self.events} t={self.clock.now:.4f} {self.describe(event)}")
-        commands = self.core.handle(event)
+        timings = self.timings
+        if timings is not None and self.replies >= self.measure_from:
+            began = perf_counter_ns()
+            commands = self.core.handle(event)
+            timings.setdefault(type(event).__name__, []).append(perf_counter_ns() - began)
+        else:
+            commands = self.core.handle(event)
         for command in commands:
             self.note(f"    -> {self.describe(command)}")
             self.carry(command)
@@ -430,7 +453,8 @@ class World:
         actor = self.actors[(slot, inc)] = Actor(slot, inc, self.pids)
         self.current[slot] = actor
         roll = self.rng.random()
-        delay = self.rng.expovariate(2.0) + (20.0 if self.rng.random() < 0.05 else 0.0)
+        delay = self.rng.expovariate(2.0) + (
+            20.0 if self.rng.random() < self.scenario.slow_place else 0.0)
         if roll < self.scenario.start_fail:
             self.at(self.clock.now + delay, lambda: self.start_failed(actor))
         elif roll < self.scenario.start_fail + self.scenario.never_place:
@@ -453,7 +477,8 @@ class World:
             node = self.rng.choice(room)
             actor.node = node
             node.actors.append(actor)
-            delay = self.rng.expovariate(2.0) + (20.0 if self.rng.random() < 0.05 else 0.0)
+            delay = self.rng.expovariate(2.0) + (
+                20.0 if self.rng.random() < self.scenario.slow_place else 0.0)
             self.at(self.clock.now + delay, partial(self.report_placed, actor))
 
     def report_placed(self, actor: Actor) -> None:
@@ -522,6 +547,7 @@ class World:
         if actor.running is not None:
             calls.append(actor.running)
             self.executing -= 1
+            self.running_on[actor.slot] -= 1
             if actor.node is not None:
                 actor.node.running -= actor.running.memory
         calls.extend(actor.queue)
@@ -628,6 +654,7 @@ class World:
         call = actor.queue.popleft()
         actor.running = call
         self.executing += 1
+        self.running_on[actor.slot] = self.running_on.get(actor.slot, 0) + 1
         call.started_at = self.clock.now
         rows = [call.wr.spec.rows[row] for row in call.rows]
         call.memory = max(row.memory for row in rows)
@@ -707,6 +734,7 @@ class World:
             start += spec.duration
         actor.running = None
         self.executing -= 1
+        self.running_on[actor.slot] -= 1
         actor.node.running -= call.memory
         self.calls.pop(call.cid, None)
         if actor.queue:
@@ -720,6 +748,7 @@ class World:
         # a row killed for memory runs alone until a call of it replies
         self.memory_suspects.difference_update((wr.spec.rid, row) for row in call.rows)
         reply = Reply(outcomes, ok, size, peak, took, took)
+        self.replies += 1
         self.feed(Replied(call.cid, reply))
 
 
