@@ -54,11 +54,19 @@ def test_replay() -> None:
         raise AssertionError(first)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN["input end"])
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["input end"])
 def test_known_input_end() -> None:
     """Seed 11123: run 0 hands out its 18 rows; its actor dies and no new one is placed
     (placement_timeout=None): the run waits forever instead of ending."""
     simulate(11123)
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["timeout on user actors"])
+def test_known_timeout_on_user_actors() -> None:
+    """Seed 2703: actors handed in by the user, timeout=0.12 s; row 0 runs past it on actor 0,
+    which cannot be killed; row 0 is sent again to that actor, waits behind the first call,
+    and is timed out 0.12 s after its send without having started."""
+    simulate(2703)
 
 
 @pytest.mark.parametrize("broken", list(breaks.BROKEN))

@@ -37,7 +37,12 @@ NAMES = {
 EPSILON = 1e-9
 
 INPUT_END = "input end"
+USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
+    USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
+                  "is not stopped: the next call is sent to the same actor, waits behind it "
+                  "and is timed out counting from its send (rows fail with TimeoutError "
+                  "without having started); worker_deaths counts a kill that did not happen",
     INPUT_END: "a run learns that its input is over only when it reads past its last row, "
                "which it does only when an actor is free: with every row handed out and no "
                "actor placed it never ends (placement_timeout=None) or fails with "
@@ -73,6 +78,9 @@ class Invariants:
         """Raise the violation; ``known``: the name of a known core bug it shows (see
         KNOWN), which the sweep tolerates while that bug is open."""
         world = self.world
+        if not known and invariant in (3, 4, 6) and not world.scenario.owned and any(
+                run.timeout is not None for run in world.scenario.runs):
+            known = USER_TIMEOUT
         raise SimViolation(invariant, world.scenario.seed, world.events, message,
                            list(world.trace), known)
 
@@ -86,6 +94,10 @@ class Invariants:
         for wr in world.runs:
             if wr.run is not None:
                 self.charged(wr)
+                peak = world.binding.stats(wr.run).peak_concurrency
+                if peak > size:
+                    self.fail(1, f"run {wr.spec.rid} reports {peak} calls at once on a pool "
+                                 f"of {size}")
 
     def charged(self, wr: WorldRun) -> None:
         assert wr.run is not None
@@ -148,6 +160,13 @@ class Invariants:
                          f"{ran:.4f} s of its timeout={timeout:.4f} s (sent "
                          f"{self.world.clock.now - call.sent_at:.4f} s ago)")
 
+    def on_send(self, wr: WorldRun) -> None:
+        """Invariant 2: rows read ahead of those handed out stay within max_buffered."""
+        bound = wr.spec.max_buffered
+        if bound is not None and wr.read - len(wr.handed) > bound:
+            self.fail(2, f"run {wr.spec.rid} has {wr.read - len(wr.handed)} rows read and not "
+                         f"handed out; max_buffered={bound}")
+
     def on_outcome(self, wr: WorldRun, outcome: Outcome) -> None:
         """Invariant 2 (and 3 for a WorkerDiedError): one outcome handed out."""
         rid, row, ok, value = wr.spec.rid, outcome[0], outcome[1], outcome[2]
@@ -173,8 +192,27 @@ class Invariants:
             if not wr.alone.get(row, False):
                 self.fail(3, f"run {rid} failed row {row} with WorkerDiedError, but its last "
                              f"death was not of its call alone ({value})")
+        elif isinstance(value, TimeoutError):
+            self.timed_out(wr, row)
         elif isinstance(value, ValueError) and row not in wr.raised:
             self.fail(2, f"run {rid} handed out row {row} as raising; it never raised")
+
+    def timed_out(self, wr: WorldRun, row: int) -> None:
+        """Invariant 6: a row handed out as timed out ran its timeout on its actor."""
+        call, timeout = wr.last_call.get(row), wr.spec.timeout
+        rid = wr.spec.rid
+        if call is None or timeout is None:
+            self.fail(6, f"run {rid} handed out row {row} as timed out, but "
+                         f"{'it was never sent' if call is None else 'it has no timeout'}")
+            return
+        if call.started_at is None:
+            self.fail(6, f"run {rid} handed out row {row} as timed out; its call {call.cid} "
+                         f"never started on its actor (sent at {call.sent_at:.4f})")
+            return
+        ended = self.world.clock.now if call.killed_at is None else call.killed_at
+        if ended - call.started_at + EPSILON < timeout:
+            self.fail(6, f"run {rid} handed out row {row} as timed out; its call {call.cid} "
+                         f"ran {ended - call.started_at:.4f} s of timeout={timeout:.4f} s")
 
     def on_closed(self, wr: WorldRun) -> None:
         """Invariant 2: a run that ended normally handed out every row (and invariant 5:
@@ -250,6 +288,9 @@ class Unchecked(Invariants):
         pass
 
     def on_outcome(self, wr: WorldRun, outcome: Outcome) -> None:
+        pass
+
+    def on_send(self, wr: WorldRun) -> None:
         pass
 
     def quiet_check(self) -> None:

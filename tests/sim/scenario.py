@@ -80,6 +80,11 @@ class Scenario:
     """Chance that a new actor is never placed (it waits for capacity that never comes)."""
     call_fails: float = 0.0
     """Chance that a call raises on the driver's side (fails its run)."""
+    owned: bool = True
+    """The pool's actors are ours (False: handed in by the user, never killed nor replaced)."""
+    reload: bool = False
+    """A run that opens while none is open gets actors holding another function (the core
+    hears Reloaded first; what was learned of memory is void)."""
     slow_place: float = 0.05
     """Chance that an actor takes 20 s more to be placed."""
     stale_reports: bool = True
@@ -132,4 +137,5 @@ def draw(seed: int) -> Scenario:
         seed=seed, size=size, nodes=nodes, runs=runs,
         memory_per_call=rng.choice((None, None, None, GIB)),
         start_fail=rng.choice((0.0, 0.0, 0.05)), never_place=rng.choice((0.0, 0.0, 0.1)),
-        call_fails=rng.choice((0.0, 0.0, 0.0, 0.01)))
+        call_fails=rng.choice((0.0, 0.0, 0.0, 0.01)), owned=rng.random() < 0.9,
+        reload=rng.random() < 0.2)

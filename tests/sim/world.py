@@ -40,6 +40,7 @@ from thread_chunks._engine.vocabulary import (
     Placed,
     Probe,
     ReadUsage,
+    Reloaded,
     Replied,
     Send,
     StartFailed,
@@ -97,7 +98,7 @@ MakeCore = Callable[[Scenario, Clock, SimPeaks], Core]
 def real_core(scenario: Scenario, clock: Clock, peaks: SimPeaks) -> Core:
     """The scheduling core under test."""
     from thread_chunks._engine.core import Scheduler
-    return Scheduler(scenario.size, owned=True, clock=clock, peaks=peaks,
+    return Scheduler(scenario.size, owned=scenario.owned, clock=clock, peaks=peaks,
                      describe_wait=lambda: "a simulated cluster")
 
 
@@ -147,6 +148,10 @@ class WorldRun:
     """Rows of this run held by those actors."""
     alone: dict[int, bool] = field(default_factory=dict)
     """Per row: whether its last death was of a call of it alone, alone on its actor."""
+    last_call: dict[int, Call] = field(default_factory=dict)
+    """Per row: the last call that held it."""
+    read: int = 0
+    """Rows sent at least once (read from the input)."""
 
     @property
     def open(self) -> bool:
@@ -373,6 +378,12 @@ class World:
     # -- the driver ---------------------------------------------------------------------------
 
     def open(self, wr: WorldRun) -> None:
+        if self.scenario.reload and not any(each.open for each in self.runs) and any(
+                each.closed for each in self.runs):
+            self.learned = None  # another function: nothing known of its memory
+            self.peaks.peak = None
+            self.memory_suspects.clear()
+            self.feed(Reloaded())
         wr.run = self.binding.make_run(wr.spec, self.source(wr.spec))
         self.by_run[id(wr.run)] = wr
         self.feed(Opened(wr.run))
@@ -627,6 +638,11 @@ class World:
             self.scenario.memory_per_call or 0)
         call = Call(command.call, wr, actor, rows, self.clock.now, command.mark, need,
                     exclusive)
+        for row in rows:
+            if row not in wr.last_call:
+                wr.read += 1
+            wr.last_call[row] = call
+        self.inv.on_send(wr)
         self.calls[call.cid] = call
         if not actor.alive:  # it died idle: the call fails at once
             actor.dead_calls.append(call)
