@@ -83,6 +83,11 @@ class Admission:
         self.learning: dict[str, FirstCall] = {}  # node -> its first call, run to learn
         self.provisional: dict[str, int] = {}  # node -> what that call settled at using
         self.questions: dict[int, Question] = {}
+        self.freed: set[str] = set()
+        """Nodes where a call held back may fit now (use fell, budget rose, a killed worker
+        is gone): the scheduler looks at their waiting actors again."""
+        self.freed_all = False
+        """... every node (the runs' budgets changed, or a reading is due)."""
 
     def forget(self) -> None:
         """The actors get another function: what was being learned of the last is void."""
@@ -100,6 +105,7 @@ class Admission:
         if node.node not in self.readings or not self.node_use.get(node.node):
             self.readings[node.node] = node
             self.started_since[node.node] = 0
+            self.freed.add(node.node)
         else:
             self.started_since[node.node] += 1
 
@@ -144,6 +150,7 @@ class Admission:
         when the node's next call looks)."""
         key = asked.node
         self.awaiting.discard(key)
+        self.freed.add(key)
         if value is ACTOR_DIED:
             return
         left = self.settling.get(key, set()) - asked.pids
@@ -224,6 +231,7 @@ class Admission:
             return
         key = asked.node
         self.provisional[key] = used = max(used, first.seen)
+        self.freed.add(key)
         for call in list(self.calls.values()):  # the first call: what it uses so far
             if not call.exclusive and call.need > used and \
                     self.slots[call.slot].need_node == key:
@@ -256,4 +264,6 @@ class Admission:
                 slot.need_node = slot.node_key()
             key = slot.need_node
             self.node_use[key] = self.node_use.get(key, 0) + need - slot.need
+            if need < slot.need:
+                self.freed.add(key)
             slot.need = need

@@ -47,6 +47,8 @@ from .vocabulary import (
     Tick,
 )
 
+_SENT, _DROPPED, _PARKED, _AGAIN, _STOP = (object() for _ in range(5))
+"""What became of a token offered to the runs (see :meth:`Scheduler.offer`)."""
 START_FAILURES = 3
 """A slot whose new actors die this many times in a row before starting fails the runs."""
 
@@ -69,6 +71,10 @@ class Scheduler:
         self.calls: dict[int, Call] = {}
         self.runs: deque[Run] = deque()  # open runs; the head has the next turn
         self.tokens: deque[int] = deque()  # one per call an actor may take (checked lazily)
+        self.parked: dict[str, deque[int]] = {}  # node -> tokens held back there (memory)
+        self.draining: dict[int, str] = {}  # tokens taken off a node's parked ones, in line
+        self.unqueued: list[int] = []  # tokens of a queue place no run could use
+        self.peak_seen: int | None = None  # the expected peak when tokens were parked
         self.ids = itertools.count(1)  # of calls and questions
         self.ready = 0  # slots whose actor is ready
         self.active = 0  # ... and not retired
@@ -78,7 +84,7 @@ class Scheduler:
         self.timed = False  # an open run has a timeout
         self.placement = Placement(clock.monotonic(), describe_wait)
         self.admission = Admission(self.slots, self.calls, clock, peaks)
-        self.timeouts = Timeouts()
+        self.timeouts = Timeouts(self.slots)
         self.out: list[Command] = []
 
     # -- events ----------------------------------------------------------------------------
@@ -103,6 +109,7 @@ class Scheduler:
         elif isinstance(event, Answered):
             self.answered(event)
         elif isinstance(event, Tick):
+            self.admission.freed_all = True  # (a first call's reading may be due)
             self.on_time()
         elif isinstance(event, StartFailed):
             self.start_failed(event)
@@ -176,6 +183,7 @@ class Scheduler:
         budgets = [run.policy.memory_budget for run in runs]
         given = [b for b in budgets if isinstance(b, int)]
         self.admission.mode = min(given) if given else ("auto" if "auto" in budgets else None)
+        self.admission.freed_all = True
         self.placement.runs_changed(runs)
 
     def stop_orphans(self, slot: Slot) -> None:
@@ -200,6 +208,9 @@ class Scheduler:
         self.placement.waiting.clear()
         self.admission.forget()
         self.tokens.clear()
+        self.parked.clear()
+        self.draining.clear()
+        self.unqueued.clear()
 
     # -- actors ----------------------------------------------------------------------------
 
@@ -329,62 +340,112 @@ class Scheduler:
                                if s.ready and not s.retired)
         self.pipelining = pipelined
         capacity = 2 if pipelined else 1
-        tokens, slots, calls, admission = self.tokens, self.slots, self.calls, self.admission
-        deferred: list[int] = []  # tokens no run can use now
+        tokens, draining = self.tokens, self.draining
+        self.unpark()
         while tokens:
             index = tokens.popleft()
-            slot = slots[index]
-            lane = slot.lane
-            if not slot.ready or slot.retired or len(lane) >= capacity or (
-                    lane and slot.isolated):
-                continue  # a token of an actor gone, not ready or busy (release gives it back)
-            queued = bool(lane)
-            if queued and not all(calls[c].run.batcher.pipelined for c in lane):
-                continue  # a long call runs there: nothing waits behind it (release gives
-            run = self.next_run(queued)  # the token back)
-            if run is None:
-                if queued:
-                    deferred.append(index)
-                    continue
+            node = draining.pop(index, None) if draining else None
+            taken = self.offer(index, capacity)
+            if taken is _STOP or taken is _AGAIN:
                 tokens.appendleft(index)
-                break
-            head = run.suspect_head()
-            if head is not None and lane:
-                continue  # a suspect runs alone on its actor (release gives it back)
-            if admission.settling and slot.node_key() in admission.settling:
-                if not queued:
-                    ask = admission.await_killed(next(self.ids), slot)
-                    if ask is not None:
-                        self.out.append(ask)
-                        continue  # its token comes back with the answer
-                deferred.append(index)  # memory of a killed worker: nothing starts there
-                continue
-            budget = admission.budget(slot)
-            need, exclusive, mark = 0, False, ""
-            if budget is not None:
-                wanted, exclusive, read = admission.need(run, head, budget, slot,
-                                                         next(self.ids))
-                if read is not None:
-                    self.out.append(read)
-                    continue  # its actor reads the node's memory (its token comes back)
-                need = wanted or 0
-                if not admission.admits(slot, need, budget):
-                    deferred.append(index)  # memory: it waits for calls on its node to end
-                    continue
-                if self.peaks.expected_peak() is None:
-                    mark = admission.first_call(slot)
-            if head is not None:
-                batch = run.take_suspect()
-                slot.isolated = True
-            else:
-                batch = run.take(run.batcher.size)
-            if not batch:
-                tokens.appendleft(index)  # that run had no work after all: next run
-                continue
-            self.send(run, slot, batch, need, exclusive, mark)
-        tokens.extend(deferred)
+                if node is not None:
+                    draining[index] = node
+                if taken is _STOP:
+                    break
+            elif node is not None and taken is not _PARKED:
+                self.drain(node)  # it did not find the node full: the next may fit too
         for run in self.runs:
             run.note_concurrency(self.busy)
+
+    def offer(self, index: int, capacity: int) -> object:
+        """Offer the free actor of token ``index`` to the run whose turn it is: a call sent
+        (_SENT), the token dropped (_DROPPED: it comes back when the actor is free) or held
+        back on its node (_PARKED), tried again with the next run (_AGAIN) or kept for later
+        (_STOP: no run has work)."""
+        slot = self.slots[index]
+        lane = slot.lane
+        if not slot.ready or slot.retired or len(lane) >= capacity or (lane and slot.isolated):
+            return _DROPPED  # a token of an actor gone, not ready or busy (release gives it
+        queued = bool(lane)  # back)
+        if queued and not all(self.calls[c].run.batcher.pipelined for c in lane):
+            return _DROPPED  # a long call runs there: nothing waits behind it
+        run = self.next_run(queued)
+        if run is None:
+            if queued:
+                self.unqueued.append(index)  # until a run of short calls has work
+                return _DROPPED
+            return _STOP
+        head = run.suspect_head()
+        if head is not None and lane:
+            return _DROPPED  # a suspect runs alone on its actor (release gives it back)
+        admission = self.admission
+        if admission.settling and slot.node_key() in admission.settling:
+            if not queued:
+                ask = admission.await_killed(next(self.ids), slot)
+                if ask is not None:
+                    self.out.append(ask)
+                    return _DROPPED  # its token comes back with the answer
+            return self.park(index, slot)  # memory of a killed worker: nothing starts there
+        budget = admission.budget(slot)
+        need, exclusive, mark = 0, False, ""
+        if budget is not None:
+            wanted, exclusive, read = admission.need(run, head, budget, slot, next(self.ids))
+            if read is not None:
+                self.out.append(read)
+                return _DROPPED  # its actor reads the node's memory (its token comes back)
+            need = wanted or 0
+            if not admission.admits(slot, need, budget):
+                return self.park(index, slot)  # memory: it waits for calls there to end
+            if self.peaks.expected_peak() is None:
+                mark = admission.first_call(slot)
+        if head is not None:
+            batch = run.take_suspect()
+            slot.isolated = True
+        else:
+            batch = run.take(run.batcher.size)
+        if not batch:
+            return _AGAIN  # that run had no work after all: next run
+        self.send(run, slot, batch, need, exclusive, mark)
+        return _SENT
+
+    def park(self, index: int, slot: Slot) -> object:
+        """Hold token ``index`` back on its node until a call may fit there."""
+        node = slot.node_key()
+        held = self.parked.get(node)
+        if held is None:
+            held = self.parked[node] = deque()
+        held.append(index)
+        return _PARKED
+
+    def drain(self, node: str) -> None:
+        """Put the first token held back on ``node`` in line; while the tokens so put in line
+        find room, the next follows (no token is looked at twice for one full node)."""
+        held = self.parked.get(node)
+        if held is None:
+            return
+        index = held.popleft()
+        if not held:
+            del self.parked[node]
+        self.draining[index] = node
+        self.tokens.append(index)
+
+    def unpark(self) -> None:
+        """Tokens held back that may be used now go back in line: on each node where a call
+        may fit now, the first (the rest follow while they find room); and the queue places
+        once a run of short calls has work."""
+        admission = self.admission
+        peak = self.peaks.expected_peak()
+        if peak != self.peak_seen:  # what a call is counted for changed
+            self.peak_seen = peak
+            admission.freed_all = True
+        if self.parked:
+            for node in list(self.parked) if admission.freed_all else admission.freed:
+                self.drain(node)
+        admission.freed.clear()
+        admission.freed_all = False
+        if self.unqueued and any(run.batcher.pipelined and run.has_work() for run in self.runs):
+            self.tokens.extend(self.unqueued)
+            self.unqueued.clear()
 
     def send(self, run: Run, slot: Slot, batch: list[Item], need: int, exclusive: bool,
              mark: str) -> None:

@@ -67,15 +67,20 @@ class Timeouts:
     ``(deadline, slot, call)``; it is stale once that call no longer runs first on its slot
     (finished, or its actor gone), and stale entries are dropped as they come up."""
 
-    def __init__(self) -> None:
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
         self.heap: list[tuple[float, int, int]] = []
-
-    def clear(self) -> None:
-        self.heap.clear()
+        self.live = 0
+        """Entries live at the last compaction (the heap is compacted at twice as many)."""
 
     def started(self, deadline: float, slot: int, call: int) -> None:
         """``call`` started running first on ``slot``: it must end by ``deadline``."""
-        heapq.heappush(self.heap, (deadline, slot, call))
+        heap = self.heap
+        if len(heap) > 2 * self.live + 64:  # mostly calls that ended: keep the live ones
+            heap[:] = [entry for entry in heap if _runs(self.slots[entry[1]], entry[2])]
+            heapq.heapify(heap)
+            self.live = len(heap)
+        heapq.heappush(heap, (deadline, slot, call))
 
     def next(self, slots: list[Slot]) -> float | None:
         """The earliest live deadline."""

@@ -561,6 +561,10 @@ class Adapter:
         self.watched: dict[ray.ObjectRef[Any], _Watched] = {}
         self.futures: dict[ray.ObjectRef[Any], concurrent.futures.Future[Any]] = {}
         self.wires: dict[Run, Wire] = {}  # each open run's large arguments in the store
+        self.due: float | None = None
+        """The deadline a driver last waited for: reached, it is a Tick even if the
+        scheduler's deadline moved on meanwhile (a first call's reading is due only until
+        its time)."""
 
     # -- runs (called by the driver) --------------------------------------------------------
 
@@ -613,7 +617,7 @@ class Adapter:
     def time_left(self) -> float | None:
         """Seconds until the next deadline (None: none, wait for a call or probe)."""
         with self.lock:
-            deadline = self.scheduler.deadline()
+            deadline = self.due = self.scheduler.deadline()
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if self.inbox.watched:
             return left
@@ -662,8 +666,9 @@ class Adapter:
                 event = self.event(ref, future, watched)
                 if event is not None:
                     self.carry_out(scheduler.handle(event))
-        deadline = scheduler.deadline()
-        if deadline is not None and time.monotonic() >= deadline:
+        deadline, due, now = scheduler.deadline(), self.due, time.monotonic()
+        if (deadline is not None and now >= deadline) or (due is not None and now >= due):
+            self.due = None
             self.carry_out(scheduler.handle(Tick()))
 
     def event(self, ref: ray.ObjectRef[Any], future: concurrent.futures.Future[Any] | None,
@@ -694,11 +699,8 @@ class Adapter:
             except RayActorError as exc:
                 return StartFailed(slot, actor, exc,
                                    bool(getattr(exc, "actor_init_failed", False)))
-            except RayError as exc:
-                error = ThreadChunksError(
-                    f"the actors could not load {self.scheduler.name()!r}: {exc}")
-                error.__cause__ = exc
-                return Broken(error)
+            except RayError as exc:  # the function could not be loaded there
+                return StartFailed(slot, actor, exc, True)
             return Placed(slot, actor, reading if isinstance(reading, NodeMemory) else None)
         try:
             value = ray.get(ref) if future is None else future.result()
