@@ -8,7 +8,9 @@ ran and when, what died) rather than from the core's internals.
 3. A death or kill is charged only to the runs whose calls the actor held: a run's
    worker_deaths, retries and failures stay within what happened to its own calls, and a
    WorkerDiedError names a row whose own call died alone on its actor.
-4. Once calls' memory is known, the calls running together on a node fit its budget.
+4. Once calls' memory is known, the calls running together on a node fit its budget; and no
+   call sent after the core heard of a memory kill on a node starts there while the killed
+   worker still holds its memory.
 5. No run waits forever while capacity exists: when nothing is pending but the core's
    deadlines, an actor is placed and idle and a run has rows left, something is sent by the
    next deadline.
@@ -123,8 +125,15 @@ class Invariants:
             others = [f"{slot}/{a.inc} (call {a.running.cid})" for a in world.actors.values()
                       if a.slot == slot and a.running is not None]
             self.fail(1, f"slot {slot} runs calls on two actors at once: {', '.join(others)}")
-        if call.actor.node is not None:
-            self.admitted(call.actor.node)
+        node = call.actor.node
+        if node is not None:
+            self.admitted(node)
+            for pid, heard in node.heard.items():
+                if call.sent_at >= heard:
+                    self.fail(4, f"call {call.cid} sent at {call.sent_at:.4f} starts on "
+                                 f"{node.name}, where worker {pid} killed for memory (heard "
+                                 f"at {heard:.4f}) still holds {node.lingering[pid][0] >> 20} "
+                                 "MiB")
 
     def admitted(self, node: NodeState) -> None:
         """Invariant 4, as a call starts on ``node``: the calls running together there, each

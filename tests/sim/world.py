@@ -190,9 +190,14 @@ class NodeState:
     running: int = 0
     """Bytes the running calls use."""
     monitor: bool = False
+    lingering: dict[int, tuple[int, float]] = field(default_factory=dict)
+    """Workers killed for memory whose process is not gone yet: pid -> (bytes, until)."""
+    heard: dict[int, float] = field(default_factory=dict)
+    """Of those, the ones the core heard of (a Died for memory): pid -> when."""
 
     def used(self) -> int:
-        return self.outside + self.worker * len(self.actors) + self.running
+        return self.outside + self.worker * len(self.actors) + self.running + sum(
+            held for held, _ in self.lingering.values())
 
     def budget(self) -> int:
         """What calls may use together before Ray's monitor kills (as NodeMemory.budget),
@@ -443,8 +448,7 @@ class World:
         elif isinstance(command, Kill):
             self.kill(command)
         elif isinstance(command, AwaitKilled):
-            self.ask(command.question, command.slot, command.actor, lambda actor: self.reading(
-                actor.node, actor) if actor.node else ACTOR_DIED)
+            self.await_killed(command)
         elif isinstance(command, ReadUsage):
             self.ask(command.question, command.slot, command.actor,
                      lambda _: self.usage(command.pid, command.mark))
@@ -523,7 +527,7 @@ class World:
         return (0, 0.0, True, False)
 
     def ask(self, question: int, slot: int, inc: int,
-            answer: Callable[[Actor], object]) -> None:
+            answer: Callable[[Actor], object], wait: float = 0.0) -> None:
         actor = self.actors.get((slot, inc))
         if actor is None or not actor.placed:
             self.inv.fail(1, f"question {question} to actor {slot}/{inc}, never placed")
@@ -536,7 +540,7 @@ class World:
             self.questions.discard(question)
             value = answer(actor) if actor.alive else ACTOR_DIED
             self.feed(Answered(question, value))
-        self.at(self.clock.now + 0.01 + self.rng.random() * 0.05, reply)
+        self.at(self.clock.now + wait + 0.01 + self.rng.random() * 0.05, reply)
 
     def kill(self, command: Kill) -> None:
         actor = self.actors.get((command.slot, command.actor))
@@ -591,18 +595,48 @@ class World:
                 wr.alone[row] = alone
 
     def die(self, actor: Actor, memory: bool, used: int, why: str) -> None:
-        """``actor``'s worker dies now: every call it held is reported died."""
+        """``actor``'s worker dies now: every call it held is reported died. Killed for
+        memory, its process holds what it used a moment longer."""
         if not actor.alive:
             return
         actor.death = (memory, used)
+        node = actor.node
         calls = self.end_actor(actor)
+        if memory and node is not None and node.alive:
+            until = self.clock.now + self.rng.uniform(0.05, 2.0)
+            node.lingering[actor.pid] = (used, until)
+            self.at(until, partial(self.gone, node, actor.pid))
         if not calls:
             return
         self.charge(calls)
-        if memory and used > (actor.node.worker if actor.node else 0) + (128 << 20):
+        if memory and used > (node.worker if node else 0) + (128 << 20):
             self.memory_suspects.update((c.wr.spec.rid, row) for c in calls for row in c.rows)
+        self.heard(actor, memory)
         for call in calls:
             self.feed(Died(call.cid, RuntimeError(why), memory, used))
+
+    def heard(self, actor: Actor, memory: bool) -> None:
+        """The core hears now that ``actor`` was killed (for memory or not)."""
+        node = actor.node
+        if memory and node is not None and actor.pid in node.lingering:
+            node.heard.setdefault(actor.pid, self.clock.now)
+
+    def gone(self, node: NodeState, pid: int) -> None:
+        """A worker killed for memory is gone from ``node``."""
+        node.lingering.pop(pid, None)
+        node.heard.pop(pid, None)
+
+    def await_killed(self, command: AwaitKilled) -> None:
+        """An idle actor waits until the killed workers ``pids`` are gone from its node,
+        then answers its node's reading."""
+        actor = self.actors.get((command.slot, command.actor))
+        node = actor.node if actor is not None else None
+        wait = 0.0
+        if node is not None:
+            wait = max((until - self.clock.now for pid, (_, until) in node.lingering.items()
+                        if pid in command.pids), default=0.0)
+        self.ask(command.question, command.slot, command.actor, lambda actor: self.reading(
+            actor.node, actor) if actor.node else ACTOR_DIED, wait)
 
     def lose(self, node: NodeState) -> None:
         node.alive = False
@@ -663,6 +697,7 @@ class World:
             call.killed_at = self.clock.now
         self.charge(calls)
         memory, used = actor.death
+        self.heard(actor, memory)
         for call in calls:
             self.feed(Died(call.cid, RuntimeError("the actor had died"), memory, used))
 
