@@ -84,3 +84,12 @@ def test_broken_core_is_caught(broken: str) -> None:
         caught.append(violation.invariant)
     raise AssertionError(f"a core that {broken} ran {seeds} worlds without breaking invariant "
                          f"{invariant} (it broke invariants {sorted(set(caught))})")
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["idle while a call fits"])
+def test_known_idle_while_a_call_fits() -> None:
+    """Seed 770: node0's budget is 11,353 MiB, calls are known to need 2,478 MiB and one runs
+    there; slots 2 and 3 are ready on node0 and idle for 100 s while runs 0 and 1 have rows
+    left: their tokens were parked when run 0's row killed for memory (to run alone) had the
+    turn, and are drained only when the node frees memory, then parked again."""
+    simulate(770)

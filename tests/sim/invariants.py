@@ -39,8 +39,14 @@ NAMES = {
 EPSILON = 1e-9
 
 INPUT_END = "input end"
+IDLE = "idle while a call fits"
+IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
+    IDLE: "a free actor's token is parked on its node when the run whose turn it is cannot "
+          "fit there (a row killed for memory, to run alone); it comes back only when the "
+          "node frees memory, and meets that run again: another run's calls that fit are "
+          "not sent (slots idle for minutes)",
     USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
                   "is not stopped: the next call is sent to the same actor, waits behind it "
                   "and is timed out counting from its send (rows fail with TimeoutError "
@@ -93,6 +99,7 @@ class Invariants:
         size = world.scenario.size
         if world.executing > size:
             self.fail(1, f"{world.executing} calls running at once on a pool of {size}")
+        self.idling()
         for wr in world.runs:
             if wr.run is not None:
                 self.charged(wr)
@@ -100,6 +107,45 @@ class Invariants:
                 if peak > size:
                     self.fail(1, f"run {wr.spec.rid} reports {peak} calls at once on a pool "
                                  f"of {size}")
+
+    def idling(self) -> None:
+        """Invariant 5, while calls run: no placed actor stays idle for IDLE_LIMIT seconds
+        while a run has rows left to read and its node has room for a call (only where the
+        world sees all the core needs: actors of ours, an unordered run without max_buffered
+        whose input does not fail, no call alone on the node, no killed worker's memory)."""
+        world = self.world
+        now, idle = world.clock.now, world.idle_since
+        if not world.scenario.owned:
+            return
+        hungry = next((wr for wr in world.runs if wr.open and wr.read < len(wr.spec.rows)
+                       and not wr.spec.ordered and wr.spec.max_buffered is None
+                       and wr.spec.source_fails_at is None), None)
+        if hungry is None:
+            idle.clear()
+            return
+        need = world.learned or world.scenario.memory_per_call or 0
+        for actor in world.current.values():
+            node = actor.node
+            if not (actor.placed and actor.alive and not actor.killed and actor.running is None
+                    and not actor.queue and node is not None and not node.lingering):
+                idle.pop(actor.slot, None)
+                continue
+            running = [a.running for a in node.actors if a.running is not None]
+            room = not running or (need > 0 and not any(c.exclusive for c in running) and
+                                   sum(c.need or need for c in running) + need
+                                   <= node.cautious_budget())
+            if not room:
+                idle.pop(actor.slot, None)
+                continue
+            since = idle.setdefault(actor.slot, now)
+            if now - since > IDLE_LIMIT:
+                self.fail(5, f"actor {actor.slot}/{actor.inc} idle for {now - since:.1f} s "
+                             f"while run {hungry.spec.rid} has "
+                             f"{len(hungry.spec.rows) - hungry.read} rows left to read and "
+                             f"{node.name} has room ({len(running)} calls of "
+                             f"{need >> 20} MiB run, budget {node.cautious_budget() >> 20} "
+                             "MiB)",
+                          known=IDLE)
 
     def charged(self, wr: WorldRun) -> None:
         assert wr.run is not None

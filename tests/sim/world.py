@@ -194,6 +194,28 @@ class NodeState:
     """Workers killed for memory whose process is not gone yet: pid -> (bytes, until)."""
     heard: dict[int, float] = field(default_factory=dict)
     """Of those, the ones the core heard of (a Died for memory): pid -> when."""
+    reading: int | None = None
+    """What the node used when the core last read it with no call running there."""
+    since_reading: int = 0
+    """Actors placed there since (the core counts each off the budget)."""
+
+    def read(self) -> None:
+        """The core is handed a reading of this node now."""
+        if any(actor.running is not None for actor in self.actors):
+            self.since_reading += 1
+        else:
+            self.reading, self.since_reading = self.used(), 0
+
+    def cautious_budget(self) -> int:
+        """The budget as the core can know it: from its last reading with no call running,
+        less a worker's footprint for each actor placed since (dead or not), and never
+        above :meth:`budget`."""
+        if self.reading is None:
+            return self.budget()
+        margin = max(self.total // 20, 256 << 20)
+        known = int(self.threshold * self.total) - self.reading - margin - \
+            self.since_reading * self.worker
+        return min(known, self.budget())
 
     def used(self) -> int:
         return self.outside + self.worker * len(self.actors) + self.running + sum(
@@ -262,6 +284,7 @@ class World:
         self.replies = 0
         self.stop_after: int | None = None  # timed events, then the world stops
         self.max_events = MAX_EVENTS
+        self.idle_since: dict[int, float] = {}  # slot -> since when its actor idles (inv. 5)
         self.learned: int | None = None  # the largest peak the core was told of (see inv. 4)
         self.memory_suspects: set[tuple[int, int]] = set()
         self.streak = 0  # Ticks in a row at a deadline already past
@@ -503,6 +526,7 @@ class World:
             self.start_failed(actor)
             return
         actor.placed = True
+        actor.node.read()
         self.feed(Placed(actor.slot, actor.inc, self.reading(actor.node, actor)))
 
     def start_failed(self, actor: Actor) -> None:
@@ -635,8 +659,14 @@ class World:
         if node is not None:
             wait = max((until - self.clock.now for pid, (_, until) in node.lingering.items()
                         if pid in command.pids), default=0.0)
-        self.ask(command.question, command.slot, command.actor, lambda actor: self.reading(
-            actor.node, actor) if actor.node else ACTOR_DIED, wait)
+        self.ask(command.question, command.slot, command.actor, self.answer_killed, wait)
+
+    def answer_killed(self, actor: Actor) -> object:
+        """The reading an actor answers once the killed workers are gone."""
+        if actor.node is None:
+            return ACTOR_DIED
+        actor.node.read()
+        return self.reading(actor.node, actor)
 
     def lose(self, node: NodeState) -> None:
         node.alive = False
