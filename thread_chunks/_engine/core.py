@@ -258,6 +258,7 @@ class Scheduler:
             return  # replaced meanwhile: the new one has its own probe
         slot.probing = False
         slot.node = event.node
+        self.placement.waiting.pop(slot.index, None)
         self.admission.note_node(event.node)
         self.mark_ready(slot)
 

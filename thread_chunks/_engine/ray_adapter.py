@@ -482,12 +482,14 @@ class Pool:
                 record.handle = record.holds = record.probe = None
 
     def close(self) -> None:
-        """Kill the actors we created; the next use creates new ones."""
+        """Kill the actors we created; the next use creates new ones (with a new adapter:
+        the scheduler's view of the old actors went with them)."""
         with self._lock:
             if self.owned and self._session and ray.is_initialized() \
                     and session_token() == self._session:
                 for slot, record in enumerate(self._slots):
                     self.discard(slot, record.actor)
+                self.adapter = None
 
 
 # -- the adapter ------------------------------------------------------------------------------
@@ -531,8 +533,10 @@ class Inbox:
         self.wake()
 
 
-_Watched = tuple[int, int, int, int, Run | None, list[Item] | None]
-"""A reference waited for: (kind, call or question id, slot, actor incarnation, run, batch)."""
+_Watched = tuple[int, int, int, int, Run | None, list[Item] | None,
+                 "concurrent.futures.Future[Any]"]
+"""A reference waited for: (kind, call or question id, slot, actor incarnation, run, batch,
+the future Ray resolves)."""
 
 
 class Adapter:
@@ -558,8 +562,7 @@ class Adapter:
         self.inbox = Inbox()  # what Ray's callbacks reach: not the adapter (see Inbox)
         self.scheduler = Scheduler(pool.size, owned=pool.owned, clock=SystemClock(),
                                    peaks=pool, describe_wait=self.describe_wait)
-        self.watched: dict[ray.ObjectRef[Any], _Watched] = {}
-        self.futures: dict[ray.ObjectRef[Any], concurrent.futures.Future[Any]] = {}
+        self.watched: dict[ray.ObjectRef[Any], _Watched] = {}  # reference -> what it is
         self.wires: dict[Run, Wire] = {}  # each open run's large arguments in the store
         self.due: float | None = None
         """The deadline a driver last waited for: reached, it is a Tick even if the
@@ -660,10 +663,9 @@ class Adapter:
         finished, scheduler = self.inbox.finished, self.scheduler
         while finished:
             ref = finished.popleft()
-            future = self.futures.pop(ref, None)
             watched = self.watched.pop(ref, None)
             if watched is not None:
-                event = self.event(ref, future, watched)
+                event = self.event(ref, watched)
                 if event is not None:
                     self.carry_out(scheduler.handle(event))
         deadline, due, now = scheduler.deadline(), self.due, time.monotonic()
@@ -671,17 +673,16 @@ class Adapter:
             self.due = None
             self.carry_out(scheduler.handle(Tick()))
 
-    def event(self, ref: ray.ObjectRef[Any], future: concurrent.futures.Future[Any] | None,
-              watched: _Watched) -> Event | None:
-        """What the resolution of ``ref`` means to the scheduler (None: nothing)."""
-        kind, key, slot, actor, run, batch = watched
+    def event(self, ref: ray.ObjectRef[Any], watched: _Watched) -> Event | None:
+        """What a resolved reference means to the scheduler (None: nothing)."""
+        kind, key, slot, actor, run, batch, future = watched
         if kind == _CALL:
             if run is not None and batch is not None:
                 wire = self.wires.get(run)
                 if wire is not None:
                     wire.done(batch)
             try:
-                reply = ray.get(ref) if future is None else future.result()
+                reply = future.result()
             except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
                 text = str(exc)
                 memory = isinstance(exc, OutOfMemoryError) or bool(_MEMORY_KILL.search(text))
@@ -695,7 +696,7 @@ class Adapter:
             if not self.pool.probed(slot, ref):
                 return None  # replaced, or given another function, meanwhile
             try:
-                reading = ray.get(ref) if future is None else future.result()
+                reading = future.result()
             except RayActorError as exc:
                 return StartFailed(slot, actor, exc,
                                    bool(getattr(exc, "actor_init_failed", False)))
@@ -703,7 +704,7 @@ class Adapter:
                 return StartFailed(slot, actor, exc, True)
             return Placed(slot, actor, reading if isinstance(reading, NodeMemory) else None)
         try:
-            value = ray.get(ref) if future is None else future.result()
+            value = future.result()
         except RayError:
             value = ACTOR_DIED
         return Answered(key, value)
@@ -721,17 +722,15 @@ class Adapter:
             elif type(command) is Probe:
                 ref = pool.probe(command.slot, command.actor)
                 if ref not in self.watched:
-                    self.watch(ref, (_PROBE, 0, command.slot, command.actor, None, None))
+                    self.watch(ref, _PROBE, 0, command.slot, command.actor)
             elif type(command) is Kill:
                 pool.discard(command.slot, command.actor)
             elif type(command) is AwaitKilled:
                 ref = pool.current(command.slot)._tc_settle.remote(list(command.pids))
-                self.watch(ref, (_QUESTION, command.question, command.slot, command.actor,
-                                 None, None))
+                self.watch(ref, _QUESTION, command.question, command.slot, command.actor)
             elif type(command) is ReadUsage:
                 ref = pool.current(command.slot)._tc_usage.remote(command.pid, command.mark)
-                self.watch(ref, (_QUESTION, command.question, command.slot, command.actor,
-                                 None, None))
+                self.watch(ref, _QUESTION, command.question, command.slot, command.actor)
 
     def send(self, command: Send) -> None:
         run, batch = command.run, command.batch
@@ -742,11 +741,11 @@ class Adapter:
         actor = self.pool.current(command.slot)
         ref = actor._tc_run_batch.remote(*arguments, mark=command.mark) if command.mark else \
             actor._tc_run_batch.remote(*arguments)
-        self.watch(ref, (_CALL, command.call, command.slot, command.actor, run, batch))
+        self.watch(ref, _CALL, command.call, command.slot, command.actor, run, batch)
 
-    def watch(self, ref: ray.ObjectRef[Any], watched: _Watched) -> None:
+    def watch(self, ref: ray.ObjectRef[Any], kind: int, key: int, slot: int, actor: int,
+              run: Run | None = None, batch: list[Item] | None = None) -> None:
         """Have Ray report ``ref`` when it finishes (from its callback thread)."""
-        self.watched[ref] = watched
         future = ref.future()
-        self.futures[ref] = future
+        self.watched[ref] = (kind, key, slot, actor, run, batch, future)
         future.add_done_callback(functools.partial(self.inbox.finish, ref))
