@@ -9,12 +9,14 @@ Replay one seed with its whole trace: ``SIM_SEED=1234 pytest tests/test_sim.py -
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 
 import pytest
 
 from tests.sim import breaks
 from tests.sim.invariants import KNOWN, SimViolation
+from tests.sim.scenario import RowSpec, Scenario, draw
 from tests.sim.world import MakeCore, replay, simulate
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
@@ -54,11 +56,22 @@ def test_replay() -> None:
         raise AssertionError(first)
 
 
+def shows(known: str, seed: int, scenario: Scenario | None = None) -> None:
+    """Run ``seed``: the known bug ``known`` must be what breaks it (the test is an xfail
+    that passes, and so fails as strict, once the core is fixed); anything else fails."""
+    try:
+        simulate(seed, scenario=scenario)
+    except SimViolation as violation:
+        if violation.known != known:
+            raise AssertionError(f"expected the known bug {known!r}: {violation}") from None
+        raise
+
+
 @pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["input end"])
 def test_known_input_end() -> None:
     """Seed 11123: run 0 hands out its 18 rows; its actor dies and no new one is placed
     (placement_timeout=None): the run waits forever instead of ending."""
-    simulate(11123)
+    shows("input end", 11123)
 
 
 @pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["timeout on user actors"])
@@ -66,7 +79,7 @@ def test_known_timeout_on_user_actors() -> None:
     """Seed 2703: actors handed in by the user, timeout=0.12 s; row 0 runs past it on actor 0,
     which cannot be killed; row 0 is sent again to that actor, waits behind the first call,
     and is timed out 0.12 s after its send without having started."""
-    simulate(2703)
+    shows("timeout on user actors", 2703)
 
 
 @pytest.mark.parametrize("broken", list(breaks.BROKEN))
@@ -92,4 +105,26 @@ def test_known_idle_while_a_call_fits() -> None:
     there; slots 2 and 3 are ready on node0 and idle for 100 s while runs 0 and 1 have rows
     left: their tokens were parked when run 0's row killed for memory (to run alone) had the
     turn, and are drained only when the node frees memory, then parked again."""
-    simulate(770)
+    shows("idle while a call fits", 770)
+
+
+def crowded(seed: int) -> Scenario:
+    """The world of ``seed`` with a pool of 8 to 30 actors, nodes holding 4 to 16 of them
+    and four times the rows: nodes whose actors leave little or no memory for calls."""
+    scenario = draw(seed)
+    rng = random.Random(seed + 99)
+    scenario.size = rng.randint(8, 30)
+    for node in scenario.nodes:
+        node.capacity = rng.randint(4, 16)
+    for run in scenario.runs:
+        run.rows = run.rows + [RowSpec(row.duration, row.memory, row.size)
+                               for row in run.rows] * 3
+    return scenario
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["alone on a node with no budget"])
+def test_known_alone_on_a_node_with_no_budget() -> None:
+    """crowded(452): node1 holds 13 actors more than its reading counted; its budget is 0. Ten
+    rows killed for memory are each sent "alone" (counted 0 bytes) to node1 at once, with a
+    call of 1,067 MiB beside them."""
+    shows("alone on a node with no budget", 452, crowded(452))

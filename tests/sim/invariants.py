@@ -40,9 +40,14 @@ EPSILON = 1e-9
 
 INPUT_END = "input end"
 IDLE = "idle while a call fits"
+NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
+    NO_BUDGET: "a row killed for memory runs again alone on its node, counted as needing the "
+               "node's whole budget; on a node whose budget is 0 (many actors, little "
+               "memory) it counts 0, so any number of such rows, and other calls, are "
+               "admitted there together",
     IDLE: "a free actor's token is parked on its node when the run whose turn it is cannot "
           "fit there (a row killed for memory, to run alone); it comes back only when the "
           "node frees memory, and meets that run again: another run's calls that fit are "
@@ -187,6 +192,13 @@ class Invariants:
         running = [a.running for a in node.actors if a.running is not None]
         if len(running) < 2:
             return  # a call alone on its node always runs
+        alone = next((c for c in running if c.exclusive), None)
+        if alone is not None:
+            self.fail(4, f"call {alone.cid} (row {alone.rows[0]} of run {alone.wr.spec.rid}, "
+                         f"killed for memory before) is to run alone on {node.name}, but "
+                         f"{len(running) - 1} other calls run there (the core's budget for "
+                         f"the node: {node.cautious_budget() >> 20} MiB)",
+                      known=NO_BUDGET if node.cautious_budget() <= 0 else "")
         known = [c for c in running if c.need and not c.exclusive]
         total = sum(c.need for c in known)
         budget = node.budget()

@@ -93,7 +93,8 @@ class Scenario:
 
 
 def draw(seed: int) -> Scenario:
-    """A small random world: a few nodes, a pool of 1 to 6 slots, 1 to 4 runs."""
+    """A small random world: a few nodes, a pool of 1 to 6 slots (8 to 24 in one world of
+    12), 1 to 4 runs."""
     rng = random.Random(seed)
     size = rng.randint(1, 6)
     nodes: list[NodeSpec] = []
@@ -133,9 +134,14 @@ def draw(seed: int) -> Scenario:
             cancel_at=rng.uniform(1, 60) if rng.random() < 0.1 else None,
             source_fails_at=rng.randint(0, n) if n and rng.random() < 0.05 else None,
             placement_timeout=rng.choice((300.0, 300.0, None))))
-    return Scenario(
+    scenario = Scenario(
         seed=seed, size=size, nodes=nodes, runs=runs,
         memory_per_call=rng.choice((None, None, None, GIB)),
         start_fail=rng.choice((0.0, 0.0, 0.05)), never_place=rng.choice((0.0, 0.0, 0.1)),
         call_fails=rng.choice((0.0, 0.0, 0.0, 0.01)), owned=rng.random() < 0.9,
         reload=rng.random() < 0.2)
+    if rng.random() < 0.08:  # a larger pool on nodes holding more actors
+        scenario.size = rng.randint(8, 24)
+        for node in nodes:
+            node.capacity = rng.randint(4, 12)
+    return scenario

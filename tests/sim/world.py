@@ -571,6 +571,13 @@ class World:
         if actor is None or actor.killed:
             return
         self.inv.on_kill(actor)
+        running = actor.running
+        if running is not None and running.started_at is not None and running.wr.open and \
+                running.wr.spec.timeout is not None and \
+                self.clock.now - running.started_at + 1e-9 >= running.wr.spec.timeout:
+            # timed out: the core has its outcome, a row killed for memory is one no more
+            self.memory_suspects.difference_update(
+                (running.wr.spec.rid, row) for row in running.rows)
         calls = self.end_actor(actor)
         actor.killed = True
         if calls:
@@ -697,7 +704,7 @@ class World:
             if item[1] != (wr.spec.rid, item[0]):
                 self.inv.fail(2, f"call {command.call} for run {wr.spec.rid} holds row "
                                  f"{item[0]} of {item[1]}")
-        exclusive = any((wr.spec.rid, row) in self.memory_suspects for row in rows)
+        exclusive = len(rows) == 1 and (wr.spec.rid, rows[0]) in self.memory_suspects
         need = self.learned if self.learned is not None else (
             self.scenario.memory_per_call or 0)
         call = Call(command.call, wr, actor, rows, self.clock.now, command.mark, need,
