@@ -259,6 +259,10 @@ class Invariants:
             if not wr.alone.get(row, False):
                 self.fail(3, f"run {rid} failed row {row} with WorkerDiedError, but its last "
                              f"death was not of its call alone ({value})")
+            if "while it ran alone" in str(value) and not wr.alone_on_node.get(row, False):
+                self.fail(3, f"run {rid} failed row {row} as too large for its node 'while "
+                             "it ran alone', but other calls ran on its node when it was "
+                             f"killed ({value})")
         elif isinstance(value, TimeoutError):
             self.timed_out(wr, row)
         elif isinstance(value, ValueError) and row not in wr.raised:

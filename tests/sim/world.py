@@ -148,6 +148,9 @@ class WorldRun:
     """Rows of this run held by those actors."""
     alone: dict[int, bool] = field(default_factory=dict)
     """Per row: whether its last death was of a call of it alone, alone on its actor."""
+    alone_on_node: dict[int, bool] = field(default_factory=dict)
+    """Per row: whether, when its worker last died running it, no other call ran on its
+    node."""
     last_call: dict[int, Call] = field(default_factory=dict)
     """Per row: the last call that held it."""
     read: int = 0
@@ -632,7 +635,12 @@ class World:
             return
         actor.death = (memory, used)
         node = actor.node
+        crowded = node is not None and any(
+            other.running is not None for other in node.actors if other is not actor)
         calls = self.end_actor(actor)
+        for call in calls[:1]:
+            for row in call.rows:
+                call.wr.alone_on_node[row] = not crowded
         if memory and node is not None and node.alive:
             until = self.clock.now + self.rng.uniform(0.05, 2.0)
             node.lingering[actor.pid] = (used, until)
