@@ -497,14 +497,13 @@ class Scheduler:
         self.release(call)
         if call.orphaned:
             return
-        run, reply = call.run, event.reply
-        if reply.outcomes:  # the highest peak among its rows: what calls are expected to
-            run.learned(reply.peak)  # need (not from a row run alone after a memory kill:
-            if not call.exclusive:  # one row far above the others must not hold every
-                self.peaks.learn_peak(reply.peak)  # later call to its size)
-        run.batcher.observe(reply, run.pool_size)
-        run.replied(reply.outcomes, call.batch, reply.ok, reply.size, reply.busy,
-                    actor_label(call.slot))
+        reply = event.reply
+        # the highest peak among its rows is what calls are expected to need (not from a
+        # row run alone after a memory kill: one far above the others must not hold every
+        # later call to its size)
+        if reply.outcomes and not call.exclusive:
+            self.peaks.learn_peak(reply.peak)
+        call.run.replied(reply, call.batch, actor_label(call.slot))
 
     def died(self, event: Died) -> None:
         """The actor of a call died: replace it and run the rows it held again.

@@ -19,6 +19,7 @@ from .._actor import (
     Item,
     NodeMemory,
     Outcome,
+    Replied,
     failed,
 )
 from .._errors import WorkerDiedError
@@ -240,19 +241,18 @@ class Run:
         uncharged."""
         self.retry_queue.extendleft(reversed(batch))
 
-    def replied(self, records: list[Outcome], batch: list[Item], ok: bool, size: int,
-                busy: float, label: str) -> None:
-        """A call of ``batch`` replied ``records`` (``ok``: all succeeded; ``size``: the bytes
-        of their pickled results; ``busy``: seconds in the function)."""
-        final = self.apply_retries(records, batch, ok)
-        busy_time = self.stats.busy_time
-        busy_time[label] = busy_time.get(label, 0.0) + busy
-        self.deliver(final, label, size if final is records else None)
-
-    def learned(self, peak: int) -> None:
-        """A call of this run peaked at ``peak`` bytes."""
-        if self.stats.peak_call_memory is None or peak > self.stats.peak_call_memory:
-            self.stats.peak_call_memory = peak
+    def replied(self, reply: Replied, batch: list[Item], label: str) -> None:
+        """A call of ``batch`` on actor ``label`` replied: its peak, the batch size learned
+        from it, its rows' outcomes (retried or final)."""
+        records = reply.outcomes
+        stats = self.stats
+        if records and (stats.peak_call_memory is None or reply.peak > stats.peak_call_memory):
+            stats.peak_call_memory = reply.peak
+        self.batcher.observe(reply, self.pool_size)
+        final = self.apply_retries(records, batch, reply.ok)
+        busy_time = stats.busy_time
+        busy_time[label] = busy_time.get(label, 0.0) + reply.busy
+        self.deliver(final, label, reply.size if final is records else None)
 
     def timed_out(self, batch: list[Item], timeout: float, wall: float) -> None:
         """The call of ``batch`` ran longer than ``timeout``: its actor was killed; its rows
