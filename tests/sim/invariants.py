@@ -55,7 +55,9 @@ KNOWN = {
     USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
                   "is not stopped: the next call is sent to the same actor, waits behind it "
                   "and is timed out counting from its send (rows fail with TimeoutError "
-                  "without having started); worker_deaths counts a kill that did not happen",
+                  "without having started), more calls than one running and one waiting "
+                  "pile up on it, and the calls sent elsewhere meanwhile overrun its node's "
+                  "memory budget; worker_deaths counts a kill that did not happen",
     INPUT_END: "a run learns that its input is over only when it reads past its last row, "
                "which it does only when an actor is free: with every row handed out and no "
                "actor placed it never ends (placement_timeout=None) or fails with "
@@ -91,7 +93,7 @@ class Invariants:
         """Raise the violation; ``known``: the name of a known core bug it shows (see
         KNOWN), which the sweep tolerates while that bug is open."""
         world = self.world
-        if not known and invariant in (3, 4, 6) and not world.scenario.owned and any(
+        if not known and invariant in (1, 3, 4, 6) and not world.scenario.owned and any(
                 run.timeout is not None for run in world.scenario.runs):
             known = USER_TIMEOUT
         raise SimViolation(invariant, world.scenario.seed, world.events, message,

@@ -729,6 +729,9 @@ class World:
                 self.at(self.clock.now + 0.001, lambda: self.report_dead(actor))
             return
         actor.queue.append(call)
+        if len(actor.queue) + (actor.running is not None) > 2:
+            self.inv.fail(1, f"call {call.cid} is the third call on actor {actor.slot}/"
+                             f"{actor.inc}: one runs and at most one waits behind it")
         if actor.running is None:
             self.start(actor)
 
