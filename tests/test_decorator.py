@@ -106,7 +106,7 @@ def _die_once_dropped(pids: set[int]) -> None:
     assert pids and os.getpid() not in pids
     deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
     while any(map(alive, pids)) and time.monotonic() < deadline:
-        # The pool and its dispatcher hold each other: a collection frees both, once Ray's
+        # The pool and its adapter hold each other: a collection frees both, once Ray's
         # callback thread has let go of the last call's (for a few ms after it ends).
         gc.collect()
         time.sleep(0.1)

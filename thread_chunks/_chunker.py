@@ -25,7 +25,8 @@ from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
 from ._digest import Identity, identify
-from ._engine import Pool, Run, RunStats, arun, run
+from ._engine import Pool, Run, RunStats
+from ._engine.drive import arun, run
 from ._errors import Held, ResultError, holding_warnings, warn_user
 from ._options import (
     Options,

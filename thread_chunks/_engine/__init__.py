@@ -2,10 +2,9 @@
 :mod:`.core`), its Ray adapter (:mod:`.ray_adapter`) and the one driver loop (:mod:`.drive`)."""
 
 from .batching import Batcher
-from .drive import arun, run
 from .ray_adapter import Pool, remote_actor_class
 from .run import DEFAULT_MAX_BUFFERED_BYTES, Policy, Run, RunStats, Store
 from .wake import AsyncWake, Wake
 
 __all__ = ["DEFAULT_MAX_BUFFERED_BYTES", "AsyncWake", "Batcher", "Policy", "Pool", "Run",
-           "RunStats", "Store", "Wake", "arun", "remote_actor_class", "run"]
+           "RunStats", "Store", "Wake", "remote_actor_class"]

@@ -207,7 +207,7 @@ class Pool:
     ) -> None:
         self.started_ray = False
         self.generation = 0
-        """Counts the functions the actors were given: a dispatcher's view of which actors
+        """Counts the functions the actors were given: the adapter's view of which actors
         are ready holds only while it is unchanged."""
         self.auto = ""
         """Why this size was chosen, when chunk_size was 'auto'."""
