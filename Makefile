@@ -50,6 +50,7 @@ bench: $(STAMP)-bench
 	$(PY) benchmarks/memory.py
 	$(PY) benchmarks/scale.py
 	$(PY) benchmarks/identity.py
+	$(PY) benchmarks/engine.py
 
 $(STAMP)-docs: pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet $(EDITABLE) '.[docs]'

@@ -1,0 +1,130 @@
+"""The scheduling core driven by the deterministic simulator (tests/sim/): thousands of seeded
+worlds, each checked against the invariants after every event; and, for each invariant, a
+core broken on purpose that the simulator must catch, naming that invariant.
+
+Replay one seed with its whole trace: ``SIM_SEED=1234 pytest tests/test_sim.py -k replay -s``
+(or ``python -m tests.sim 1234``). More seeds: ``SIM_SEEDS=20000 pytest tests/test_sim.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from tests.sim import breaks
+from tests.sim.invariants import KNOWN, SimViolation
+from tests.sim.scenario import RowSpec, Scenario, draw
+from tests.sim.world import MakeCore, replay, simulate
+
+SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
+BATCH = 500
+
+
+def sweep(first: int, last: int, make_core: MakeCore | None = None) -> Iterator[SimViolation]:
+    for seed in range(first, last):
+        try:
+            if make_core is None:
+                simulate(seed)
+            else:
+                simulate(seed, make_core)
+        except SimViolation as violation:
+            yield violation
+
+
+@pytest.mark.parametrize("first", range(0, SEEDS, BATCH))
+def test_seeds(first: int) -> None:
+    """Every invariant holds in every world (bugs listed in KNOWN are counted, not failed)."""
+    known: dict[str, list[int]] = {}
+    for violation in sweep(first, min(first + BATCH, SEEDS)):
+        if violation.known not in KNOWN:
+            raise violation
+        known.setdefault(violation.known, []).append(violation.seed)
+    for name, seeds in known.items():
+        print(f"known core bug {name!r} in seeds {seeds}")
+
+
+def test_replay() -> None:
+    """One seed again, exactly, with its whole trace (SIM_SEED, else seed 0)."""
+    seed = int(os.environ.get("SIM_SEED", "0"))
+    first = replay(seed)
+    assert replay(seed) == first  # deterministic: the same trace again
+    print(first)
+    if "no violation" not in first.splitlines()[-1] and "known core bug" not in first:
+        raise AssertionError(first)
+
+
+def shows(known: str, seed: int, scenario: Scenario | None = None) -> None:
+    """Run ``seed``: the known bug ``known`` must be what breaks it (the test is an xfail
+    that passes, and so fails as strict, once the core is fixed); anything else fails."""
+    try:
+        simulate(seed, scenario=scenario)
+    except SimViolation as violation:
+        if violation.known != known:
+            raise AssertionError(f"expected the known bug {known!r}: {violation}") from None
+        raise
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["input end"])
+def test_known_input_end() -> None:
+    """Seed 11123: run 0 hands out its 18 rows; its actor dies and no new one is placed
+    (placement_timeout=None): the run waits forever instead of ending."""
+    shows("input end", 11123)
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["timeout on user actors"])
+def test_known_timeout_on_user_actors() -> None:
+    """Seed 2703: actors handed in by the user, timeout=0.12 s; row 0 runs past it on actor 0,
+    which cannot be killed; row 0 is sent again to that actor, waits behind the first call,
+    and is timed out 0.12 s after its send without having started."""
+    shows("timeout on user actors", 2703)
+
+
+@pytest.mark.parametrize("broken", list(breaks.BROKEN))
+def test_broken_core_is_caught(broken: str) -> None:
+    """A core broken on purpose against invariant N: the simulator catches it, and some seed
+    is caught by invariant N (others may be caught by another first: a call left running
+    beside its replacement also breaks the node's memory budget)."""
+    invariant, make_core, seeds = breaks.BROKEN[broken]
+    caught: list[int] = []
+    for violation in sweep(0, seeds, make_core):
+        if violation.known:
+            continue
+        if violation.invariant == invariant:
+            return
+        caught.append(violation.invariant)
+    raise AssertionError(f"a core that {broken} ran {seeds} worlds without breaking invariant "
+                         f"{invariant} (it broke invariants {sorted(set(caught))})")
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["idle while a call fits"])
+def test_known_idle_while_a_call_fits() -> None:
+    """Seed 770: node0's budget is 11,353 MiB, calls are known to need 2,478 MiB and one runs
+    there; slots 2 and 3 are ready on node0 and idle for 100 s while runs 0 and 1 have rows
+    left: their tokens were parked when run 0's row killed for memory (to run alone) had the
+    turn, and are drained only when the node frees memory, then parked again."""
+    shows("idle while a call fits", 770)
+
+
+def crowded(seed: int) -> Scenario:
+    """The world of ``seed`` with a pool of 8 to 30 actors, nodes holding 4 to 16 of them
+    and four times the rows: nodes whose actors leave little or no memory for calls."""
+    scenario = draw(seed)
+    rng = random.Random(seed + 99)
+    scenario.size = rng.randint(8, 30)
+    for node in scenario.nodes:
+        node.capacity = rng.randint(4, 16)
+    for run in scenario.runs:
+        run.rows = run.rows + [RowSpec(row.duration, row.memory, row.size)
+                               for row in run.rows] * 3
+    return scenario
+
+
+@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["alone on a node with no budget"])
+def test_known_alone_on_a_node_with_no_budget() -> None:
+    """crowded(452): node1 holds 13 actors more than its reading counted; its budget is 0. Ten
+    rows killed for memory are each sent "alone" (counted 0 bytes) to node1 at once, with a
+    call of 1,067 MiB beside them."""
+    shows("alone on a node with no budget", 452, crowded(452))
