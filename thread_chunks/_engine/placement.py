@@ -71,12 +71,12 @@ class Placement:
         """No actor was ready for ``placement_timeout``: the runs that set one that short
         fail (True)."""
         stalled, limit = self.stalled_since, self.limit
-        if stalled is None or limit is None or now - stalled < limit:
-            return False
+        if stalled is None or limit is None or now < stalled + limit:
+            return False  # (compared as deadline() computes it: no Tick found not yet due)
         error = self.error(name, now - stalled, limit)
         for run in tuple(runs):
             if run.policy.placement_timeout is not None and \
-                    now - stalled >= run.policy.placement_timeout:
+                    now >= stalled + run.policy.placement_timeout:
                 run.fail(error)
         return True
 
@@ -84,7 +84,7 @@ class Placement:
         """How many actors have waited past the notice (the waits are oldest first)."""
         after, count = self.notice_after(), 0
         for since in self.waiting.values():
-            if now - since < after:
+            if now < since + after:  # as deadline() computes it
                 break
             count += 1
         return count
