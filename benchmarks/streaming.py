@@ -44,7 +44,7 @@ import workloads
 from rss import PeakRSS
 
 from thread_chunks import LabelledActor, chunked
-from thread_chunks._run import _MAX_BATCH
+from thread_chunks._engine.batching import _MAX_BATCH
 
 CHUNK_SIZE = 2
 DEFAULT_BOUND = 4 * CHUNK_SIZE * _MAX_BATCH  # max_buffered's default at the largest batch

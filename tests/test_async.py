@@ -16,7 +16,7 @@ from ray.exceptions import RayActorError
 from tests import workloads as w
 from thread_chunks import chunked
 from thread_chunks._checkpoint import Store
-from thread_chunks._run import _AsyncWake
+from thread_chunks._engine import AsyncWake
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -126,7 +126,7 @@ def test_a_cancel_landing_as_a_result_arrives_still_cancels() -> None:
     task was cancelled in, and the wake-up swallowed the cancel (Python 3.11's wait_for), so
     the cancelled sweep ran on to the end. Reproduced here without Ray's timing."""
     async def main() -> None:
-        wake = _AsyncWake()
+        wake = AsyncWake()
         waiting = asyncio.ensure_future(wake.wait_async(30.0))
         await asyncio.sleep(0)  # the waiter is waiting
         wake.set()  # from Ray's thread: lands on the loop next turn

@@ -15,7 +15,7 @@ import thread_chunks
 from tests import workloads as w
 from thread_chunks import Chunker, LabelledActor, RemoteLabelledActor, chunk
 from thread_chunks._actor import Outcome, Replied
-from thread_chunks._run import Batcher
+from thread_chunks._engine import Batcher
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 

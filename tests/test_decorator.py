@@ -21,7 +21,7 @@ from ray.exceptions import RayActorError
 from tests import workloads as w
 from tests.conftest import alive
 from thread_chunks import Chunked, Chunker, ConcurrencyReducedWarning, LabelledActor, chunked
-from thread_chunks._pool import Pool
+from thread_chunks._engine import Pool
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 
@@ -79,7 +79,7 @@ def test_no_actor_exists_before_first_use_and_actors_are_cached() -> None:
     assert _pool_of(f) is None
     f.chunker  # noqa: B018 - the Chunker alone creates no actor
     pool = _pool_of(f)
-    assert pool is not None and pool._actors == [None, None]
+    assert pool is not None and pool.size == 2 and pool.actors_made == 0
     handles = f.actors
     assert len(handles) == 2 and all(h is not None for h in handles)
     assert f.actors == handles
@@ -106,7 +106,7 @@ def _die_once_dropped(pids: set[int]) -> None:
     assert pids and os.getpid() not in pids
     deadline = time.monotonic() + 60  # Ray kills an actor once its last handle is gone
     while any(map(alive, pids)) and time.monotonic() < deadline:
-        # The pool and its dispatcher hold each other: a collection frees both, once Ray's
+        # The pool and its adapter hold each other: a collection frees both, once Ray's
         # callback thread has let go of the last call's (for a few ms after it ends).
         gc.collect()
         time.sleep(0.1)
@@ -195,7 +195,8 @@ def test_actor_options_no_node_can_satisfy_are_refused_before_any_actor() -> Non
     f = chunked(chunk_size=1, actor_options={"resources": {"nowhere": 1}})(w.square)
     with pytest.raises(ValueError, match="no node of the Ray cluster .* nowhere=1"):
         f.map([[1]])
-    assert f._self_shared.pool is not None and f._self_shared.pool._actors == [None]
+    assert f._self_shared.pool is not None and f._self_shared.pool.size == 1 \
+        and f._self_shared.pool.actors_made == 0
 
 
 def test_more_actors_than_fit_the_cluster_shrink_the_pool_instead_of_waiting_forever() -> None:

@@ -30,7 +30,7 @@ from thread_chunks import (
 )
 from thread_chunks._actor import OK, VALUE, NodeMemory, _marker, read_reply, unpack
 from thread_chunks._checkpoint import FORMAT_VERSION, _wait_for_close, summary
-from thread_chunks._run import _killed_at
+from thread_chunks._engine.ray_adapter import killed_at as _killed_at
 
 pytestmark = pytest.mark.usefixtures("ray_running")
 

@@ -34,9 +34,9 @@ def test_shutdown_between_two_next_calls_of_an_imap(tmp_path: Path, watched: boo
     results. Unwatched: as with a Ray that gives no signal of its shutdown (a Ray Client
     connection), where the run looks whether Ray still runs."""
     out = run_script(PRELUDE + f"""
-import thread_chunks._run
+import thread_chunks._engine.ray_adapter
 if not {watched!r}:
-    thread_chunks._run.watch_shutdown = lambda watcher: False
+    thread_chunks._engine.ray_adapter.watch_shutdown = lambda watcher: False
 markers, path = {str(tmp_path / "markers")!r}, {str(tmp_path / "ck.sqlite")!r}
 import os; os.mkdir(markers)
 start()

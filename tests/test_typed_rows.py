@@ -39,7 +39,7 @@ def test_a_wrong_call_is_a_type_error_where_the_row_is_made(
     f = chunked(chunk_size=2)(w.scaled)
     with pytest.raises(TypeError, match=rf"^scaled\.row\(\.\.\.\): {problem}"):
         f.row(*args, **kwargs)  # type: ignore[arg-type]
-    assert f.chunker._pool._actors == [None, None]  # nothing was started
+    assert f.chunker._pool.size == 2 and f.chunker._pool.actors_made == 0  # nothing was started
 
 
 def test_plain_signatures_take_the_fast_check_and_still_refuse_bad_arity() -> None:

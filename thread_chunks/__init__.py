@@ -6,6 +6,7 @@ from ._actor import LabelledActor, RemoteLabelledActor
 from ._checkpoint import Checkpoint, NotStored, StoredIdentity, identities, prune
 from ._chunker import Chunker, chunk
 from ._decorator import Chunked, chunked
+from ._engine import RunStats
 from ._errors import (
     ActorPlacementError,
     CheckpointError,
@@ -19,7 +20,6 @@ from ._errors import (
 )
 from ._options import Options, RunOptions
 from ._rows import TypedRow
-from ._run import RunStats
 
 __all__ = [
     "ActorPlacementError",

@@ -25,6 +25,8 @@ from . import config
 from ._actor import OK, ROW, VALUE, Item, Outcome, function_name, unpack
 from ._checkpoint import Store
 from ._digest import Identity, identify
+from ._engine import Pool, Run, RunStats
+from ._engine.drive import arun, run
 from ._errors import Held, ResultError, holding_warnings, warn_user
 from ._options import (
     Options,
@@ -34,10 +36,8 @@ from ._options import (
     check_on_error,
     check_path,
 )
-from ._pool import Pool
 from ._progress import Progress
 from ._rows import Calls, Rows, iterate
-from ._run import Run, RunStats, arun, run
 from ._session import ray_session
 from ._types import ChunkSize, OnError
 

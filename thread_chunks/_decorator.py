@@ -17,10 +17,9 @@ from typing_extensions import Self, Unpack
 from . import config
 from ._actor import function_name
 from ._chunker import Chunker, PathLike, pool_for
+from ._engine import Pool, RunStats
 from ._options import Options, RunOptions
-from ._pool import Pool
 from ._rows import RowMaker, TypedRow
-from ._run import RunStats
 from ._types import C, C_co, ChunkSize, G, P, R, Row
 
 if TYPE_CHECKING:
@@ -398,7 +397,8 @@ def chunked(
             place any) before it fails with :class:`ActorPlacementError`; default 600,
             None waits without limit. Actors still unplaced after 10 s are reported.
         max_buffered: rows read from the input and not yet handed out, at most; default
-            4 x chunk_size x batch size. Reading pauses when it is reached.
+            4 x chunk_size x batch size (above a chunk_size of 32: 2 x chunk_size
+            x batch size + 64 batches). Reading pauses when it is reached.
         max_buffered_bytes: bytes of results held back for order (behind a slow row), at
             most, counting the calls in flight at the size of the results seen; default
             256 MiB, None: no byte bound. Reading pauses when it is reached.

@@ -13,8 +13,7 @@ from typing import Any, TypedDict
 from ray.actor import ActorClass, ActorHandle
 
 from ._digest import identify
-from ._pool import remote_actor_class
-from ._run import DEFAULT_MAX_BUFFERED_BYTES, Policy
+from ._engine import DEFAULT_MAX_BUFFERED_BYTES, Policy, remote_actor_class
 from ._types import ChunkSize, MemoryBudget, RetryOn
 
 
@@ -42,7 +41,8 @@ class RunOptions(TypedDict, total=False):
     with ActorPlacementError; None waits without limit."""
     max_buffered: int | None
     """Rows read from the input but not yet handed out, at most (reading pauses there, also
-    while a slow row holds up the order); None: 4 x chunk_size x the batch size."""
+    while a slow row holds up the order); None: 4 x chunk_size x the batch size (above a
+    chunk_size of 32: 2 x chunk_size + 64 batches)."""
     max_buffered_bytes: int | None
     """Bytes of results held back for order, at most, the calls in flight counted at the size
     of the results seen so far (reading pauses there); default 256 MiB; None: no byte bound."""
