@@ -607,13 +607,15 @@ class Adapter:
         on ``run.wake``), None when the run is done. Raises what fails the run."""
         run.wake.clear()
         with self.lock:
-            try:
-                if not self.ray_gone():
+            gone = self.ray_gone()  # (a shutdown begun meanwhile wakes the next turn)
+            if not gone:
+                try:
                     self.pump()
-            except Exception as exc:  # the pool cannot go on: every run fails with it
-                if not self.ray_gone():  # (else it is what Ray raised while it went away)
-                    self.scheduler.handle(Broken(exc))
-            if self.ray_gone() and not self.ray_stopping():
+                except Exception as exc:  # the pool cannot go on: every run fails with it
+                    gone = self.ray_gone()
+                    if not gone:  # (else it is what Ray raised while it went away)
+                        self.scheduler.handle(Broken(exc))
+            if gone and not self.ray_stopping():
                 self.scheduler.handle(Broken(self.ray_gone_error()))
             return run.to_hand_out()
 
@@ -737,7 +739,8 @@ class Adapter:
         wire = self.wires.get(run)
         sent = batch if wire is None else wire.send(batch)
         packed = pack_batch(sent)
-        arguments = (sent,) if packed is None else packed
+        # (no references: the payload alone, one argument less for Ray to serialise)
+        arguments = (sent,) if packed is None else packed if packed[1] else packed[:1]
         actor = self.pool.current(command.slot)
         ref = actor._tc_run_batch.remote(*arguments, mark=command.mark) if command.mark else \
             actor._tc_run_batch.remote(*arguments)
