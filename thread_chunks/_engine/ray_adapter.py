@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 from ray.actor import ActorClass, ActorHandle
-from ray.exceptions import OutOfMemoryError, RayActorError, RayError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayError, RayTaskError
 
 from .._actor import (
     Item,
@@ -507,7 +507,7 @@ class Inbox:
     function was dropped is freed, its actors with it, whatever it was still waiting for."""
 
     def __init__(self) -> None:
-        self.finished: deque[ray.ObjectRef[Any]] = deque()
+        self.finished: deque[tuple[ray.ObjectRef[Any], object]] = deque()
         self.wakes: tuple[Wake, ...] = ()  # of the open runs (replaced whole)
         self.gone = False
         """Ray's shutdown began (the references pending then never resolve)."""
@@ -517,8 +517,10 @@ class Inbox:
         """A shutdown of Ray is reported here as it happens (else waits are capped at
         :data:`RAY_CHECK_SECONDS`, to look)."""
 
-    def finish(self, ref: ray.ObjectRef[Any], _: object) -> None:
-        self.finished.append(ref)  # deque.append is atomic: no lock on Ray's thread
+    def finish(self, ref: ray.ObjectRef[Any], value: object) -> None:
+        """``ref`` resolved to ``value``: called by Ray on its thread, with the value it
+        deserialised there (an exception object when the call failed; see :func:`result`)."""
+        self.finished.append((ref, value))  # deque.append is atomic: no lock on Ray's thread
         self.wake()
 
     def wake(self) -> None:
@@ -533,10 +535,26 @@ class Inbox:
         self.wake()
 
 
-_Watched = tuple[int, int, int, int, Run | None, list[Item] | None,
-                 "concurrent.futures.Future[Any]"]
-"""A reference waited for: (kind, call or question id, slot, actor incarnation, run, batch,
-the future Ray resolves)."""
+_Watched = tuple[int, int, int, int, Run | None, list[Item] | None]
+"""A reference waited for: (kind, call or question id, slot, actor incarnation, run, batch)."""
+
+
+def _from_future(finish: Callable[[object], None], future: concurrent.futures.Future[Any]
+                 ) -> None:
+    """Report what ``future`` resolved to as ``ObjectRef._on_completed`` would."""
+    error = future.exception()
+    finish(error if error is not None else future.result())
+
+
+def result(value: object) -> Any:
+    """What a reference resolved to, as Ray hands it to a callback registered with
+    ``ObjectRef._on_completed``: the value, or raises the error, as ``ray.get`` would (a
+    task's own exception as an instance of its class too)."""
+    if isinstance(value, RayTaskError):
+        raise value.as_instanceof_cause()
+    if isinstance(value, RayError):
+        raise value
+    return value
 
 
 class Adapter:
@@ -607,13 +625,15 @@ class Adapter:
         on ``run.wake``), None when the run is done. Raises what fails the run."""
         run.wake.clear()
         with self.lock:
-            try:
-                if not self.ray_gone():
+            gone = self.ray_gone()  # (a shutdown begun meanwhile wakes the next turn)
+            if not gone:
+                try:
                     self.pump()
-            except Exception as exc:  # the pool cannot go on: every run fails with it
-                if not self.ray_gone():  # (else it is what Ray raised while it went away)
-                    self.scheduler.handle(Broken(exc))
-            if self.ray_gone() and not self.ray_stopping():
+                except Exception as exc:  # the pool cannot go on: every run fails with it
+                    gone = self.ray_gone()
+                    if not gone:  # (else it is what Ray raised while it went away)
+                        self.scheduler.handle(Broken(exc))
+            if gone and not self.ray_stopping():
                 self.scheduler.handle(Broken(self.ray_gone_error()))
             return run.to_hand_out()
 
@@ -662,10 +682,10 @@ class Adapter:
         """Everything due: finished references, then deadlines."""
         finished, scheduler = self.inbox.finished, self.scheduler
         while finished:
-            ref = finished.popleft()
+            ref, value = finished.popleft()
             watched = self.watched.pop(ref, None)
             if watched is not None:
-                event = self.event(ref, watched)
+                event = self.event(ref, watched, value)
                 if event is not None:
                     self.carry_out(scheduler.handle(event))
         deadline, due, now = scheduler.deadline(), self.due, time.monotonic()
@@ -673,16 +693,17 @@ class Adapter:
             self.due = None
             self.carry_out(scheduler.handle(Tick()))
 
-    def event(self, ref: ray.ObjectRef[Any], watched: _Watched) -> Event | None:
-        """What a resolved reference means to the scheduler (None: nothing)."""
-        kind, key, slot, actor, run, batch, future = watched
+    def event(self, ref: ray.ObjectRef[Any], watched: _Watched, value: object
+              ) -> Event | None:
+        """What ``ref``, resolved to ``value``, means to the scheduler (None: nothing)."""
+        kind, key, slot, actor, run, batch = watched
         if kind == _CALL:
             if run is not None and batch is not None:
                 wire = self.wires.get(run)
                 if wire is not None:
                     wire.done(batch)
             try:
-                reply = future.result()
+                reply = result(value)
             except (RayActorError, OutOfMemoryError) as exc:  # the worker process died
                 text = str(exc)
                 memory = isinstance(exc, OutOfMemoryError) or bool(_MEMORY_KILL.search(text))
@@ -696,7 +717,7 @@ class Adapter:
             if not self.pool.probed(slot, ref):
                 return None  # replaced, or given another function, meanwhile
             try:
-                reading = future.result()
+                reading = result(value)
             except RayActorError as exc:
                 return StartFailed(slot, actor, exc,
                                    bool(getattr(exc, "actor_init_failed", False)))
@@ -704,10 +725,10 @@ class Adapter:
                 return StartFailed(slot, actor, exc, True)
             return Placed(slot, actor, reading if isinstance(reading, NodeMemory) else None)
         try:
-            value = future.result()
+            answer = result(value)
         except RayError:
-            value = ACTOR_DIED
-        return Answered(key, value)
+            answer = ACTOR_DIED
+        return Answered(key, answer)
 
     # -- commands out -----------------------------------------------------------------------
 
@@ -737,7 +758,8 @@ class Adapter:
         wire = self.wires.get(run)
         sent = batch if wire is None else wire.send(batch)
         packed = pack_batch(sent)
-        arguments = (sent,) if packed is None else packed
+        # (no references: the payload alone, one argument less for Ray to serialise)
+        arguments = (sent,) if packed is None else packed if packed[1] else packed[:1]
         actor = self.pool.current(command.slot)
         ref = actor._tc_run_batch.remote(*arguments, mark=command.mark) if command.mark else \
             actor._tc_run_batch.remote(*arguments)
@@ -745,7 +767,12 @@ class Adapter:
 
     def watch(self, ref: ray.ObjectRef[Any], kind: int, key: int, slot: int, actor: int,
               run: Run | None = None, batch: list[Item] | None = None) -> None:
-        """Have Ray report ``ref`` when it finishes (from its callback thread)."""
-        future = ref.future()
-        self.watched[ref] = (kind, key, slot, actor, run, batch, future)
-        future.add_done_callback(functools.partial(self.inbox.finish, ref))
+        """Have Ray report ``ref`` when it finishes, from its callback thread, with the value
+        it deserialised there (``ObjectRef._on_completed``, what ``ref.future()`` is built
+        on: without a ``concurrent.futures.Future`` per call, its lock and its callbacks)."""
+        self.watched[ref] = (kind, key, slot, actor, run, batch)
+        finish = functools.partial(self.inbox.finish, ref)
+        if hasattr(ref, "_on_completed"):
+            ref._on_completed(finish)
+        else:  # a Ray without it: through the future
+            ref.future().add_done_callback(functools.partial(_from_future, finish))
