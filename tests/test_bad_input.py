@@ -309,12 +309,13 @@ def test_checkpoint_restart_warning_points_at_the_users_line(tmp_path: Path) -> 
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Python 3.11+")
 def test_checkpoint_failed_warnings_point_at_the_users_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_checkpoint, "MAX_RECORD_BYTES", 1 << 20)  # SQLite's 1 GB, scaled
+    # SQLite's 1 GB, scaled
+    monkeypatch.setattr("thread_chunks._checkpoint.connect.MAX_RECORD_BYTES", 1 << 20)
     with chunked(chunk_size=2)(w.sized) as f, \
             pytest.warns(CheckpointFailedWarning, match="row 2's result") as records:
         f.map([[i, 2, 2 << 20] for i in range(4)], path=tmp_path / "large.ckpt")
     assert [r.filename for r in records] == [__file__]
-    monkeypatch.setattr(_checkpoint, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("thread_chunks._checkpoint.connect.BUSY_TIMEOUT_MS", 50)
     ckpt = tmp_path / "locked.ckpt"
     with pytest.warns(CheckpointFailedWarning, match="no longer saved") as records:
         chunk(w.lock_checkpoint, [[i, str(ckpt), 5] for i in range(6)], chunk_size=2, path=ckpt,
@@ -324,8 +325,8 @@ def test_checkpoint_failed_warnings_point_at_the_users_line(
 
 def test_every_warning_of_the_library_goes_through_warn_user() -> None:
     # a plain warnings.warn with a fixed stacklevel points into the library from some callers
-    package = Path(_checkpoint.__file__).parent
-    plain = [f"{path.name}:{number}" for path in sorted(package.glob("*.py"))
+    package = Path(_checkpoint.__file__).parent.parent  # thread_chunks, with its subpackages
+    plain = [f"{path.relative_to(package)}:{number}" for path in sorted(package.rglob("*.py"))
              if path.name != "_errors.py"
              for number, line in enumerate(path.read_text().splitlines(), 1)
              if "warnings.warn(" in line]

@@ -266,7 +266,7 @@ def test_an_unwritable_path_fails_before_any_call(tmp_path: Path) -> None:
 
 def test_a_save_failing_mid_run_warns_once_and_the_run_completes(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_checkpoint, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("thread_chunks._checkpoint.connect.BUSY_TIMEOUT_MS", 50)
     ckpt = tmp_path / "run.ckpt"
     rows = [[i, str(ckpt), 5] for i in range(20)]
     with pytest.warns(CheckpointFailedWarning, match="no longer saved") as caught:

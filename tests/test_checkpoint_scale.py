@@ -171,7 +171,7 @@ def test_the_same_list_again_reads_its_keys_back_and_any_other_computes_them(
         computed.append(len(calls))
         return real(binder, calls, large)
 
-    monkeypatch.setattr("thread_chunks._checkpoint.row_keys", counted)
+    monkeypatch.setattr("thread_chunks._checkpoint.store.row_keys", counted)
     ckpt = tmp_path / "run.ckpt"
     pair = [1, 2]
 

@@ -535,7 +535,7 @@ def test_the_network_mode_keeps_no_shared_memory_and_reads_after_the_run(
 @pytest.mark.usefixtures("network")
 def test_a_file_whose_lock_sqlite_cannot_take_is_a_clear_error(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_checkpoint, "BUSY_TIMEOUT_MS", 50)
+    monkeypatch.setattr("thread_chunks._checkpoint.connect.BUSY_TIMEOUT_MS", 50)
     path = tmp_path / "run.ckpt"
     _close(_open(path))
     holder = subprocess.Popen(

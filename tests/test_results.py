@@ -67,7 +67,8 @@ def test_an_unpicklable_result_fails_only_its_row(tmp_path: Path) -> None:
 @pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Python 3.11+")
 def test_a_result_too_large_to_record_fails_only_its_record(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_checkpoint, "MAX_RECORD_BYTES", 1 << 20)  # SQLite's 1 GB, scaled
+    # SQLite's 1 GB, scaled
+    monkeypatch.setattr("thread_chunks._checkpoint.connect.MAX_RECORD_BYTES", 1 << 20)
     ckpt = tmp_path / "run.ckpt"
     f = chunked(chunk_size=2)(w.sized)
     rows = [[i, 2, 2 << 20] for i in range(10)]

@@ -166,7 +166,7 @@ thread_chunks.chunk(w.behind_gate, rows, chunk_size=1, batch_size=1, path={str(c
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.communicate()
-    monkeypatch.setattr(_checkpoint, "QUIET_SECONDS", 0.0)
+    monkeypatch.setattr("thread_chunks._checkpoint.inspection.QUIET_SECONDS", 0.0)
     info = _checkpoint.summary(ckpt)
     assert info["state"] == "quiet" and info["eta_seconds"] is None
     assert info["done"] == 2 and info["running"] >= 1

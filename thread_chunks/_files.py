@@ -2,7 +2,7 @@
 without SQLite (a file we refuse gets no ``-wal``, ``-shm`` or ``-journal`` beside it), a new
 one appears whole (made beside and linked into place: racing first users see one file), and
 the filesystem it lives on is known (a network or cluster filesystem gets no WAL shared
-memory: see ``_checkpoint._connect``)."""
+memory: see ``_checkpoint.connect._connect``)."""
 
 from __future__ import annotations
 
