@@ -67,11 +67,11 @@ def shows(known: str, seed: int, scenario: Scenario | None = None) -> None:
         raise
 
 
-@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["input end"])
-def test_known_input_end() -> None:
-    """Seed 11123: run 0 hands out its 18 rows; its actor dies and no new one is placed
-    (placement_timeout=None): the run waits forever instead of ending."""
-    shows("input end", 11123)
+def test_input_end() -> None:
+    """Seed 11123 (was the known bug "input end"): run 0 hands out its 18 rows; its actor
+    dies and no new one is placed (placement_timeout=None): the run sees its input is over
+    and ends."""
+    simulate(11123)
 
 
 @pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["timeout on user actors"])

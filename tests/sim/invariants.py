@@ -58,10 +58,6 @@ KNOWN = {
                   "without having started), more calls than one running and one waiting "
                   "pile up on it, and the calls sent elsewhere meanwhile overrun its node's "
                   "memory budget; worker_deaths counts a kill that did not happen",
-    INPUT_END: "a run learns that its input is over only when it reads past its last row, "
-               "which it does only when an actor is free: with every row handed out and no "
-               "actor placed it never ends (placement_timeout=None) or fails with "
-               "ActorPlacementError",
 }
 """Core bugs the simulator found that are still open: the seed sweep tolerates them (and
 counts them); tests/test_sim.py shows each with a seed (xfail, strict)."""
