@@ -44,10 +44,6 @@ NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
-    NO_BUDGET: "a row killed for memory runs again alone on its node, counted as needing the "
-               "node's whole budget; on a node whose budget is 0 (many actors, little "
-               "memory) it counts 0, so any number of such rows, and other calls, are "
-               "admitted there together",
     IDLE: "a free actor's token is parked on its node when the run whose turn it is cannot "
           "fit there (a row killed for memory, to run alone); it comes back only when the "
           "node frees memory, and meets that run again: another run's calls that fit are "

@@ -395,7 +395,7 @@ class Scheduler:
                 self.out.append(read)
                 return _DROPPED  # its actor reads the node's memory (its token comes back)
             need = wanted or 0
-            if not admission.admits(slot, need, budget):
+            if not (admission.apart(slot, exclusive) and admission.admits(slot, need, budget)):
                 return self.park(index, slot)  # memory: it waits for calls there to end
             if self.peaks.expected_peak() is None:
                 mark = admission.first_call(slot)
@@ -460,8 +460,7 @@ class Scheduler:
                 self.timeouts.started(now + run.policy.timeout, slot.index, call)
         lane.append(call)
         self.calls[call] = Call(call, run, slot.index, slot.actor, batch, need, exclusive)
-        if need:
-            self.admission.count_need(slot)
+        self.admission.count(slot)
         self.out.append(Send(call, slot.index, slot.actor, run, batch, mark))
 
     def release(self, call: Call) -> None:
@@ -473,8 +472,7 @@ class Scheduler:
         lane = slot.lane
         was_running = lane[0] == call.id
         lane.remove(call.id)
-        if call.need:
-            self.admission.count_need(slot)
+        self.admission.count(slot)
         if not lane:
             self.busy -= 1
         elif was_running:

@@ -55,6 +55,10 @@ class Slot:
     need: int = 0
     """Memory counted for its calls on node ``need_node`` (the largest of them)."""
     need_node: str = ""
+    counted: bool = False
+    """Its calls are counted on node ``need_node`` (it has some)."""
+    alone: bool = False
+    """... and one of them is exclusive (nothing else starts on that node)."""
     start_failures: int = 0
     """Its actors that died in a row before starting."""
 
