@@ -99,13 +99,12 @@ def test_broken_core_is_caught(broken: str) -> None:
                          f"{invariant} (it broke invariants {sorted(set(caught))})")
 
 
-@pytest.mark.xfail(strict=True, raises=SimViolation, reason=KNOWN["idle while a call fits"])
-def test_known_idle_while_a_call_fits() -> None:
-    """Seed 770: node0's budget is 11,353 MiB, calls are known to need 2,478 MiB and one runs
-    there; slots 2 and 3 are ready on node0 and idle for 100 s while runs 0 and 1 have rows
-    left: their tokens were parked when run 0's row killed for memory (to run alone) had the
-    turn, and are drained only when the node frees memory, then parked again."""
-    shows("idle while a call fits", 770)
+def test_idle_while_a_call_fits() -> None:
+    """Seed 770 (was the known bug "idle while a call fits"): node0's budget is 11,353 MiB,
+    calls are known to need 2,478 MiB and one runs there; when run 0's turn brings a row
+    killed for memory (to run alone), which cannot start there, the free actors on node0
+    take the other run's calls that fit instead of waiting for the node to free memory."""
+    simulate(770)
 
 
 def crowded(seed: int) -> Scenario:

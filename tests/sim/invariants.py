@@ -44,10 +44,6 @@ NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
-    IDLE: "a free actor's token is parked on its node when the run whose turn it is cannot "
-          "fit there (a row killed for memory, to run alone); it comes back only when the "
-          "node frees memory, and meets that run again: another run's calls that fit are "
-          "not sent (slots idle for minutes)",
     USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
                   "is not stopped: the next call is sent to the same actor, waits behind it "
                   "and is timed out counting from its send (rows fail with TimeoutError "

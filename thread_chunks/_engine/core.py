@@ -376,9 +376,6 @@ class Scheduler:
                 self.unqueued.append(index)  # until a run of short calls has work
                 return _DROPPED
             return _STOP
-        head = run.suspect_head()
-        if head is not None and lane:
-            return _DROPPED  # a suspect runs alone on its actor (release gives it back)
         admission = self.admission
         if admission.settling and slot.node_key() in admission.settling:
             if not queued:
@@ -388,6 +385,22 @@ class Scheduler:
                     return _DROPPED  # its token comes back with the answer
             return self.park(index, slot)  # memory of a killed worker: nothing starts there
         budget = admission.budget(slot)
+        first = run
+        while True:  # the run whose turn it is, then the next ones while a call of the run
+            taken = self.offer_to(run, slot, budget, queued)  # cannot fit here (a row to
+            if taken is not _PARKED:  # run alone): a token held back for one run must
+                return taken  # still serve the others
+            run = self.next_run(queued)
+            if run is None or run is first:
+                return self.park(index, slot)  # memory: it waits for calls there to end
+
+    def offer_to(self, run: Run, slot: Slot, budget: int | None, queued: bool) -> object:
+        """Send a call of ``run`` to ``slot``'s free actor (_SENT), unless it does not fit
+        on its node (_PARKED) or must not wait behind the call there (_DROPPED)."""
+        head = run.suspect_head()
+        if head is not None and queued:
+            return _DROPPED  # a suspect runs alone on its actor (release gives it back)
+        admission = self.admission
         need, exclusive, mark = 0, False, ""
         if budget is not None:
             wanted, exclusive, read = admission.need(run, head, budget, slot, next(self.ids))
@@ -396,7 +409,7 @@ class Scheduler:
                 return _DROPPED  # its actor reads the node's memory (its token comes back)
             need = wanted or 0
             if not (admission.apart(slot, exclusive) and admission.admits(slot, need, budget)):
-                return self.park(index, slot)  # memory: it waits for calls there to end
+                return _PARKED
             if self.peaks.expected_peak() is None:
                 mark = admission.first_call(slot)
         if head is not None:
