@@ -44,12 +44,12 @@ NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
-    USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
-                  "is not stopped: the next call is sent to the same actor, waits behind it "
-                  "and is timed out counting from its send (rows fail with TimeoutError "
-                  "without having started), more calls than one running and one waiting "
-                  "pile up on it, and the calls sent elsewhere meanwhile overrun its node's "
-                  "memory budget; worker_deaths counts a kill that did not happen",
+    USER_TIMEOUT: "fixed in the core (a call past its timeout on an actor handed in by the "
+                  "user is left to finish, its rows fail once, that actor takes no new call "
+                  "until it ends, no death counted); open in the simulator: the world "
+                  "counts a row as troubled only when its actor is killed or its call "
+                  "raises, so the retries and failures of a timeout on a user actor (no "
+                  "kill) break invariant 3",
 }
 """Core bugs the simulator found that are still open: the seed sweep tolerates them (and
 counts them); tests/test_sim.py shows each with a seed (xfail, strict)."""

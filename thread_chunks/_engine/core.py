@@ -202,6 +202,8 @@ class Scheduler:
 
     def reload(self) -> None:
         """The actors are to hold another function: none is ready until probed again."""
+        for call in self.calls.values():
+            call.measures = False  # a call left running measures the last function
         for slot in self.slots:
             slot.ready = slot.probing = False
         self.ready = self.active = 0
@@ -480,7 +482,8 @@ class Scheduler:
         """``call`` is over (replied, failed, died or dropped): its actor is free for the
         next."""
         del self.calls[call.id]
-        call.run.returned(call.batch)
+        if not call.detached:
+            call.run.returned(call.batch)
         slot = self.slots[call.slot]
         lane = slot.lane
         was_running = lane[0] == call.id
@@ -506,15 +509,15 @@ class Scheduler:
         if call is None:
             return  # released meanwhile (its actor died or was killed)
         self.release(call)
-        if call.orphaned:
-            return
         reply = event.reply
         # the highest peak among its rows is what calls are expected to need (not from a
         # row run alone after a memory kill: one far above the others must not hold every
-        # later call to its size)
-        if reply.outcomes and not call.exclusive:
+        # later call to its size); a call left to run past its timeout measured it too
+        if reply.outcomes and call.measures and not call.exclusive and \
+                (call.detached or not call.orphaned):
             self.peaks.learn_peak(reply.peak)
-        call.run.replied(reply, call.batch, actor_label(call.slot))
+        if not call.orphaned:
+            call.run.replied(reply, call.batch, actor_label(call.slot))
 
     def died(self, event: Died) -> None:
         """The actor of a call died: replace it and run the rows it held again.
@@ -582,11 +585,15 @@ class Scheduler:
 
     def overdue(self, now: float) -> None:
         """Kill the actors whose running call passed its run's timeout: those rows fail; the
-        calls queued behind it (of any run) are sent again, uncharged."""
+        calls queued behind it (of any run) are sent again, uncharged. Actors handed in by
+        the user are not killed (see :meth:`overran`)."""
         for index, running in self.timeouts.due(now, self.slots):
             slot = self.slots[index]
             call = self.calls[running]
             timeout = call.run.policy.timeout
+            if not self.owned:
+                self.overran(slot, call)
+                continue
             for each in [self.calls[c] for c in slot.lane]:
                 self.release(each)
                 if each is not call and not each.orphaned:
@@ -594,3 +601,24 @@ class Scheduler:
             self.lose(slot, call.actor)
             if not call.orphaned and timeout is not None:
                 call.run.timed_out(call.batch, timeout, self.clock.wall())
+
+    def overran(self, slot: Slot, call: Call) -> None:
+        """``call`` ran past its run's timeout on an actor handed in by the user, which is
+        never killed: it is left to run and its outcome dropped; its rows fail now, once;
+        the calls queued behind it (of any run) are sent again elsewhere (they may wait
+        behind it for as long as it runs), and are dropped too. The slot takes no new call
+        until those calls end (its memory stays counted); no worker died."""
+        if call.orphaned:
+            return  # its run ended, or it was timed out already: nothing more to do
+        slot.isolated = True  # nothing new waits behind it
+        timeout = call.run.policy.timeout
+        for each in [self.calls[c] for c in slot.lane]:
+            if each.orphaned:
+                continue
+            each.orphaned = each.detached = True
+            each.run.returned(each.batch)
+            if each is call:
+                assert timeout is not None
+                call.run.timed_out(call.batch, timeout, self.clock.wall(), killed=False)
+            else:
+                each.run.again(each.batch)

@@ -275,14 +275,21 @@ class Run:
         busy_time[label] = busy_time.get(label, 0.0) + reply.busy
         self.deliver(final, label, reply.size if final is records else None)
 
-    def timed_out(self, batch: list[Item], timeout: float, wall: float) -> None:
-        """The call of ``batch`` ran longer than ``timeout``: its actor was killed; its rows
-        fail (or run again, with retries left)."""
-        self.stats.worker_deaths += 1
+    def timed_out(self, batch: list[Item], timeout: float, wall: float, killed: bool = True
+                  ) -> None:
+        """The call of ``batch`` ran longer than ``timeout``: its rows fail (or run again,
+        with retries left). ``killed``: its actor was killed and replaced (ours); else the
+        actor was handed in by the user and the call is left to finish, its result dropped.
+        """
+        if killed:
+            self.stats.worker_deaths += 1
+        what = ("its actor was killed and replaced" if killed else
+                "its actor, handed in by the user, is not killed: the call is left to "
+                "finish, its result dropped, and that actor gets no new call until it ends")
         records: list[Outcome] = [
             failed(item[ROW], TimeoutError(
-                f"row {item[ROW]} ran longer than timeout={timeout}s; its actor "
-                "was killed and replaced"), wall - timeout, wall)
+                f"row {item[ROW]} ran longer than timeout={timeout}s; {what}"),
+                wall - timeout, wall)
             for item in batch]
         self.deliver(self.apply_retries(records, batch), "")
 

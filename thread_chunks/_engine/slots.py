@@ -29,6 +29,12 @@ class Call:
     orphaned: bool = False
     """Its run has ended: the call is left to finish (or its actor was killed) and its
     outcome is dropped when it comes."""
+    detached: bool = False
+    """... or its run was told it is over though it still runs: it timed out (or waited
+    behind one that did) on an actor handed in by the user, which is never killed."""
+    measures: bool = True
+    """Its reply's peak is what the current function's calls use (False once the actors
+    were given another function while it ran)."""
 
 
 @dataclass(slots=True, eq=False)
