@@ -84,7 +84,7 @@ class Scheduler:
         self.timed = False  # an open run has a timeout
         self.placement = Placement(clock.monotonic(), describe_wait)
         self.admission = Admission(self.slots, self.calls, clock, peaks)
-        self.timeouts = Timeouts(self.slots)
+        self.timeouts = Timeouts()
         self.out: list[Command] = []
 
     # -- events ----------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class Scheduler:
     def deadline(self) -> float | None:
         """When something must happen even if nothing is heard (``clock.monotonic()``
         seconds; None: nothing is due); then hand in :class:`~.vocabulary.Tick`."""
-        found = self.timeouts.next(self.slots) if self.timed else None
+        found = self.timeouts.next() if self.timed else None
         if self.runs:
             for due in (self.placement.deadline(self.active),
                         self.admission.next_reading(self.clock.monotonic())):
@@ -472,7 +472,7 @@ class Scheduler:
             now = slot.running_since = self.clock.monotonic()
             self.busy += 1
             if run.policy.timeout is not None:
-                self.timeouts.started(now + run.policy.timeout, slot.index, call)
+                self.timeouts.started(now, run.policy.timeout, slot.index, call)
         lane.append(call)
         self.calls[call] = Call(call, run, slot.index, slot.actor, batch, need, exclusive)
         self.admission.count(slot)
@@ -488,6 +488,9 @@ class Scheduler:
         lane = slot.lane
         was_running = lane[0] == call.id
         lane.remove(call.id)
+        timeout = call.run.policy.timeout
+        if was_running and timeout is not None:
+            self.timeouts.ended(timeout, call.id)
         self.admission.count(slot)
         if not lane:
             self.busy -= 1
@@ -495,7 +498,7 @@ class Scheduler:
             now = slot.running_since = self.clock.monotonic()
             head = self.calls[lane[0]]
             if head.run.policy.timeout is not None:
-                self.timeouts.started(now + head.run.policy.timeout, slot.index, head.id)
+                self.timeouts.started(now, head.run.policy.timeout, slot.index, head.id)
         if slot.isolated and not lane:
             slot.isolated = False
             self.tokens.extend([slot.index] * (2 if self.pipelining else 1))
@@ -587,9 +590,11 @@ class Scheduler:
         """Kill the actors whose running call passed its run's timeout: those rows fail; the
         calls queued behind it (of any run) are sent again, uncharged. Actors handed in by
         the user are not killed (see :meth:`overran`)."""
-        for index, running in self.timeouts.due(now, self.slots):
+        for index, running in self.timeouts.due(now):
             slot = self.slots[index]
-            call = self.calls[running]
+            call = self.calls.get(running)
+            if call is None or not slot.lane or slot.lane[0] != running:
+                continue  # (not a running call's: never from this core)
             timeout = call.run.policy.timeout
             if not self.owned:
                 self.overran(slot, call)
