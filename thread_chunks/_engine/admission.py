@@ -275,13 +275,17 @@ class Admission:
             key = slot.need_node = slot.node_key()
             self.node_calls[key] = self.node_calls.get(key, 0) + 1
             slot.counted = True
-        need = max((calls[call].need for call in lane), default=0)
+        if len(lane) == 1:  # (the common case, without a generator's cost)
+            only = calls[lane[0]]
+            need, alone = only.need, only.exclusive
+        else:
+            need = max((calls[call].need for call in lane), default=0)
+            alone = any(calls[call].exclusive for call in lane)
         if need != slot.need:
             self.node_use[key] = self.node_use.get(key, 0) + need - slot.need
             if need < slot.need:
                 self.freed.add(key)
             slot.need = need
-        alone = any(calls[call].exclusive for call in lane)
         if alone != slot.alone:
             self.node_alone[key] = self.node_alone.get(key, 0) + (1 if alone else -1)
             if not alone:

@@ -84,7 +84,7 @@ class Scheduler:
         self.timed = False  # an open run has a timeout
         self.placement = Placement(clock.monotonic(), describe_wait)
         self.admission = Admission(self.slots, self.calls, clock, peaks)
-        self.timeouts = Timeouts()
+        self.timeouts = Timeouts(self.slots)
         self.out: list[Command] = []
 
     # -- events ----------------------------------------------------------------------------
@@ -488,9 +488,6 @@ class Scheduler:
         lane = slot.lane
         was_running = lane[0] == call.id
         lane.remove(call.id)
-        timeout = call.run.policy.timeout
-        if was_running and timeout is not None:
-            self.timeouts.ended(timeout, call.id)
         self.admission.count(slot)
         if not lane:
             self.busy -= 1

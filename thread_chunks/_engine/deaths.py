@@ -4,10 +4,11 @@ timeouts (a queue of deadlines per timeout: no scan of every actor)."""
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+from collections import deque
 from typing import TYPE_CHECKING
 
 from .._actor import ROW, Item, NodeMemory
+from .slots import Slot
 
 if TYPE_CHECKING:
     from .run import Run
@@ -62,51 +63,63 @@ def exceeds_node(run: Run, item: Item, used: int, budget: int, node: NodeMemory 
 
 
 class Timeouts:
-    """The deadlines of the running calls that have a timeout, kept in deadline order with
-    no scan and no heap: calls with the same timeout start in time order, so one queue per
-    timeout (a handful: the open runs') is in deadline order, and the earliest deadline is
-    at the head of one of them. A call leaves its queue when it stops running (any cost that
-    grows with the pool, as a heap's does, is a cost per event at 10,000 actors)."""
+    """The deadlines of the running calls that have a timeout, in deadline order with no
+    heap and no scan: calls with the same timeout start in time order, so one queue per
+    timeout (a handful: the open runs') is in deadline order, and the earliest deadline is at
+    the head of one of them. An entry is ``(deadline, slot, call)``; it is stale once that
+    call no longer runs first on its slot, and stale entries are dropped as they reach the
+    head (and all at once when they are most of a queue). Every step is O(1) at any pool
+    size, and touches only a queue's ends (a heap's sifting reaches into it)."""
 
-    def __init__(self) -> None:
-        self.queues: dict[float, OrderedDict[int, tuple[float, int]]] = {}
-        """Timeout -> running call -> (its deadline, its slot), earliest first."""
+    def __init__(self, slots: list[Slot]) -> None:
+        self.slots = slots
+        self.queues: dict[float, deque[tuple[float, int, int]]] = {}
+        self.live: dict[float, int] = {}
+        """Timeout -> entries live at its queue's last compaction."""
 
     def started(self, now: float, timeout: float, slot: int, call: int) -> None:
         """``call`` started running first on ``slot`` at ``now`` (never earlier than the
         last call started): it must end within ``timeout``."""
         queue = self.queues.get(timeout)
         if queue is None:
-            queue = self.queues[timeout] = OrderedDict()
-        queue.setdefault(call, (now + timeout, slot))
-
-    def ended(self, timeout: float, call: int) -> None:
-        """``call`` (of a run with ``timeout``) no longer runs first on its slot."""
-        queue = self.queues.get(timeout)
-        if queue is not None and queue.pop(call, None) is not None and not queue:
-            del self.queues[timeout]
+            queue = self.queues[timeout] = deque()
+            self.live[timeout] = 0
+        elif len(queue) > 2 * self.live[timeout] + 64:  # mostly calls that ended
+            slots = self.slots
+            kept = [entry for entry in queue if _runs(slots[entry[1]], entry[2])]
+            queue.clear()
+            queue.extend(kept)
+            self.live[timeout] = len(kept)
+        queue.append((now + timeout, slot, call))
 
     def next(self) -> float | None:
-        """The earliest deadline."""
+        """The earliest live deadline."""
         found: float | None = None
-        for queue in self.queues.values():
-            due = next(iter(queue.values()))[0]
-            if found is None or due < found:
-                found = due
+        slots = self.slots
+        for timeout, queue in list(self.queues.items()):
+            while queue and not _runs(slots[queue[0][1]], queue[0][2]):
+                queue.popleft()
+            if not queue:
+                del self.queues[timeout], self.live[timeout]
+            elif found is None or queue[0][0] < found:
+                found = queue[0][0]
         return found
 
     def due(self, now: float) -> list[tuple[int, int]]:
-        """``(slot, call)`` of the calls past their deadline at ``now``, earliest first
+        """``(slot, call)`` of the live calls past their deadline at ``now``, earliest first
         (taken off)."""
         out: list[tuple[float, int, int]] = []
-        for timeout, queue in list(self.queues.items()):
-            while queue:
-                call, (deadline, slot) = next(iter(queue.items()))
-                if deadline > now:
-                    break
-                queue.popitem(last=False)
-                out.append((deadline, slot, call))
-            if not queue:
-                del self.queues[timeout]
+        slots = self.slots
+        for queue in self.queues.values():
+            while queue and queue[0][0] <= now:
+                entry = queue.popleft()
+                if _runs(slots[entry[1]], entry[2]):
+                    out.append(entry)
         out.sort()
         return [(slot, call) for _, slot, call in out]
+
+
+def _runs(slot: Slot, call: int) -> bool:
+    """Whether ``call`` runs first on ``slot``."""
+    lane = slot.lane
+    return bool(lane) and lane[0] == call
