@@ -474,6 +474,8 @@ class Scheduler:
             if run.policy.timeout is not None:
                 self.timeouts.started(now, run.policy.timeout, slot.index, call)
         lane.append(call)
+        if len(lane) == 1:
+            slot.running = call
         self.calls[call] = Call(call, run, slot.index, slot.actor, batch, need, exclusive)
         self.admission.count(slot)
         self.out.append(Send(call, slot.index, slot.actor, run, batch, mark))
@@ -488,6 +490,7 @@ class Scheduler:
         lane = slot.lane
         was_running = lane[0] == call.id
         lane.remove(call.id)
+        slot.running = lane[0] if lane else 0
         self.admission.count(slot)
         if not lane:
             self.busy -= 1

@@ -121,5 +121,4 @@ class Timeouts:
 
 def _runs(slot: Slot, call: int) -> bool:
     """Whether ``call`` runs first on ``slot``."""
-    lane = slot.lane
-    return bool(lane) and lane[0] == call
+    return slot.running == call

@@ -54,6 +54,9 @@ class Slot:
     """It runs a suspect row: nothing is queued behind it."""
     lane: deque[int] = field(default_factory=deque)
     """Ids of the calls on its actor, the running one first."""
+    running: int = 0
+    """The id of the call running first in ``lane`` (0: none); the timeouts check it
+    without reaching into the lane."""
     running_since: float = 0.0
     """When the first call of ``lane`` started (as far as the core knows)."""
     node: NodeMemory | None = None
