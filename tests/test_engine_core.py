@@ -123,6 +123,35 @@ def test_a_timeout_kills_the_actor_fails_the_row_and_asks_for_a_new_actor() -> N
     assert core.handle(reply(send)) == []  # its late reply is ignored
 
 
+def test_a_timeout_on_a_user_actor_fails_the_row_once_and_that_actor_waits_for_its_call(
+) -> None:
+    clock = FakeClock()
+    core = Scheduler(2, owned=False, clock=clock, peaks=Peaks(),
+                     describe_wait=lambda: "the test cluster")
+    run = a_run(3, timeout=5.0)
+    core.handle(Opened(run))
+    [first] = sends(core.handle(Placed(0, 1, NODE)))
+    clock.now += 1.0
+    [second] = sends(core.handle(Placed(1, 1, NODE)))
+    clock.now += 4.0  # the first call runs 5 s: its timeout; the actor cannot be killed
+    commands = core.handle(Tick())
+    assert not any(isinstance(c, (Kill, Probe, Send)) for c in commands)
+    [outcome] = run.to_hand_out() or []
+    assert outcome[0] == 0 and isinstance(outcome[2], TimeoutError)
+    assert run.stats.worker_deaths == 0 and run.inflight_calls == 1
+    core.handle(Handed(run, 1))
+    assert core.deadline() == clock.now + 1.0  # the second call's, counted from its start
+    [third] = sends(core.handle(reply(second)))  # row 2 goes to the free actor, not slot 0
+    assert third.slot == 1 and [item[0] for item in third.batch] == [2]
+    assert sends(core.handle(reply(first))) == []  # its late reply is dropped
+    core.handle(reply(third))
+    out = run.to_hand_out() or []
+    assert [record[0] for record in out] == [1, 2] and [record[2] for record in out] == [1, 4]
+    core.handle(Handed(run, 2))
+    assert run.to_hand_out() is None and run.stats.calls == 3 and run.stats.failures == 1
+    assert core.busy == 0 and not core.calls
+
+
 def test_a_death_is_charged_to_its_row_which_runs_again_on_a_new_actor() -> None:
     core = scheduler(1)
     run = a_run(1, max_worker_deaths=2)

@@ -89,7 +89,7 @@ class TimesFromSend(Scheduler):
         super().send(run, slot, batch, need, exclusive, mark)
         timeout = run.policy.timeout
         if queued and timeout is not None:
-            self.timeouts.started(self.clock.monotonic() + timeout, slot.index,
+            self.timeouts.started(self.clock.monotonic(), timeout, slot.index,
                                   slot.lane[-1])
 
 

@@ -44,24 +44,12 @@ NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
 USER_TIMEOUT = "timeout on user actors"
 KNOWN = {
-    NO_BUDGET: "a row killed for memory runs again alone on its node, counted as needing the "
-               "node's whole budget; on a node whose budget is 0 (many actors, little "
-               "memory) it counts 0, so any number of such rows, and other calls, are "
-               "admitted there together",
-    IDLE: "a free actor's token is parked on its node when the run whose turn it is cannot "
-          "fit there (a row killed for memory, to run alone); it comes back only when the "
-          "node frees memory, and meets that run again: another run's calls that fit are "
-          "not sent (slots idle for minutes)",
-    USER_TIMEOUT: "with actors handed in by the user (never killed), a call past its timeout "
-                  "is not stopped: the next call is sent to the same actor, waits behind it "
-                  "and is timed out counting from its send (rows fail with TimeoutError "
-                  "without having started), more calls than one running and one waiting "
-                  "pile up on it, and the calls sent elsewhere meanwhile overrun its node's "
-                  "memory budget; worker_deaths counts a kill that did not happen",
-    INPUT_END: "a run learns that its input is over only when it reads past its last row, "
-               "which it does only when an actor is free: with every row handed out and no "
-               "actor placed it never ends (placement_timeout=None) or fails with "
-               "ActorPlacementError",
+    USER_TIMEOUT: "fixed in the core (a call past its timeout on an actor handed in by the "
+                  "user is left to finish, its rows fail once, that actor takes no new call "
+                  "until it ends, no death counted); open in the simulator: the world "
+                  "counts a row as troubled only when its actor is killed or its call "
+                  "raises, so the retries and failures of a timeout on a user actor (no "
+                  "kill) break invariant 3",
 }
 """Core bugs the simulator found that are still open: the seed sweep tolerates them (and
 counts them); tests/test_sim.py shows each with a seed (xfail, strict)."""

@@ -75,7 +75,9 @@ class Admission:
         self.peaks = peaks
         self.mode: int | str | None = None
         """The open runs' ``memory_budget`` (the smallest given; "auto"; None: none)."""
-        self.node_use: dict[str, int] = {}
+        self.node_use: dict[str, int] = {}  # node -> bytes counted for its calls
+        self.node_calls: dict[str, int] = {}  # node -> slots with calls there
+        self.node_alone: dict[str, int] = {}  # node -> slots running an exclusive call
         self.readings: dict[str, NodeMemory] = {}  # a node's memory when none of ours ran
         self.started_since: dict[str, int] = {}  # actors of ours started there since then
         self.settling: dict[str, set[int]] = {}  # node -> workers killed there, maybe alive
@@ -236,7 +238,7 @@ class Admission:
             if not call.exclusive and call.need > used and \
                     self.slots[call.slot].need_node == key:
                 call.need = used
-                self.count_need(self.slots[call.slot])
+                self.count(self.slots[call.slot])
 
     def next_reading(self, now: float) -> float | None:
         """When a node's first call is read next (None: no reading is due)."""
@@ -251,19 +253,46 @@ class Admission:
     def admits(self, slot: Slot, need: int, budget: int) -> bool:
         """Whether a call needing ``need`` fits beside the calls running on ``slot``'s node.
         A call alone on its node always runs (nothing better can be done for it)."""
-        key = slot.need_node if slot.need else slot.node_key()
+        key = slot.need_node if slot.counted else slot.node_key()
         others = self.node_use.get(key, 0) - slot.need
         return others <= 0 or others + max(slot.need, need) <= budget
 
-    def count_need(self, slot: Slot) -> None:
-        """Count the memory of the calls on ``slot`` (the largest: they run one by one)."""
-        calls = self.calls
-        need = max((calls[call].need for call in slot.lane), default=0)
+    def apart(self, slot: Slot, exclusive: bool) -> bool:
+        """Whether a call may start on ``slot``'s node as far as exclusive calls go: an
+        ``exclusive`` one only alone there, and none beside one, whatever the budget (a
+        budget of 0 counts such a call 0 bytes: bytes cannot say "alone")."""
+        key = slot.need_node if slot.counted else slot.node_key()
+        if self.node_alone.get(key, 0) - slot.alone > 0:
+            return False
+        return not exclusive or self.node_calls.get(key, 0) - slot.counted <= 0
+
+    def count(self, slot: Slot) -> None:
+        """Count the calls on ``slot`` on its node: that it has some, whether one is
+        exclusive, and their memory (the largest: they run one by one)."""
+        calls, lane = self.calls, slot.lane
+        key = slot.need_node
+        if lane and not slot.counted:
+            key = slot.need_node = slot.node_key()
+            self.node_calls[key] = self.node_calls.get(key, 0) + 1
+            slot.counted = True
+        if len(lane) == 1:  # (the common case, without a generator's cost)
+            only = calls[lane[0]]
+            need, alone = only.need, only.exclusive
+        else:
+            need = max((calls[call].need for call in lane), default=0)
+            alone = any(calls[call].exclusive for call in lane)
         if need != slot.need:
-            if not slot.need:
-                slot.need_node = slot.node_key()
-            key = slot.need_node
             self.node_use[key] = self.node_use.get(key, 0) + need - slot.need
             if need < slot.need:
                 self.freed.add(key)
             slot.need = need
+        if alone != slot.alone:
+            self.node_alone[key] = self.node_alone.get(key, 0) + (1 if alone else -1)
+            if not alone:
+                self.freed.add(key)
+            slot.alone = alone
+        if not lane and slot.counted:
+            self.node_calls[key] -= 1
+            slot.counted = False
+            if not self.node_calls[key]:
+                self.freed.add(key)  # an exclusive call may start there now

@@ -128,7 +128,7 @@ class Scheduler:
     def deadline(self) -> float | None:
         """When something must happen even if nothing is heard (``clock.monotonic()``
         seconds; None: nothing is due); then hand in :class:`~.vocabulary.Tick`."""
-        found = self.timeouts.next(self.slots) if self.timed else None
+        found = self.timeouts.next() if self.timed else None
         if self.runs:
             for due in (self.placement.deadline(self.active),
                         self.admission.next_reading(self.clock.monotonic())):
@@ -202,6 +202,8 @@ class Scheduler:
 
     def reload(self) -> None:
         """The actors are to hold another function: none is ready until probed again."""
+        for call in self.calls.values():
+            call.measures = False  # a call left running measures the last function
         for slot in self.slots:
             slot.ready = slot.probing = False
         self.ready = self.active = 0
@@ -376,9 +378,6 @@ class Scheduler:
                 self.unqueued.append(index)  # until a run of short calls has work
                 return _DROPPED
             return _STOP
-        head = run.suspect_head()
-        if head is not None and lane:
-            return _DROPPED  # a suspect runs alone on its actor (release gives it back)
         admission = self.admission
         if admission.settling and slot.node_key() in admission.settling:
             if not queued:
@@ -388,6 +387,22 @@ class Scheduler:
                     return _DROPPED  # its token comes back with the answer
             return self.park(index, slot)  # memory of a killed worker: nothing starts there
         budget = admission.budget(slot)
+        first = run
+        while True:  # the run whose turn it is, then the next ones while a call of the run
+            taken = self.offer_to(run, slot, budget, queued)  # cannot fit here (a row to
+            if taken is not _PARKED:  # run alone): a token held back for one run must
+                return taken  # still serve the others
+            run = self.next_run(queued)
+            if run is None or run is first:
+                return self.park(index, slot)  # memory: it waits for calls there to end
+
+    def offer_to(self, run: Run, slot: Slot, budget: int | None, queued: bool) -> object:
+        """Send a call of ``run`` to ``slot``'s free actor (_SENT), unless it does not fit
+        on its node (_PARKED) or must not wait behind the call there (_DROPPED)."""
+        head = run.suspect_head()
+        if head is not None and queued:
+            return _DROPPED  # a suspect runs alone on its actor (release gives it back)
+        admission = self.admission
         need, exclusive, mark = 0, False, ""
         if budget is not None:
             wanted, exclusive, read = admission.need(run, head, budget, slot, next(self.ids))
@@ -395,8 +410,8 @@ class Scheduler:
                 self.out.append(read)
                 return _DROPPED  # its actor reads the node's memory (its token comes back)
             need = wanted or 0
-            if not admission.admits(slot, need, budget):
-                return self.park(index, slot)  # memory: it waits for calls there to end
+            if not (admission.apart(slot, exclusive) and admission.admits(slot, need, budget)):
+                return _PARKED
             if self.peaks.expected_peak() is None:
                 mark = admission.first_call(slot)
         if head is not None:
@@ -457,31 +472,33 @@ class Scheduler:
             now = slot.running_since = self.clock.monotonic()
             self.busy += 1
             if run.policy.timeout is not None:
-                self.timeouts.started(now + run.policy.timeout, slot.index, call)
+                self.timeouts.started(now, run.policy.timeout, slot.index, call)
         lane.append(call)
+        if len(lane) == 1:
+            slot.running = call
         self.calls[call] = Call(call, run, slot.index, slot.actor, batch, need, exclusive)
-        if need:
-            self.admission.count_need(slot)
+        self.admission.count(slot)
         self.out.append(Send(call, slot.index, slot.actor, run, batch, mark))
 
     def release(self, call: Call) -> None:
         """``call`` is over (replied, failed, died or dropped): its actor is free for the
         next."""
         del self.calls[call.id]
-        call.run.returned(call.batch)
+        if not call.detached:
+            call.run.returned(call.batch)
         slot = self.slots[call.slot]
         lane = slot.lane
         was_running = lane[0] == call.id
         lane.remove(call.id)
-        if call.need:
-            self.admission.count_need(slot)
+        slot.running = lane[0] if lane else 0
+        self.admission.count(slot)
         if not lane:
             self.busy -= 1
         elif was_running:
             now = slot.running_since = self.clock.monotonic()
             head = self.calls[lane[0]]
             if head.run.policy.timeout is not None:
-                self.timeouts.started(now + head.run.policy.timeout, slot.index, head.id)
+                self.timeouts.started(now, head.run.policy.timeout, slot.index, head.id)
         if slot.isolated and not lane:
             slot.isolated = False
             self.tokens.extend([slot.index] * (2 if self.pipelining else 1))
@@ -495,15 +512,15 @@ class Scheduler:
         if call is None:
             return  # released meanwhile (its actor died or was killed)
         self.release(call)
-        if call.orphaned:
-            return
         reply = event.reply
         # the highest peak among its rows is what calls are expected to need (not from a
         # row run alone after a memory kill: one far above the others must not hold every
-        # later call to its size)
-        if reply.outcomes and not call.exclusive:
+        # later call to its size); a call left to run past its timeout measured it too
+        if reply.outcomes and call.measures and not call.exclusive and \
+                (call.detached or not call.orphaned):
             self.peaks.learn_peak(reply.peak)
-        call.run.replied(reply, call.batch, actor_label(call.slot))
+        if not call.orphaned:
+            call.run.replied(reply, call.batch, actor_label(call.slot))
 
     def died(self, event: Died) -> None:
         """The actor of a call died: replace it and run the rows it held again.
@@ -571,11 +588,17 @@ class Scheduler:
 
     def overdue(self, now: float) -> None:
         """Kill the actors whose running call passed its run's timeout: those rows fail; the
-        calls queued behind it (of any run) are sent again, uncharged."""
-        for index, running in self.timeouts.due(now, self.slots):
+        calls queued behind it (of any run) are sent again, uncharged. Actors handed in by
+        the user are not killed (see :meth:`overran`)."""
+        for index, running in self.timeouts.due(now):
             slot = self.slots[index]
-            call = self.calls[running]
+            call = self.calls.get(running)
+            if call is None or not slot.lane or slot.lane[0] != running:
+                continue  # (not a running call's: never from this core)
             timeout = call.run.policy.timeout
+            if not self.owned:
+                self.overran(slot, call)
+                continue
             for each in [self.calls[c] for c in slot.lane]:
                 self.release(each)
                 if each is not call and not each.orphaned:
@@ -583,3 +606,24 @@ class Scheduler:
             self.lose(slot, call.actor)
             if not call.orphaned and timeout is not None:
                 call.run.timed_out(call.batch, timeout, self.clock.wall())
+
+    def overran(self, slot: Slot, call: Call) -> None:
+        """``call`` ran past its run's timeout on an actor handed in by the user, which is
+        never killed: it is left to run and its outcome dropped; its rows fail now, once;
+        the calls queued behind it (of any run) are sent again elsewhere (they may wait
+        behind it for as long as it runs), and are dropped too. The slot takes no new call
+        until those calls end (its memory stays counted); no worker died."""
+        if call.orphaned:
+            return  # its run ended, or it was timed out already: nothing more to do
+        slot.isolated = True  # nothing new waits behind it
+        timeout = call.run.policy.timeout
+        for each in [self.calls[c] for c in slot.lane]:
+            if each.orphaned:
+                continue
+            each.orphaned = each.detached = True
+            each.run.returned(each.batch)
+            if each is call:
+                assert timeout is not None
+                call.run.timed_out(call.batch, timeout, self.clock.wall(), killed=False)
+            else:
+                each.run.again(each.batch)

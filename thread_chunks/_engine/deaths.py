@@ -1,10 +1,10 @@
 """What a dead worker means for the rows it held (one :class:`Verdict`), and the calls'
-timeouts (a heap of deadlines, checked lazily: no scan of every actor)."""
+timeouts (a queue of deadlines per timeout: no scan of every actor)."""
 
 from __future__ import annotations
 
 import enum
-import heapq
+from collections import deque
 from typing import TYPE_CHECKING
 
 from .._actor import ROW, Item, NodeMemory
@@ -63,44 +63,62 @@ def exceeds_node(run: Run, item: Item, used: int, budget: int, node: NodeMemory 
 
 
 class Timeouts:
-    """The deadlines of the running calls that have a timeout, earliest first. An entry is
-    ``(deadline, slot, call)``; it is stale once that call no longer runs first on its slot
-    (finished, or its actor gone), and stale entries are dropped as they come up."""
+    """The deadlines of the running calls that have a timeout, in deadline order with no
+    heap and no scan: calls with the same timeout start in time order, so one queue per
+    timeout (a handful: the open runs') is in deadline order, and the earliest deadline is at
+    the head of one of them. An entry is ``(deadline, slot, call)``; it is stale once that
+    call no longer runs first on its slot, and stale entries are dropped as they reach the
+    head (and all at once when they are most of a queue). Every step is O(1) at any pool
+    size, and touches only a queue's ends (a heap's sifting reaches into it)."""
 
     def __init__(self, slots: list[Slot]) -> None:
         self.slots = slots
-        self.heap: list[tuple[float, int, int]] = []
-        self.live = 0
-        """Entries live at the last compaction (the heap is compacted at twice as many)."""
+        self.queues: dict[float, deque[tuple[float, int, int]]] = {}
+        self.live: dict[float, int] = {}
+        """Timeout -> entries live at its queue's last compaction."""
 
-    def started(self, deadline: float, slot: int, call: int) -> None:
-        """``call`` started running first on ``slot``: it must end by ``deadline``."""
-        heap = self.heap
-        if len(heap) > 2 * self.live + 64:  # mostly calls that ended: keep the live ones
-            heap[:] = [entry for entry in heap if _runs(self.slots[entry[1]], entry[2])]
-            heapq.heapify(heap)
-            self.live = len(heap)
-        heapq.heappush(heap, (deadline, slot, call))
+    def started(self, now: float, timeout: float, slot: int, call: int) -> None:
+        """``call`` started running first on ``slot`` at ``now`` (never earlier than the
+        last call started): it must end within ``timeout``."""
+        queue = self.queues.get(timeout)
+        if queue is None:
+            queue = self.queues[timeout] = deque()
+            self.live[timeout] = 0
+        elif len(queue) > 2 * self.live[timeout] + 64:  # mostly calls that ended
+            slots = self.slots
+            kept = [entry for entry in queue if _runs(slots[entry[1]], entry[2])]
+            queue.clear()
+            queue.extend(kept)
+            self.live[timeout] = len(kept)
+        queue.append((now + timeout, slot, call))
 
-    def next(self, slots: list[Slot]) -> float | None:
+    def next(self) -> float | None:
         """The earliest live deadline."""
-        heap = self.heap
-        while heap and not _runs(slots[heap[0][1]], heap[0][2]):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        found: float | None = None
+        slots = self.slots
+        for timeout, queue in list(self.queues.items()):
+            while queue and not _runs(slots[queue[0][1]], queue[0][2]):
+                queue.popleft()
+            if not queue:
+                del self.queues[timeout], self.live[timeout]
+            elif found is None or queue[0][0] < found:
+                found = queue[0][0]
+        return found
 
-    def due(self, now: float, slots: list[Slot]) -> list[tuple[int, int]]:
-        """``(slot, call)`` of the live calls past their deadline at ``now`` (taken off)."""
-        out: list[tuple[int, int]] = []
-        heap = self.heap
-        while heap and heap[0][0] <= now:
-            _, slot, call = heapq.heappop(heap)
-            if _runs(slots[slot], call):
-                out.append((slot, call))
-        return out
+    def due(self, now: float) -> list[tuple[int, int]]:
+        """``(slot, call)`` of the live calls past their deadline at ``now``, earliest first
+        (taken off)."""
+        out: list[tuple[float, int, int]] = []
+        slots = self.slots
+        for queue in self.queues.values():
+            while queue and queue[0][0] <= now:
+                entry = queue.popleft()
+                if _runs(slots[entry[1]], entry[2]):
+                    out.append(entry)
+        out.sort()
+        return [(slot, call) for _, slot, call in out]
 
 
 def _runs(slot: Slot, call: int) -> bool:
     """Whether ``call`` runs first on ``slot``."""
-    lane = slot.lane
-    return bool(lane) and lane[0] == call
+    return slot.running == call

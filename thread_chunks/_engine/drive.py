@@ -46,7 +46,8 @@ def run(pool: Pool, state: Run) -> Generator[list[Outcome], None, None]:
     an actor Ray cannot place holds no rows. Yields the outcomes, one per item, a part (a
     non-empty list) at a time as they can be handed out: in input order when ``ordered``
     (holding back only what arrived early), else as they finish. Items are pulled from
-    ``source`` only when an actor can take them, and never more than ``state.bound()``
+    ``source`` only when an actor can take them (and one when every row read so far was handed
+    out, to see whether the input is over), and never more than ``state.bound()``
     (``policy.max_buffered``) ahead of the outcomes handed out; a part counts as handed out
     once the next one is asked for, so the bound holds while the user holds a result (it
     lags, never leads). Closing the generator early stops this run's calls (and no other

@@ -121,6 +121,7 @@ class Run:
         self.inflight_calls = 0
         self.inflight_rows = 0
         self.exhausted = False
+        self.peeked: list[Item] = []  # a row read to see whether the input is over
         self.pulled = 0  # rows read from the input
         self.handed = 0  # outcomes handed out (yielded)
 
@@ -144,6 +145,10 @@ class Run:
             return out
         if self.error is not None:
             raise self.error
+        if self.idle():
+            self.peek()
+            if self.error is not None:
+                raise self.error
         if self.done():
             return None
         return []
@@ -197,21 +202,37 @@ class Run:
             batch.append(self.retry_queue.popleft())
         want = min(n - len(batch), self.room())
         if want > 0 and not self.exhausted:
-            try:
-                source = self.source
-                fresh = source.take(want) if isinstance(source, Source) else \
-                    list(islice(source, want))
-            except Exception as exc:  # a bad row, or the user's generator raised
-                self.exhausted = True
-                self.fail(exc)
-                fresh = []
-            self.pulled += len(fresh)
+            fresh, self.peeked = self.peeked, []
             if len(fresh) < want:
-                self.exhausted = True
+                fresh.extend(self.read(want - len(fresh)))
+            self.pulled += len(fresh)
             if self.ordering is not None and fresh:
                 self.ordering.line_up(fresh)
             batch.extend(fresh)
         return batch
+
+    def read(self, n: int) -> list[Item]:
+        """Up to ``n`` rows from the input (fewer: it is over, and marked so)."""
+        try:
+            source = self.source
+            fresh = source.take(n) if isinstance(source, Source) else list(islice(source, n))
+        except Exception as exc:  # a bad row, or the user's generator raised
+            self.fail(exc)
+            fresh = []
+        if len(fresh) < n:
+            self.exhausted = True
+        return fresh
+
+    def idle(self) -> bool:
+        """Whether every row read so far was run and handed over while the input may hold
+        more: the run is over only if the input is."""
+        return not self.exhausted and not self.peeked and not self.retry_queue \
+            and not self.inflight_calls and not self.ready and self.error is None
+
+    def peek(self) -> None:
+        """See whether the input is over by reading its next row, held for the next call:
+        a run learns its end without an actor free to take a row (none may be placed)."""
+        self.peeked = self.read(1)
 
     def take_suspect(self) -> list[Item]:
         """The suspect row at the head of the retry queue, alone."""
@@ -254,14 +275,21 @@ class Run:
         busy_time[label] = busy_time.get(label, 0.0) + reply.busy
         self.deliver(final, label, reply.size if final is records else None)
 
-    def timed_out(self, batch: list[Item], timeout: float, wall: float) -> None:
-        """The call of ``batch`` ran longer than ``timeout``: its actor was killed; its rows
-        fail (or run again, with retries left)."""
-        self.stats.worker_deaths += 1
+    def timed_out(self, batch: list[Item], timeout: float, wall: float, killed: bool = True
+                  ) -> None:
+        """The call of ``batch`` ran longer than ``timeout``: its rows fail (or run again,
+        with retries left). ``killed``: its actor was killed and replaced (ours); else the
+        actor was handed in by the user and the call is left to finish, its result dropped.
+        """
+        if killed:
+            self.stats.worker_deaths += 1
+        what = ("its actor was killed and replaced" if killed else
+                "its actor, handed in by the user, is not killed: the call is left to "
+                "finish, its result dropped, and that actor gets no new call until it ends")
         records: list[Outcome] = [
             failed(item[ROW], TimeoutError(
-                f"row {item[ROW]} ran longer than timeout={timeout}s; its actor "
-                "was killed and replaced"), wall - timeout, wall)
+                f"row {item[ROW]} ran longer than timeout={timeout}s; {what}"),
+                wall - timeout, wall)
             for item in batch]
         self.deliver(self.apply_retries(records, batch), "")
 

@@ -29,6 +29,12 @@ class Call:
     orphaned: bool = False
     """Its run has ended: the call is left to finish (or its actor was killed) and its
     outcome is dropped when it comes."""
+    detached: bool = False
+    """... or its run was told it is over though it still runs: it timed out (or waited
+    behind one that did) on an actor handed in by the user, which is never killed."""
+    measures: bool = True
+    """Its reply's peak is what the current function's calls use (False once the actors
+    were given another function while it ran)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +54,9 @@ class Slot:
     """It runs a suspect row: nothing is queued behind it."""
     lane: deque[int] = field(default_factory=deque)
     """Ids of the calls on its actor, the running one first."""
+    running: int = 0
+    """The id of the call running first in ``lane`` (0: none); the timeouts check it
+    without reaching into the lane."""
     running_since: float = 0.0
     """When the first call of ``lane`` started (as far as the core knows)."""
     node: NodeMemory | None = None
@@ -55,6 +64,10 @@ class Slot:
     need: int = 0
     """Memory counted for its calls on node ``need_node`` (the largest of them)."""
     need_node: str = ""
+    counted: bool = False
+    """Its calls are counted on node ``need_node`` (it has some)."""
+    alone: bool = False
+    """... and one of them is exclusive (nothing else starts on that node)."""
     start_failures: int = 0
     """Its actors that died in a row before starting."""
 
