@@ -42,15 +42,7 @@ INPUT_END = "input end"
 IDLE = "idle while a call fits"
 NO_BUDGET = "alone on a node with no budget"
 IDLE_LIMIT = 60.0
-USER_TIMEOUT = "timeout on user actors"
-KNOWN = {
-    USER_TIMEOUT: "fixed in the core (a call past its timeout on an actor handed in by the "
-                  "user is left to finish, its rows fail once, that actor takes no new call "
-                  "until it ends, no death counted); open in the simulator: the world "
-                  "counts a row as troubled only when its actor is killed or its call "
-                  "raises, so the retries and failures of a timeout on a user actor (no "
-                  "kill) break invariant 3",
-}
+KNOWN: dict[str, str] = {}
 """Core bugs the simulator found that are still open: the seed sweep tolerates them (and
 counts them); tests/test_sim.py shows each with a seed (xfail, strict)."""
 
@@ -81,9 +73,6 @@ class Invariants:
         """Raise the violation; ``known``: the name of a known core bug it shows (see
         KNOWN), which the sweep tolerates while that bug is open."""
         world = self.world
-        if not known and invariant in (1, 3, 4, 6) and not world.scenario.owned and any(
-                run.timeout is not None for run in world.scenario.runs):
-            known = USER_TIMEOUT
         raise SimViolation(invariant, world.scenario.seed, world.events, message,
                            list(world.trace), known)
 

@@ -761,6 +761,13 @@ class World:
         assert node is not None
         node.running += call.memory
         self.inv.on_start(call)
+        timeout = call.wr.spec.timeout
+        if not self.scenario.owned and timeout is not None and \
+                sum(row.duration for row in rows) + 1e-9 >= timeout:
+            # it will run past its timeout on an actor the core may not kill: its rows fail
+            # or run again then, as a death's would (not counted as one)
+            call.wr.rows_hit += len(call.rows)
+            call.wr.troubled.update(call.rows)
         token = actor.token
         elapsed = 0.0
         for spec in rows:
