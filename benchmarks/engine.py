@@ -18,36 +18,22 @@ line's ratio to the 10-actor line.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.sim.scenario import GIB, MIB, NodeSpec, RowSpec, RunSpec, Scenario
+from tests.sim.scenario import steady
 from tests.sim.world import World
 
 KINDS = ("Replied", "Handed", "deadline()")
 
 
-def scenario(actors: int, rows: int) -> Scenario:
-    per_node = 100
-    nodes = [NodeSpec(name=f"node{i}", total=4096 * GIB, threshold=0.95, outside=GIB,
-                      worker=100 * MIB, capacity=per_node)
-             for i in range(-(-actors // per_node))]
-    rng = random.Random(actors)
-    run = RunSpec(rid=0, rows=[RowSpec(duration=rng.uniform(0.5, 1.5), memory=MIB)
-                               for _ in range(rows)],
-                  ordered=False, timeout=3600.0, batch_size=1, placement_timeout=None)
-    return Scenario(seed=actors, size=actors, nodes=nodes, runs=[run], memory_per_call=MIB,
-                    slow_place=0.0, stale_reports=False)
-
-
 def measure(actors: int, events: int) -> dict[str, float]:
     """Microseconds per event of each kind (the mean over the timed events), and per step
     of the loop ("all events": every event and deadline() call of a step)."""
-    world = World(scenario(actors, rows=3 * actors + 2 * events), trace=1, checks=False)
+    world = World(steady(actors, rows=3 * actors + 2 * events), trace=1, checks=False)
     world.timings = {}
     world.measure_from = 2 * actors
     world.stop_after = events

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from tests.sim import breaks
 from tests.sim.invariants import KNOWN, SimViolation
-from tests.sim.scenario import RowSpec, Scenario, draw
-from tests.sim.world import MakeCore, replay, simulate
+from tests.sim.scenario import RowSpec, Scenario, draw, steady
+from tests.sim.world import MakeCore, World, replay, simulate
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
 BATCH = 500
@@ -126,3 +128,45 @@ def test_alone_on_a_node_with_no_budget() -> None:
     actors more than its reading counted; its budget is 0. The rows killed for memory run
     again each alone on their node (exclusive, whatever the budget), nothing beside them."""
     simulate(452, scenario=crowded(452))
+
+
+def _calls_per_event(actors: int, events: int) -> float:
+    """Python function calls (and calls into C) made inside the core per event and per
+    ``deadline()``, in the steady world of ``actors`` warm actors: counted, not timed."""
+    world = World(steady(actors, rows=3 * actors + 2 * events), trace=1, checks=False)
+    core = world.core
+    counted = [0, 0]  # calls, events
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if event in ("call", "c_call"):
+            counted[0] += 1
+
+    def counting(method: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            if world.replies < 2 * actors:  # not warm yet
+                return method(*args)
+            counted[1] += 1
+            sys.setprofile(profile)
+            try:
+                return method(*args)
+            finally:
+                sys.setprofile(None)
+        return wrapper
+
+    core.handle = counting(core.handle)  # type: ignore[method-assign]
+    core.deadline = counting(core.deadline)  # type: ignore[method-assign]
+    world.timings = {}
+    world.measure_from = 2 * actors
+    world.stop_after = events
+    world.max_events = 10**9
+    world.run()
+    assert counted[1] >= events
+    return counted[0] / counted[1]
+
+
+def test_work_per_event_does_not_grow_with_the_pool() -> None:
+    """No event makes the core look at every actor: the calls it makes per event are the same
+    for 10 and for 5,000 actors (within 10 %: queues of stale timeouts are cleared as they
+    come up). benchmarks/engine.py times the same world."""
+    small, large = _calls_per_event(10, 1000), _calls_per_event(5000, 1000)
+    assert large <= 1.1 * small, (small, large)

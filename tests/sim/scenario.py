@@ -145,3 +145,19 @@ def draw(seed: int) -> Scenario:
         for node in nodes:
             node.capacity = rng.randint(4, 12)
     return scenario
+
+
+def steady(actors: int, rows: int) -> Scenario:
+    """The same world at any size, for the cost per event: warm actors on nodes of 100, one
+    run of one-row calls of about a second each, steady replies, a ``timeout=`` on the run
+    (so the deadline path is taken at every step; it never expires), memory known."""
+    per_node = 100
+    nodes = [NodeSpec(name=f"node{i}", total=4096 * GIB, threshold=0.95, outside=GIB,
+                      worker=100 * MIB, capacity=per_node)
+             for i in range(-(-actors // per_node))]
+    rng = random.Random(actors)
+    run = RunSpec(rid=0, rows=[RowSpec(duration=rng.uniform(0.5, 1.5), memory=MIB)
+                               for _ in range(rows)],
+                  ordered=False, timeout=3600.0, batch_size=1, placement_timeout=None)
+    return Scenario(seed=actors, size=actors, nodes=nodes, runs=[run], memory_per_call=MIB,
+                    slow_place=0.0, stale_reports=False)
