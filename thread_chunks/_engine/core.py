@@ -8,7 +8,8 @@ runs in turn (round-robin). A :class:`~.run.Run` owns what is its own (its input
 ordered release, checkpoint, progress, statistics) and changes only through its methods.
 
 Work per event is independent of the pool's size: free actors are kept as tokens (one per call
-an actor may take, checked when taken), deadlines in a heap, counts as counters.
+an actor may take, checked when taken), deadlines in one queue per timeout value
+(:class:`~.deaths.Timeouts`), counts as counters.
 """
 
 from __future__ import annotations
